@@ -1,0 +1,51 @@
+"""A thin onnxruntime session wrapper that checks execution providers loudly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+from ..errors import RagvlError
+
+DEVICES = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def default_device() -> str:
+    return os.environ.get("RAGVL_DEVICE", "cpu")
+
+
+def providers_for(device: str) -> list[str]:
+    """The provider list for `device`; a missing provider is an error, never a silent CPU fallback."""
+    if device not in DEVICES:
+        raise RagvlError(f"--device {device}: expected one of {', '.join(DEVICES)}")
+    wanted = DEVICES[device][0]
+    available = ort.get_available_providers()
+    if wanted not in available:
+        hint = " (install onnxruntime-gpu in place of onnxruntime)" if device == "cuda" else ""
+        raise RagvlError(f"execution provider {wanted} is not available in this onnxruntime "
+                         f"({', '.join(available)}){hint}")
+    return DEVICES[device]
+
+
+def create_session(path: str | Path, device: str = "cpu", threads: int | None = None) -> ort.InferenceSession:
+    """Open one ONNX graph on `device`, failing loudly if the provider did not take it."""
+    path = Path(path)
+    providers = providers_for(device)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    threads = threads or int(os.environ.get("RAGVL_THREADS", "0")) or None
+    if threads:
+        so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise RagvlError(f"{path}: onnxruntime could not load the graph ({str(e).splitlines()[0]})") from None
+    if sess.get_providers()[0] != providers[0]:
+        raise RagvlError(f"{path}: onnxruntime fell back from {providers[0]} to {sess.get_providers()[0]}")
+    return sess
