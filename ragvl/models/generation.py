@@ -24,6 +24,7 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
     seed: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False  # for parity runs: generate exactly max_new_tokens
 
     @property
     def greedy(self) -> bool:
@@ -33,8 +34,8 @@ class GenerationSettings:
     def with_overrides(self, **kw) -> "GenerationSettings":
         """Replace the settings given (None means keep); setting any sampling knob turns sampling on."""
         kw = {k: v for k, v in kw.items() if v is not None}
-        if any(k in kw for k in ("temperature", "top_k", "top_p")) and "do_sample" not in kw:
-            kw["do_sample"] = True
+        if any(k in kw for k in ("temperature", "top_k", "top_p")) or kw.get("do_sample") is True:
+            kw.setdefault("do_sample", True)
             if self.top_k == 1:  # the shipped "effectively greedy" settings would undo the request
                 kw.setdefault("top_k", 0)
                 kw.setdefault("top_p", 1.0)

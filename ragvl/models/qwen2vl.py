@@ -1,0 +1,221 @@
+"""A converted Qwen2-VL model on onnxruntime: images + chat messages in, streamed text out.
+
+The pipeline mirrors transformers' Qwen2VLForConditionalGeneration.generate: preprocess the
+images, render the chat template and expand each <|image_pad|> to the image's token count, run
+the vision tower per image, splice its features into the token embeddings, compute M-RoPE
+positions, prefill, then decode one token at a time with the KV cache.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..errors import RagvlError
+from .decoder_graph import kv_names
+from .generation import GenerationSettings, TokenSampler, read_generation_config
+from .manifest import KIND_GENERATOR, model_config, read_manifest
+from .preprocess import ImageConfig, ImageInput, num_image_tokens, preprocess
+from .rope import mrope_positions
+from .session import create_session, default_device
+from .tokenizer import StreamDecoder, Tokenizer
+
+
+def user_message(text: str, n_images: int) -> list[dict]:
+    """The HF chat format for one user turn: the images first, then the text."""
+    return [{"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": text}]}]
+
+
+@dataclass
+class Timings:
+    vision_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    first_token_s: float = 0.0  # from the call to the first generated token: vision + prefill + 1 pick
+    decode_steps: int = 0  # the first token comes from prefill, so steps = tokens - 1 (+1 for a stop)
+
+    def as_dict(self) -> dict:
+        steps = self.decode_steps
+        return {"vision_s": round(self.vision_s, 4), "prefill_s": round(self.prefill_s, 4),
+                "decode_s": round(self.decode_s, 4), "first_token_s": round(self.first_token_s, 4),
+                "decode_tok_s": round(steps / self.decode_s, 2) if self.decode_s > 0 else None}
+
+
+@dataclass
+class Generation:
+    """A streaming answer: iterate for text pieces; afterwards the fields hold the result."""
+
+    _pieces: Iterator[str]
+    prompt_tokens: int
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    timings: Timings = field(default_factory=Timings)
+    stop_reason: str = ""
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self._pieces:
+            self.text += piece
+            yield piece
+
+    def consume(self) -> "Generation":
+        for _ in self:
+            pass
+        return self
+
+    def as_dict(self) -> dict:
+        return {"text": self.text, "token_ids": self.token_ids, "prompt_tokens": self.prompt_tokens,
+                "new_tokens": len(self.token_ids), "stop_reason": self.stop_reason,
+                "timings": self.timings.as_dict()}
+
+
+@dataclass
+class Prompt:
+    """A tokenized prompt with its images' pixel rows and patch grids."""
+
+    ids: np.ndarray  # (S,) int64, image pads expanded
+    pixel_values: list[np.ndarray]  # per image (N_i, C*T*P*P)
+    grids: list[tuple[int, int, int]]
+
+
+class Qwen2VL:
+    """A ragvl model folder of kind qwen2-vl, opened on `device` ("cpu" or "cuda")."""
+
+    def __init__(self, folder: str | Path, device: str | None = None, threads: int | None = None):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder, kind=KIND_GENERATOR)
+        self.config = model_config(self.manifest)
+        self.tokenizer = Tokenizer.from_dir(self.folder)
+        pre = self.folder / "preprocessor_config.json"
+        self.image_config = ImageConfig.from_file(pre) if pre.exists() else ImageConfig()
+        self.defaults = read_generation_config(self.folder)
+        device = device or default_device()
+        graphs = self.manifest["graphs"]
+        self.vision = create_session(self.folder / graphs["vision"], device, threads)
+        self.embed = create_session(self.folder / graphs["embed"], device, threads)
+        self.decoder = create_session(self.folder / graphs["decoder"], device, threads)
+        self._out_names = ["logits"] + [n for i in range(self.config.text.num_hidden_layers) for n in kv_names(i)[2:]]
+
+    # -- building blocks ------------------------------------------------------------------
+    def build_prompt(self, messages: list[dict], images: Sequence[ImageInput] = (),
+                     max_pixels: int | None = None) -> Prompt:
+        """Render the chat template and preprocess the images it refers to, in order."""
+        cfg = self.image_config
+        if max_pixels is not None:
+            cfg = ImageConfig(**{**cfg.__dict__, "max_pixels": max_pixels,
+                                 "min_pixels": min(cfg.min_pixels, max_pixels)})
+        pixels, grids = [], []
+        for image in images:
+            pv, grid = preprocess(image, cfg)
+            pixels.append(pv)
+            grids.append(tuple(int(x) for x in grid))
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        counts = [num_image_tokens(g, cfg.merge_size) for g in grids]
+        ids = self.tokenizer.encode_prompt(text, counts)
+        n_pads = int((ids == self.config.image_token_id).sum())
+        if n_pads != sum(counts):
+            raise RagvlError(f"the prompt has {n_pads} image tokens but {len(images)} image(s) "
+                             f"need {sum(counts)}: pass as many images as the messages name")
+        return Prompt(np.asarray(ids, dtype=np.int64), pixels, grids)
+
+    def encode_images(self, prompt: Prompt) -> np.ndarray:
+        """Vision features (sum of tokens, H) for every image, one vision run per image."""
+        feats = [self.vision.run(None, {"pixel_values": pv, "grid_thw": np.asarray(g, np.int64)})[0]
+                 for pv, g in zip(prompt.pixel_values, prompt.grids)]
+        if not feats:
+            return np.zeros((0, self.config.text.hidden_size), np.float32)
+        return np.concatenate(feats, axis=0)
+
+    def embed_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Token embeddings (B, S, H) for ids (B, S)."""
+        return self.embed.run(None, {"input_ids": ids})[0]
+
+    def empty_cache(self, batch: int = 1) -> dict[str, np.ndarray]:
+        t = self.config.text
+        z = np.zeros((batch, t.num_key_value_heads, 0, t.head_dim), np.float32)
+        return {n: z for i in range(t.num_hidden_layers) for n in kv_names(i)[:2]}
+
+    def run_decoder(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
+                    past: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One decoder call; returns (last-position logits (B, V), the new cache as the next past)."""
+        outs = self.decoder.run(self._out_names, {"inputs_embeds": embeds, "attention_mask": mask,
+                                                  "position_ids": positions, **past})
+        cache = {}
+        for i in range(self.config.text.num_hidden_layers):
+            pk, pv, _, _ = kv_names(i)
+            cache[pk], cache[pv] = outs[1 + 2 * i], outs[2 + 2 * i]
+        return outs[0], cache
+
+    def prefill(self, prompt: Prompt, timings: Timings | None = None):
+        """Vision + prefill: returns (logits (V,), cache, rope delta)."""
+        timings = timings or Timings()
+        t0 = time.perf_counter()
+        feats = self.encode_images(prompt)
+        t1 = time.perf_counter()
+        ids = prompt.ids[None]  # (1, S)
+        embeds = self.embed_ids(ids)  # (1, S, H)
+        is_image = ids[0] == self.config.image_token_id
+        embeds[0, is_image] = feats
+        positions, deltas = mrope_positions(ids, self.config.image_token_id, prompt.grids,
+                                            self.config.vision.spatial_merge_size)
+        logits, cache = self.run_decoder(embeds, np.ones_like(ids), positions, self.empty_cache())
+        timings.vision_s += t1 - t0
+        timings.prefill_s += time.perf_counter() - t1
+        return logits[0], cache, int(deltas[0])
+
+    # -- generation -----------------------------------------------------------------------
+    def generate(self, messages: list[dict], images: Sequence[ImageInput] = (),
+                 settings: GenerationSettings | None = None, max_pixels: int | None = None) -> Generation:
+        """Stream an answer to `messages` (HF chat format) over `images`."""
+        settings = settings or self.defaults
+        start = time.perf_counter()
+        prompt = self.build_prompt(messages, images, max_pixels)
+        gen = Generation(iter(()), prompt_tokens=len(prompt.ids))
+        gen._pieces = self._decode_loop(prompt, settings, gen, start)
+        return gen
+
+    def _decode_loop(self, prompt: Prompt, settings: GenerationSettings, gen: Generation,
+                     start: float) -> Iterator[str]:
+        tok = self.tokenizer
+        stops = set(settings.eos_token_ids) | {t for t in (tok.im_end_id, tok.eos_token_id) if t is not None}
+        if settings.ignore_eos:
+            stops = set()
+        sampler = TokenSampler(settings)
+        logits, cache, delta = self.prefill(prompt, gen.timings)
+        ids = list(prompt.ids)
+        stream = StreamDecoder(self.tokenizer)
+        total = len(ids)
+        gen.stop_reason = "length"
+        for step in range(settings.max_new_tokens):
+            token = sampler(logits, np.asarray(ids, np.int64))
+            if step == 0:
+                gen.timings.first_token_s = time.perf_counter() - start
+            if token in stops:
+                gen.stop_reason = "stop"
+                break
+            ids.append(token)
+            gen.token_ids.append(token)
+            piece = stream.feed(token)
+            if piece:
+                yield piece
+            if step + 1 == settings.max_new_tokens:
+                break
+            t0 = time.perf_counter()
+            logits, cache = self.run_decoder(self.embed_ids(np.array([[token]], np.int64)),
+                                             np.ones((1, total + 1), np.int64),
+                                             np.full((3, 1, 1), total + delta, np.int64), cache)
+            logits = logits[0]
+            total += 1
+            gen.timings.decode_s += time.perf_counter() - t0
+            gen.timings.decode_steps += 1
+        tail = stream.flush()
+        if tail:
+            yield tail
+
+    def chat(self, prompt: str, images: Sequence[ImageInput] = (), settings: GenerationSettings | None = None,
+             max_pixels: int | None = None) -> Generation:
+        """One user turn: `images` first, then `prompt`, as qwen2_vl.py's `--input x --prompt y`."""
+        return self.generate(user_message(prompt, len(images)), images, settings, max_pixels)
