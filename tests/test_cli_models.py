@@ -1,0 +1,172 @@
+"""`ragvl models convert` and `ragvl chat` as a user runs them, bad input included.
+
+Every failure must be one line on stderr naming the file and the cause, with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ragvl.models.convert import convert
+
+pytest.importorskip("torch")
+from tiny_checkpoints import hf_generate, load_hf_model, make_hf_processor  # noqa: E402
+
+
+def ragvl(*args, check=True) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "ragvl.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=300)
+    if check and r.returncode != 0:
+        raise AssertionError(f"ragvl {args} failed: {r.stderr}")
+    return r
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) >= 1
+    err = lines[-1]
+    assert err.startswith("ragvl: error: "), r.stderr
+    assert "Traceback" not in r.stderr
+    for n in needles:
+        assert n in err, (n, err)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_ckpt_a, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "tiny-a"
+    r = ragvl("models", "convert", tiny_ckpt_a, out)
+    assert "converted" in r.stderr and r.stdout == ""
+    return out
+
+
+@pytest.fixture
+def page(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "page.png"
+    Image.fromarray(rng.integers(0, 256, (140, 100, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_chat_json_matches_transformers(model, tiny_ckpt_a, page):
+    r = ragvl("chat", "Describe this image.", "--image", page, "--model", model, "--max-new-tokens", 12, "--json")
+    out = json.loads(r.stdout)
+    assert set(out) >= {"text", "token_ids", "prompt_tokens", "timings"}
+    assert set(out["timings"]) >= {"vision_s", "prefill_s", "decode_tok_s"}
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
+    hf = load_hf_model(tiny_ckpt_a)
+    ref = hf_generate(hf, make_hf_processor(tiny_ckpt_a), messages, [Image.open(page)], max_new_tokens=12,
+                      stop_at_eos=True)
+    assert out["prompt_tokens"] == len(ref["prompt_ids"])
+    eos = set(hf.generation_config.eos_token_id if isinstance(hf.generation_config.eos_token_id, list)
+              else [hf.generation_config.eos_token_id])
+    assert out["token_ids"] == [t for t in ref["new_token_ids"].tolist() if t not in eos]
+
+
+def test_chat_streams_text_to_stdout_and_progress_to_stderr(model, page):
+    r = ragvl("chat", "Hi", "--image", page, "--model", model, "--max-new-tokens", 5)
+    assert "prompt tokens" in r.stderr
+    assert "prompt tokens" not in r.stdout
+
+
+def test_chat_sampling_is_seedable(model, page):
+    args = ("chat", "Hi", "--image", page, "--model", model, "-n", 10, "--temperature", 1.5, "--top-p", 0.95,
+            "--top-k", 50, "--repetition-penalty", 1.1, "--json")
+    a = json.loads(ragvl(*args, "--seed", 1).stdout)
+    b = json.loads(ragvl(*args, "--seed", 1).stdout)
+    assert a["token_ids"] == b["token_ids"]
+
+
+def test_unreadable_image(model, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    assert_one_line_error(ragvl("chat", "Hi", "--image", bad, "--model", model, check=False), "broken.png")
+    assert_one_line_error(ragvl("chat", "Hi", "--image", tmp_path / "nope.jpg", "--model", model, check=False),
+                          "nope.jpg")
+
+
+def test_not_a_ragvl_model(tiny_ckpt_a, page, tmp_path):
+    assert_one_line_error(ragvl("chat", "Hi", "--model", tiny_ckpt_a, check=False), "not a ragvl model")
+    assert_one_line_error(ragvl("chat", "Hi", "--model", tmp_path / "missing", check=False), "missing")
+
+
+def test_missing_model_option(page, monkeypatch):
+    monkeypatch.delenv("RAGVL_ANSWERER", raising=False)
+    assert_one_line_error(ragvl("chat", "Hi", check=False), "--model")
+
+
+def test_missing_shard(make_ckpt, tmp_path):
+    ckpt = make_ckpt(variant="a", sharded=True)
+    shard = sorted(ckpt.glob("*.safetensors"))[0]
+    shard.unlink()
+    assert_one_line_error(ragvl("models", "convert", ckpt, tmp_path / "out", check=False), shard.name)
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_safetensors(make_ckpt, tmp_path):
+    ckpt = make_ckpt(variant="a")
+    f = ckpt / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    assert_one_line_error(ragvl("models", "convert", ckpt, tmp_path / "out", check=False), "model.safetensors")
+    f.write_bytes(b"garbage")
+    assert_one_line_error(ragvl("models", "convert", ckpt, tmp_path / "out", check=False), "model.safetensors")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_and_unexpected_tensors_are_named(make_ckpt, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    ckpt = make_ckpt(variant="a")
+    tensors = load_file(ckpt / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    tensors["model.layers.1.mlp.extra.weight"] = np.zeros(3, np.float32)
+    save_file(tensors, ckpt / "model.safetensors")
+    r = ragvl("models", "convert", ckpt, tmp_path / "out", check=False)
+    assert_one_line_error(r, "model.layers.1.mlp.up_proj.weight", "model.layers.1.mlp.extra.weight")
+
+
+def test_not_qwen2vl_architecture(make_ckpt, tmp_path):
+    ckpt = make_ckpt(variant="a")
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["architectures"], cfg["model_type"] = ["LlamaForCausalLM"], "llama"
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    assert_one_line_error(ragvl("models", "convert", ckpt, tmp_path / "out", check=False), "LlamaForCausalLM",
+                          "config.json")
+
+
+def test_convert_refuses_to_overwrite(model, tiny_ckpt_a):
+    assert_one_line_error(ragvl("models", "convert", tiny_ckpt_a, model, check=False), "--force")
+
+
+def test_manifest_hashes_every_file(model):
+    import hashlib
+
+    m = json.loads((model / "ragvl.json").read_text())
+    assert m["kind"] == "qwen2-vl" and m["dtype"] == "fp32"
+    assert {"vision.onnx", "vision.onnx.data", "decoder.onnx", "decoder.onnx.data", "embed.onnx",
+            "tokenizer.json"} <= set(m["files"])
+    for name, info in m["files"].items():
+        assert hashlib.sha256((model / name).read_bytes()).hexdigest() == info["sha256"]
+
+
+def test_truncated_model_file_is_caught(tiny_ckpt_a, tmp_path, page):
+    out = convert(tiny_ckpt_a, tmp_path / "m", log=lambda m: None)
+    data = out / "decoder.onnx.data"
+    data.write_bytes(data.read_bytes()[:100])
+    assert_one_line_error(ragvl("chat", "Hi", "--model", out, check=False), "decoder.onnx.data")
+
+
+def test_missing_cuda_provider_is_loud(model, page):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is available here")
+    assert_one_line_error(ragvl("chat", "Hi", "--model", model, "--device", "cuda", check=False),
+                          "CUDAExecutionProvider")
