@@ -66,6 +66,20 @@ def test_vision_features_and_prefill_logits(pair, size):
     np.testing.assert_allclose(logits, ref["first_logits"], atol=1e-4, rtol=1e-4)
 
 
+def test_unfused_vision_attention(tiny_ckpt_b, tmp_path):
+    """The plain MatMul + Softmax vision attention matches HF as the fused default does."""
+    p = Pair(tiny_ckpt_b, tmp_path / "m")
+    plain = Qwen2VL(convert(tiny_ckpt_b, tmp_path / "plain", fused_attention=False, log=lambda m: None))
+    image = noise_image(200, 300, seed=11)
+    prompt = p.vlm.build_prompt(user_message("x", 1), [image])
+    with torch.no_grad():
+        ref = p.hf.model.visual(torch.from_numpy(np.concatenate(prompt.pixel_values)),
+                                grid_thw=torch.tensor([prompt.grids[0]])).pooler_output.numpy()
+    for vlm in (p.vlm, plain):
+        np.testing.assert_allclose(vlm.encode_images(prompt), ref, atol=1e-4, rtol=1e-4)
+    assert p.vlm.manifest["fused_attention"] and not plain.manifest["fused_attention"]
+
+
 @pytest.mark.parametrize("size", [(56, 56), (333, 250), (90, 640)])
 def test_greedy_tokens_identical(pair, size):
     image = noise_image(*size, seed=7)

@@ -38,8 +38,12 @@ def _log(msg: str) -> None:
 
 
 def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool = False,
-            fused_attention: bool = False, log: Callable[[str], None] = _log) -> Path:
-    """Convert the checkpoint folder `src` into the ragvl model folder `out`; returns `out`."""
+            fused_attention: bool = True, log: Callable[[str], None] = _log) -> Path:
+    """Convert the checkpoint folder `src` into the ragvl model folder `out`; returns `out`.
+
+    `fused_attention` uses onnxruntime's MultiHeadAttention kernel in the vision tower (about
+    1.4x faster there on a CPU than MatMul + Softmax, which materialise the N x N scores).
+    """
     src, out = Path(src), Path(out)
     if dtype not in FORMATS:
         raise RagvlError(f"--dtype {dtype}: expected one of {', '.join(FORMATS)}")
@@ -87,6 +91,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
             "architecture": cfg.architecture,
             "dtype": dtype,
             "weight_format": {"bits": fmt.bits, "block_size": fmt.block_size} if fmt.quantized else None,
+            "fused_attention": fused_attention,
             "config": cfg.to_dict(),
             "graphs": {"vision": "vision.onnx", "embed": "embed.onnx", "decoder": "decoder.onnx"},
             "source": {"path": str(src.resolve()), "checkpoint_dtype": cfg.torch_dtype},

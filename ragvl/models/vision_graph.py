@@ -107,7 +107,7 @@ def _block(g: GraphBuilder, src: TensorSource, x: str, i: int, cos: str, sin: st
 
 
 def build_vision(g: GraphBuilder, src: TensorSource, cfg: VisionConfig, fmt: WeightFormat,
-                 fused_attention: bool = False) -> None:
+                 fused_attention: bool = True) -> None:
     """Add the vision tower to an empty graph builder."""
     d = cfg.embed_dim
     pixels = g.input("pixel_values", FLOAT, ["num_patches", cfg.patch_dim])
