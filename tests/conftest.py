@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny random Qwen2-VL checkpoints in the hub layout (see tests/tiny_checkpoints.py).
+
+Building a checkpoint needs torch + transformers (the reference stack); without them the
+fixtures skip the tests that use them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def _require_reference_stack() -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt_a(tmp_path_factory):
+    """Variant "a": nested config, single fp32 model.safetensors, tied lm_head."""
+    _require_reference_stack()
+    from tiny_checkpoints import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_a"), variant="a")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt_b(tmp_path_factory):
+    """Variant "b": nested config, single fp32 model.safetensors, untied lm_head."""
+    _require_reference_stack()
+    from tiny_checkpoints import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_b"), variant="b")
+
+
+@pytest.fixture(scope="session")
+def make_ckpt(tmp_path_factory):
+    """Factory: make_ckpt(**kwargs) -> Path, kwargs as tiny_checkpoints.make_checkpoint (minus out_dir).
+
+    Every call writes a fresh folder (tens of ms), so a test may modify what it gets.
+    """
+    _require_reference_stack()
+    from tiny_checkpoints import make_checkpoint
+
+    def make(**kwargs):
+        return make_checkpoint(tmp_path_factory.mktemp("tiny"), **kwargs)
+
+    return make
