@@ -75,7 +75,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
     try:
         for name, build in (
             ("vision", lambda g: build_vision(g, source, cfg.vision, fmt, fused_attention)),
-            ("embed", lambda g: build_embed(g, source, cfg.text)),
+            ("embed", lambda g: build_embed(g, source, cfg.text, fmt)),
             ("decoder", lambda g: build_decoder(g, source, cfg.text, cfg.tie_word_embeddings, fmt)),
         ):
             log(f"converting {name} graph ({dtype})")
