@@ -57,3 +57,16 @@ def test_quantized_embedding_gathers_dequantized_rows(tmp_path):
     y = ort.InferenceSession(str(tmp_path / "e.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})[0]
     deq = dequantize_blockwise(*quantize_blockwise(table, 4, 32), 4, 64)
     np.testing.assert_array_equal(y[0], deq[ids[0]])
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_large_tensors_quantize_in_chunks_identically(bits):
+    w = np.random.default_rng(1).standard_normal((4100, 1056)).astype(np.float32)  # > one 16 MB chunk
+    whole = quantize_blockwise(w, bits, 32)
+    rows = [quantize_blockwise(w[i:i + 1], bits, 32) for i in (0, 3999, 4099)]
+    n_blocks = 1056 // 32
+    assert whole[0].shape == (4100, n_blocks, 32 * bits // 8)
+    for (p, s, z), i in zip(rows, (0, 3999, 4099)):
+        np.testing.assert_array_equal(whole[0][i], p[0])
+        np.testing.assert_array_equal(whole[1].reshape(4100, -1)[i], s)
+        np.testing.assert_array_equal(whole[2].reshape(4100, -1)[i], z)

@@ -146,10 +146,20 @@ class Checkpoint:
                             // np.dtype(_DTYPES[info.dtype]).itemsize, offset=info.begin)
         raw = raw.reshape(info.shape)
         if info.dtype == "BF16":
-            return (raw.astype(np.uint32) << 16).view(np.float32)
-        if raw.dtype.kind == "f":
-            return raw.astype(np.float32)
-        return raw.copy()
+            out = (raw.astype(np.uint32) << 16).view(np.float32)
+        elif raw.dtype.kind == "f":
+            out = raw.astype(np.float32)
+        else:
+            out = raw.copy()
+        del raw
+        # The copy is all we keep: drop the mapped pages so a 4 GB checkpoint read end to end
+        # does not stay resident (file-backed pages count towards the process's RSS).
+        start = info.begin - info.begin % mmap.PAGESIZE
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, start, info.end - start)
+        except (AttributeError, OSError, ValueError):
+            pass
+        return out
 
     def close(self) -> None:
         for mm in self._maps.values():

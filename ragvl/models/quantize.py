@@ -46,6 +46,10 @@ def quantize_blockwise(w: np.ndarray, bits: int, block_size: int
     zero points uint8: (N*n_blocks,) for 8 bits, (N*ceil(n_blocks/2),) nibble-packed for 4 bits).
     """
     n, k = w.shape
+    rows = max(1, (1 << 22) // max(k, 1))  # ~16 MB of float32 per chunk bounds the temporaries
+    if n > rows:
+        parts = [quantize_blockwise(w[i:i + rows], bits, block_size) for i in range(0, n, rows)]
+        return tuple(np.concatenate(p) for p in zip(*parts))
     n_blocks = -(-k // block_size)
     pad = n_blocks * block_size - k
     if pad:
