@@ -173,24 +173,39 @@ class Checkpoint:
         self.close()
 
 
-class TensorSource:
-    """Hands out tensors under canonical names and records which were used.
+# The one place where checkpoint names are mapped to the names the graph builders use (the hub's
+# transformers-4.x layout). PEFT wraps everything in `base_model.model.`; transformers 5 and
+# colpali-engine name the text model `language_model` inside the VLM.
+_RENAMES = (
+    ("base_model.model.", ""),
+    ("model.language_model.", "model."),
+    ("language_model.", "model."),
+    ("model.visual.", "visual."),
+)
 
-    `strip_prefixes` removes wrappers such as PEFT's `base_model.model.`. After conversion,
-    `check_all_used()` names any tensor the converter did not consume, so a checkpoint with an
-    unexpected layout fails loudly instead of silently dropping weights.
+
+def canonical_name(name: str) -> str:
+    """A checkpoint tensor name in the hub's Qwen2-VL layout (`visual.*`, `model.layers.*`, ...)."""
+    for old, new in _RENAMES:
+        if name.startswith(old):
+            name = new + name[len(old):]
+    return name
+
+
+class TensorSource:
+    """Hands out a checkpoint's tensors under canonical names and records which were used.
+
+    `check(expected)` fails before any work if tensors are missing or unexpected, naming them;
+    `check_all_used()` is the safety net afterwards.
     """
 
-    def __init__(self, ckpt: Checkpoint, strip_prefixes: tuple[str, ...] = (), ignore: tuple[str, ...] = ()):
+    def __init__(self, ckpt: Checkpoint):
         self.ckpt = ckpt
         self._by_name: dict[str, str] = {}
         for raw in ckpt.names():
-            name = raw
-            for p in strip_prefixes:
-                if name.startswith(p):
-                    name = name[len(p):]
-            if any(name.startswith(i) for i in ignore):
-                continue
+            name = canonical_name(raw)
+            if name in self._by_name:
+                raise RagvlError(f"{ckpt.folder}: tensors {self._by_name[name]} and {raw} both map to {name}")
             self._by_name[name] = raw
         self.used: set[str] = set()
 

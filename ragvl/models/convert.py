@@ -8,19 +8,22 @@ that looks like a model.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .. import __version__
 from ..errors import RagvlError
 from .checkpoint import Checkpoint, TensorSource
-from .config import QWEN2VL_ARCHITECTURES, read_config
-from .decoder_graph import build_decoder, build_embed, text_tensor_names
-from .manifest import KIND_GENERATOR, MANIFEST, write_manifest
+from .config import COLQWEN2_ARCHITECTURES, read_config
+from .decoder_graph import build_decoder, build_embed, colbert_tensor_names, text_tensor_names
+from .lora import LoraAdapter, MergedSource, is_adapter
+from .manifest import KIND_EMBEDDER, KIND_GENERATOR, MANIFEST, write_manifest
 from .onnx_builder import GraphBuilder
 from .quantize import FORMATS
 from .vision_graph import build_vision, vision_tensor_names
@@ -30,19 +33,54 @@ from .vision_graph import build_vision, vision_tensor_names
 SIDE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.json",
               "chat_template.jinja", "preprocessor_config.json", "generation_config.json",
               "special_tokens_map.json")
-PEFT_PREFIXES = ("base_model.model.",)
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def vision_key(source: TensorSource, names: list[str], dtype: str, fused_attention: bool) -> str:
+    """A hash of the vision tower's weights (as float32) and graph options: equal keys, equal graphs."""
+    h = hashlib.sha256(f"{dtype}|fused={fused_attention}|".encode())
+    for name in names:
+        h.update(name.encode())
+        h.update(source.get(name).tobytes())
+    return h.hexdigest()
+
+
+def _find_shared_vision(key: str, candidates: Sequence[Path]) -> Path | None:
+    """A converted model folder whose vision graph was built from identical weights and options."""
+    for folder in candidates:
+        try:
+            m = json.loads((Path(folder) / MANIFEST).read_text())
+        except (OSError, ValueError):
+            continue
+        if m.get("vision", {}).get("key") == key and (Path(folder) / m["graphs"]["vision"]).exists():
+            return Path(folder)
+    return None
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link shares the bytes on disk and keeps both folders self-contained."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool = False,
+            base: str | Path | None = None, share_vision: Sequence[str | Path] = (),
             fused_attention: bool = True, log: Callable[[str], None] = _log) -> Path:
     """Convert the checkpoint folder `src` into the ragvl model folder `out`; returns `out`.
 
-    `fused_attention` uses onnxruntime's MultiHeadAttention kernel in the vision tower (about
-    1.4x faster there on a CPU than MatMul + Softmax, which materialise the N x N scores).
+    - A Qwen2-VL checkpoint becomes a generator (vision, embed, decoder with KV cache); a ColQwen2
+      checkpoint becomes an embedder (vision, embed, encoder with the 128-d projection).
+    - A PEFT LoRA adapter folder is merged into `base` while converting.
+    - When a model folder in `share_vision` holds a vision graph built from identical weights
+      and options, it is hard-linked instead of written again; one onnxruntime session then
+      serves both models in a process.
+    - `fused_attention` uses onnxruntime's MultiHeadAttention kernel in the vision tower (about
+      1.4x faster there on a CPU than MatMul + Softmax, which materialise the N x N scores).
     """
     src, out = Path(src), Path(out)
     if dtype not in FORMATS:
@@ -50,8 +88,21 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
     fmt = FORMATS[dtype]
     if not src.is_dir():
         raise RagvlError(f"{src}: no such checkpoint folder")
-    cfg = read_config(src, allowed=QWEN2VL_ARCHITECTURES)
-    if not (src / "tokenizer.json").exists():
+    adapter = None
+    if is_adapter(src):
+        if base is None:
+            raise RagvlError(f"{src}: is a LoRA adapter; pass --base DIR with its base checkpoint "
+                             f"({json.loads((src / 'adapter_config.json').read_text()).get('base_model_name_or_path', '?')})")
+        base = Path(base)
+        if not base.is_dir():
+            raise RagvlError(f"{base}: no such base checkpoint folder")
+    elif base is not None:
+        raise RagvlError(f"{src}: --base is only for LoRA adapter folders (no adapter_config.json here)")
+    weights_dir = Path(base) if adapter is None and base is not None else (base or src)
+    cfg = read_config(weights_dir)
+    embedder = cfg.architecture in COLQWEN2_ARCHITECTURES
+    side_dirs = [d for d in (weights_dir, src) if d is not None]
+    if not any((d / "tokenizer.json").exists() for d in side_dirs):
         raise RagvlError(f"{src / 'tokenizer.json'}: missing (the checkpoint's fast tokenizer is required)")
     if out.exists() and any(out.iterdir()):
         if not force:
@@ -60,12 +111,24 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
             raise RagvlError(f"{out}: exists and is not a ragvl model; refusing to replace it")
 
     t0 = time.perf_counter()
-    ckpt = Checkpoint(src)
-    source = TensorSource(ckpt, strip_prefixes=PEFT_PREFIXES)
-    expected = vision_tensor_names(cfg.vision) + text_tensor_names(cfg.text, cfg.tie_word_embeddings)
-    if cfg.tie_word_embeddings and "lm_head.weight" in source:
-        expected.append("lm_head.weight")  # some exports store the tied copy too; it is ignored
-        source.used.add("lm_head.weight")
+    ckpt = Checkpoint(weights_dir)
+    if weights_dir != src:
+        adapter = LoraAdapter(src)
+        source: TensorSource = MergedSource(ckpt, adapter)
+        log(f"merging LoRA adapter {src} into {weights_dir}")
+    else:
+        source = TensorSource(ckpt)
+    v_names = vision_tensor_names(cfg.vision)
+    if embedder:
+        expected = v_names + text_tensor_names(cfg.text, tied=True, lm_head=False) + colbert_tensor_names()
+        if "lm_head.weight" in source:  # a generator head left in a ColQwen2 export is unused
+            expected.append("lm_head.weight")
+            source.used.add("lm_head.weight")
+    else:
+        expected = v_names + text_tensor_names(cfg.text, cfg.tie_word_embeddings)
+        if cfg.tie_word_embeddings and "lm_head.weight" in source:
+            expected.append("lm_head.weight")  # some exports store the tied copy too; it is ignored
+            source.used.add("lm_head.weight")
     source.check(expected)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -73,28 +136,42 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        for name, build in (
-            ("vision", lambda g: build_vision(g, source, cfg.vision, fmt, fused_attention)),
+        key = vision_key(source, v_names, dtype, fused_attention)
+        shared = _find_shared_vision(key, [Path(c) for c in share_vision])
+        steps = [
             ("embed", lambda g: build_embed(g, source, cfg.text, fmt)),
+            ("encoder", lambda g: build_decoder(g, source, cfg.text, True, fmt, head="colbert")) if embedder else
             ("decoder", lambda g: build_decoder(g, source, cfg.text, cfg.tie_word_embeddings, fmt)),
-        ):
+        ]
+        if shared is None:
+            steps.insert(0, ("vision", lambda g: build_vision(g, source, cfg.vision, fmt, fused_attention)))
+        else:
+            log(f"sharing the vision graph of {shared} (identical weights)")
+            for f in ("vision.onnx", "vision.onnx.data"):
+                _link_or_copy(shared / f, tmp / f)
+        for name, build in steps:
             log(f"converting {name} graph ({dtype})")
             g = GraphBuilder(name, tmp / f"{name}.onnx")
             build(g)
             g.save()
+        source.used.update(v_names)
         source.check_all_used()
-        for f in SIDE_FILES:
-            if (src / f).exists():
-                shutil.copy2(src / f, tmp / f)
+        for d in side_dirs:
+            for f in SIDE_FILES:
+                if (d / f).exists():
+                    shutil.copy2(d / f, tmp / f)
+        text_graph = "encoder" if embedder else "decoder"
         write_manifest(tmp, {
-            "kind": KIND_GENERATOR,
+            "kind": KIND_EMBEDDER if embedder else KIND_GENERATOR,
             "architecture": cfg.architecture,
             "dtype": dtype,
             "weight_format": {"bits": fmt.bits, "block_size": fmt.block_size} if fmt.quantized else None,
             "fused_attention": fused_attention,
             "config": cfg.to_dict(),
-            "graphs": {"vision": "vision.onnx", "embed": "embed.onnx", "decoder": "decoder.onnx"},
-            "source": {"path": str(src.resolve()), "checkpoint_dtype": cfg.torch_dtype},
+            "graphs": {"vision": "vision.onnx", "embed": "embed.onnx", text_graph: f"{text_graph}.onnx"},
+            "vision": {"key": key, "shared_with": str(shared.resolve()) if shared else None},
+            "source": {"path": str(src.resolve()), "base": str(Path(base).resolve()) if base else None,
+                       "checkpoint_dtype": cfg.torch_dtype},
             "ragvl_version": __version__,
         })
         if out.exists():
@@ -105,5 +182,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
         raise
     finally:
         ckpt.close()
+        if adapter is not None:
+            adapter.close()
     log(f"converted {src} -> {out} in {time.perf_counter() - t0:.1f}s")
     return out

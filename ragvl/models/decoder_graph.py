@@ -26,12 +26,12 @@ LAYER_TENSORS = ("input_layernorm.weight", "post_attention_layernorm.weight",
 NEG_INF = np.float32(np.finfo(np.float32).min)  # HF's mask value: finite, so no NaN on empty rows
 
 
-def text_tensor_names(cfg: TextConfig, tied: bool) -> list[str]:
-    """Every checkpoint tensor the language model reads."""
+def text_tensor_names(cfg: TextConfig, tied: bool, lm_head: bool = True) -> list[str]:
+    """Every checkpoint tensor the language model reads (ColQwen2 has no lm_head)."""
     names = ["model.embed_tokens.weight", "model.norm.weight"]
     for i in range(cfg.num_hidden_layers):
         names += [f"model.layers.{i}.{t}" for t in LAYER_TENSORS]
-    if not tied:
+    if lm_head and not tied:
         names.append("lm_head.weight")
     return names
 
@@ -100,7 +100,7 @@ def _mask_bias(g: GraphBuilder, attention_mask: str, embeds: str) -> str:
 
 
 def _attention(g: GraphBuilder, src: TensorSource, x: str, i: int, cos: str, sin: str, bias: str,
-               cfg: TextConfig, fmt: WeightFormat) -> str:
+               cfg: TextConfig, fmt: WeightFormat, kv_cache: bool) -> str:
     p, n = f"/model/layers.{i}/self_attn", f"model.layers.{i}.self_attn."
     H, nh, nkv, hd = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
 
@@ -112,13 +112,14 @@ def _attention(g: GraphBuilder, src: TensorSource, x: str, i: int, cos: str, sin
     q = rotate(g, proj("q_proj", nh), cos, sin, hd // 2, f"{p}/q_rot")  # (B, nh, S, hd)
     k = rotate(g, proj("k_proj", nkv), cos, sin, hd // 2, f"{p}/k_rot")  # (B, nkv, S, hd)
     v = proj("v_proj", nkv)
-    past_k, past_v, present_k, present_v = kv_names(i)
-    for name in (past_k, past_v):
-        g.input(name, FLOAT, ["batch", nkv, "past_seq", hd])
-    k = g.concat([past_k, k], 2, f"{p}/k_cache")  # (B, nkv, T, hd)
-    v = g.concat([past_v, v], 2, f"{p}/v_cache")
-    g.output(k, present_k, FLOAT, ["batch", nkv, "total_seq", hd])
-    g.output(v, present_v, FLOAT, ["batch", nkv, "total_seq", hd])
+    if kv_cache:
+        past_k, past_v, present_k, present_v = kv_names(i)
+        for name in (past_k, past_v):
+            g.input(name, FLOAT, ["batch", nkv, "past_seq", hd])
+        k = g.concat([past_k, k], 2, f"{p}/k_cache")  # (B, nkv, T, hd)
+        v = g.concat([past_v, v], 2, f"{p}/v_cache")
+        g.output(k, present_k, FLOAT, ["batch", nkv, "total_seq", hd])
+        g.output(v, present_v, FLOAT, ["batch", nkv, "total_seq", hd])
     # Grouped-query attention without copying K/V per head: the rep query heads that share one
     # KV head are stacked along the sequence axis, a free reshape of (B, nh, S, hd).
     q = g.mul(q, g.const(np.float32(hd ** -0.5), np.float32), f"{p}/scale")
@@ -146,8 +147,16 @@ def _mlp(g: GraphBuilder, src: TensorSource, x: str, i: int, cfg: TextConfig, fm
                   None, f"{p}/down_proj", fmt)
 
 
-def build_decoder(g: GraphBuilder, src: TensorSource, cfg: TextConfig, tied: bool, fmt: WeightFormat) -> None:
-    """Add the language model with KV cache to an empty graph builder."""
+def build_decoder(g: GraphBuilder, src: TensorSource, cfg: TextConfig, tied: bool, fmt: WeightFormat,
+                  head: str = "lm") -> None:
+    """Add the language model to an empty graph builder.
+
+    head="lm": the generator's decoder, with KV cache; outputs last-position logits, the final
+    hidden states and the presents. head="colbert": ColQwen2's page/query encoder, no cache;
+    outputs `embeddings` (B, S, 128): custom_text_proj of the final hidden states, L2-normalised
+    per token and multiplied by the attention mask, as colpali-engine's ColQwen2.forward.
+    """
+    kv_cache = head == "lm"
     H = cfg.hidden_size
     x = g.input("inputs_embeds", FLOAT, ["batch", "seq", H])
     mask = g.input("attention_mask", INT64, ["batch", "total_seq"])
@@ -159,15 +168,36 @@ def build_decoder(g: GraphBuilder, src: TensorSource, cfg: TextConfig, tied: boo
         n, p = f"model.layers.{i}.", f"/model/layers.{i}"
         h = g.rms_norm(x, g.weight(n + "input_layernorm.weight", src.get(n + "input_layernorm.weight", (H,))),
                        eps, p + "/input_layernorm")
-        x = g.add(x, _attention(g, src, h, i, cos, sin, bias, cfg, fmt), p + "/attn_residual")
+        x = g.add(x, _attention(g, src, h, i, cos, sin, bias, cfg, fmt, kv_cache), p + "/attn_residual")
         h = g.rms_norm(x, g.weight(n + "post_attention_layernorm.weight",
                                    src.get(n + "post_attention_layernorm.weight", (H,))),
                        eps, p + "/post_attention_layernorm")
         x = g.add(x, _mlp(g, src, h, i, cfg, fmt), p + "/mlp_residual")
     x = g.rms_norm(x, g.weight("model.norm.weight", src.get("model.norm.weight", (H,))), eps, "/model/norm")
+    if head == "colbert":
+        _colbert_head(g, src, x, mask, cfg)
+        return
     g.output(x, "last_hidden_state", FLOAT, ["batch", "seq", H])
     last = g.squeeze(g.slice(x, [-1], [np.iinfo(np.int64).max], [1], "/model/last"), [1], "/model/last")  # (B, H)
     head = "model.embed_tokens.weight" if tied else "lm_head.weight"
     w = src.get(head, (cfg.vocab_size, H))
     logits = linear(g, last, "lm_head.weight", w, None, "/lm_head", fmt)
     g.output(logits, "logits", FLOAT, ["batch", cfg.vocab_size])
+
+
+COLBERT_DIM = 128
+
+
+def _colbert_head(g: GraphBuilder, src: TensorSource, x: str, mask: str, cfg: TextConfig) -> None:
+    """embeddings = normalize(custom_text_proj(x)) * mask; the projection stays fp32 (it is tiny)."""
+    p, n = "/custom_text_proj", "custom_text_proj."
+    y = linear(g, x, n + "weight", src.get(n + "weight", (COLBERT_DIM, cfg.hidden_size)),
+               src.get(n + "bias", (COLBERT_DIM,)), p, WeightFormat())  # (B, S, 128)
+    norm = g.op("ReduceL2", [y, g.const([-1])], "/l2norm", keepdims=1)  # (B, S, 1)
+    y = g.div(y, norm, "/l2norm")
+    keep = g.unsqueeze(g.cast(mask, FLOAT, "/mask"), [-1], "/mask")  # (B, S, 1)
+    g.output(g.mul(y, keep, "/mask"), "embeddings", FLOAT, ["batch", "seq", COLBERT_DIM])
+
+
+def colbert_tensor_names() -> list[str]:
+    return ["custom_text_proj.weight", "custom_text_proj.bias"]

@@ -18,11 +18,11 @@ import numpy as np
 from ..errors import RagvlError
 from .decoder_graph import kv_names
 from .generation import GenerationSettings, TokenSampler, read_generation_config
-from .manifest import KIND_GENERATOR, model_config, read_manifest
-from .preprocess import ImageConfig, ImageInput, num_image_tokens, preprocess
+from .manifest import KIND_GENERATOR
+from .preprocess import ImageInput
 from .rope import mrope_positions
-from .session import create_session, default_device
-from .tokenizer import StreamDecoder, Tokenizer
+from .tokenizer import StreamDecoder
+from .vlm import Prompt, VisionLanguageModel
 
 
 def user_message(text: str, n_images: int) -> list[dict]:
@@ -72,66 +72,27 @@ class Generation:
                 "timings": self.timings.as_dict()}
 
 
-@dataclass
-class Prompt:
-    """A tokenized prompt with its images' pixel rows and patch grids."""
-
-    ids: np.ndarray  # (S,) int64, image pads expanded
-    pixel_values: list[np.ndarray]  # per image (N_i, C*T*P*P)
-    grids: list[tuple[int, int, int]]
-
-
-class Qwen2VL:
+class Qwen2VL(VisionLanguageModel):
     """A ragvl model folder of kind qwen2-vl, opened on `device` ("cpu" or "cuda")."""
 
     def __init__(self, folder: str | Path, device: str | None = None, threads: int | None = None):
-        self.folder = Path(folder)
-        self.manifest = read_manifest(self.folder, kind=KIND_GENERATOR)
-        self.config = model_config(self.manifest)
-        self.tokenizer = Tokenizer.from_dir(self.folder)
-        pre = self.folder / "preprocessor_config.json"
-        self.image_config = ImageConfig.from_file(pre) if pre.exists() else ImageConfig()
+        super().__init__(folder, KIND_GENERATOR, device, threads)
         self.defaults = read_generation_config(self.folder)
-        device = device or default_device()
-        graphs = self.manifest["graphs"]
-        self.vision = create_session(self.folder / graphs["vision"], device, threads)
-        self.embed = create_session(self.folder / graphs["embed"], device, threads)
-        self.decoder = create_session(self.folder / graphs["decoder"], device, threads)
+        self.decoder = self.session("decoder")
         self._out_names = ["logits"] + [n for i in range(self.config.text.num_hidden_layers) for n in kv_names(i)[2:]]
 
     # -- building blocks ------------------------------------------------------------------
     def build_prompt(self, messages: list[dict], images: Sequence[ImageInput] = (),
                      max_pixels: int | None = None) -> Prompt:
         """Render the chat template and preprocess the images it refers to, in order."""
-        cfg = self.image_config
-        if max_pixels is not None:
-            cfg = ImageConfig(**{**cfg.__dict__, "max_pixels": max_pixels,
-                                 "min_pixels": min(cfg.min_pixels, max_pixels)})
-        pixels, grids = [], []
-        for image in images:
-            pv, grid = preprocess(image, cfg)
-            pixels.append(pv)
-            grids.append(tuple(int(x) for x in grid))
+        pixels, grids, counts = self.preprocess_images(images, self.image_config_for(max_pixels))
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        counts = [num_image_tokens(g, cfg.merge_size) for g in grids]
         ids = self.tokenizer.encode_prompt(text, counts)
         n_pads = int((ids == self.config.image_token_id).sum())
         if n_pads != sum(counts):
             raise RagvlError(f"the prompt has {n_pads} image tokens but {len(images)} image(s) "
                              f"need {sum(counts)}: pass as many images as the messages name")
         return Prompt(np.asarray(ids, dtype=np.int64), pixels, grids)
-
-    def encode_images(self, prompt: Prompt) -> np.ndarray:
-        """Vision features (sum of tokens, H) for every image, one vision run per image."""
-        feats = [self.vision.run(None, {"pixel_values": pv, "grid_thw": np.asarray(g, np.int64)})[0]
-                 for pv, g in zip(prompt.pixel_values, prompt.grids)]
-        if not feats:
-            return np.zeros((0, self.config.text.hidden_size), np.float32)
-        return np.concatenate(feats, axis=0)
-
-    def embed_ids(self, ids: np.ndarray) -> np.ndarray:
-        """Token embeddings (B, S, H) for ids (B, S)."""
-        return self.embed.run(None, {"input_ids": ids})[0]
 
     def empty_cache(self, batch: int = 1) -> dict[str, np.ndarray]:
         t = self.config.text
@@ -156,9 +117,7 @@ class Qwen2VL:
         feats = self.encode_images(prompt)
         t1 = time.perf_counter()
         ids = prompt.ids[None]  # (1, S)
-        embeds = self.embed_ids(ids)  # (1, S, H)
-        is_image = ids[0] == self.config.image_token_id
-        embeds[0, is_image] = feats
+        embeds = self.embed_prompt(ids, feats)  # (1, S, H)
         positions, deltas = mrope_positions(ids, self.config.image_token_id, prompt.grids,
                                             self.config.vision.spatial_merge_size)
         logits, cache = self.run_decoder(embeds, np.ones_like(ids), positions, self.empty_cache())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 import onnxruntime as ort
@@ -32,9 +33,26 @@ def providers_for(device: str) -> list[str]:
     return DEVICES[device]
 
 
+# Open sessions by file identity: a vision graph hard-linked into both the embedder and the
+# generator folders is loaded once per process.
+_OPEN: "weakref.WeakValueDictionary[tuple, ort.InferenceSession]" = weakref.WeakValueDictionary()
+
+
 def create_session(path: str | Path, device: str = "cpu", threads: int | None = None) -> ort.InferenceSession:
     """Open one ONNX graph on `device`, failing loudly if the provider did not take it."""
     path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise RagvlError(f"{path}: cannot open the graph ({e.strerror})") from None
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, device, threads)
+    sess = _OPEN.get(key)
+    if sess is None:
+        sess = _OPEN[key] = _open(path, device, threads)
+    return sess
+
+
+def _open(path: Path, device: str, threads: int | None) -> ort.InferenceSession:
     providers = providers_for(device)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

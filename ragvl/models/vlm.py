@@ -1,0 +1,82 @@
+"""What a Qwen2-VL generator and a ColQwen2 embedder share at run time.
+
+Both are the same vision tower and token embedding in front of a language model: a converted
+folder's manifest, tokenizer and preprocessor settings, the vision and embed sessions, and the
+step that splices image features into the token embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .manifest import model_config, read_manifest
+from .preprocess import ImageConfig, ImageInput, num_image_tokens, preprocess
+from .session import create_session, default_device
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class Prompt:
+    """A tokenized prompt with its images' pixel rows and patch grids."""
+
+    ids: np.ndarray  # (S,) int64, image pads expanded
+    pixel_values: list[np.ndarray]  # per image (N_i, C*T*P*P)
+    grids: list[tuple[int, int, int]]
+
+
+class VisionLanguageModel:
+    """A converted model folder of `kind`, with its vision and embedding sessions open."""
+
+    def __init__(self, folder: str | Path, kind: str, device: str | None = None, threads: int | None = None):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder, kind=kind)
+        self.config = model_config(self.manifest)
+        self.tokenizer = Tokenizer.from_dir(self.folder)
+        pre = self.folder / "preprocessor_config.json"
+        self.image_config = ImageConfig.from_file(pre) if pre.exists() else ImageConfig()
+        self.device = device or default_device()
+        self.threads = threads
+        self.vision = self.session("vision")
+        self.embed = self.session("embed")
+
+    def session(self, graph: str):
+        """The onnxruntime session of one of the manifest's graphs."""
+        return create_session(self.folder / self.manifest["graphs"][graph], self.device, self.threads)
+
+    def image_config_for(self, max_pixels: int | None) -> ImageConfig:
+        if max_pixels is None:
+            return self.image_config
+        return replace(self.image_config, max_pixels=max_pixels,
+                       min_pixels=min(self.image_config.min_pixels, max_pixels))
+
+    def preprocess_images(self, images: Sequence[ImageInput], cfg: ImageConfig
+                          ) -> tuple[list[np.ndarray], list[tuple[int, int, int]], list[int]]:
+        """Pixel rows, patch grids and token counts per image."""
+        pixels, grids = [], []
+        for image in images:
+            pv, grid = preprocess(image, cfg)
+            pixels.append(pv)
+            grids.append(tuple(int(x) for x in grid))
+        return pixels, grids, [num_image_tokens(g, cfg.merge_size) for g in grids]
+
+    def encode_images(self, prompt: Prompt) -> np.ndarray:
+        """Vision features (sum of tokens, H) for every image, one vision run per image."""
+        feats = [self.vision.run(None, {"pixel_values": pv, "grid_thw": np.asarray(g, np.int64)})[0]
+                 for pv, g in zip(prompt.pixel_values, prompt.grids)]
+        if not feats:
+            return np.zeros((0, self.config.text.hidden_size), np.float32)
+        return np.concatenate(feats, axis=0)
+
+    def embed_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Token embeddings (B, S, H) for ids (B, S)."""
+        return self.embed.run(None, {"input_ids": ids})[0]
+
+    def embed_prompt(self, ids: np.ndarray, feats: np.ndarray) -> np.ndarray:
+        """Embeddings (B, S, H) for ids (B, S), image pads replaced by `feats` in order."""
+        embeds = self.embed_ids(ids)
+        embeds[ids == self.config.image_token_id] = feats
+        return embeds
