@@ -46,3 +46,16 @@ def make_ckpt(tmp_path_factory):
         return make_checkpoint(tmp_path_factory.mktemp("tiny"), **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tmp_path_factory):
+    """A converted tiny ColQwen2 model folder (variant "a", fp32), as `ragvl models convert` makes it."""
+    _require_reference_stack()
+    from tiny_colqwen2 import make_colqwen2_checkpoint
+
+    from ragvl.models.convert import convert
+
+    tmp = tmp_path_factory.mktemp("embedder")
+    return convert(make_colqwen2_checkpoint(tmp / "ckpt", variant="a"), tmp / "colqwen2-tiny", log=lambda m: None)
+
