@@ -97,9 +97,10 @@ def test_not_a_ragvl_model(tiny_ckpt_a, page, tmp_path):
     assert_one_line_error(ragvl("chat", "Hi", "--model", tmp_path / "missing", check=False), "missing")
 
 
-def test_missing_model_option(page, monkeypatch):
+def test_missing_model_option(page, monkeypatch, tmp_path):
     monkeypatch.delenv("RAGVL_ANSWERER", raising=False)
-    assert_one_line_error(ragvl("chat", "Hi", check=False), "--model")
+    monkeypatch.setenv("RAGVL_HOME", str(tmp_path / "home"))
+    assert_one_line_error(ragvl("chat", "Hi", check=False), "--model", "ragvl models pull", "ragvl models convert")
 
 
 def test_missing_shard(make_ckpt, tmp_path):

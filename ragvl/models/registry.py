@@ -97,7 +97,7 @@ def default_model(kind: str) -> Path | None:
     return of_kind[0] if len(of_kind) == 1 else None
 
 
-def resolve_model(kind: str, explicit: str | Path | None) -> Path:
+def resolve_model(kind: str, explicit: str | Path | None, option: str | None = None) -> Path:
     """The model folder a command should use: the option, else the env var, else the default."""
     chosen = explicit or os.environ.get(ENV[kind])
     if chosen:
@@ -110,5 +110,5 @@ def resolve_model(kind: str, explicit: str | Path | None) -> Path:
     if folder is None:
         raise RagvlError(f"no {ROLE[kind]} model installed in {models_dir()}: run `ragvl models pull` (needs the "
                          f"network once), or `ragvl models convert CHECKPOINT_DIR` from a downloaded checkpoint "
-                         f"(offline); or pass --{ROLE[kind]} DIR")
+                         f"(offline); or pass {option or '--' + ROLE[kind]} DIR")
     return folder

@@ -1,0 +1,78 @@
+"""`ragvl search`: late-interaction (MaxSim) search over the page index.
+
+The page vectors are read from LanceDB once per table version into one contiguous float16
+matrix, cached next to the table (`cache/v{version}/`) and memory-mapped by later searches, so a
+query never re-reads the table. Large indexes get the centroid first stage; the scores returned
+are always exact MaxSim sums, the numbers colpali-engine's score_multi_vector gives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .maxsim import EXACT_BELOW, PageMatrix
+from .store import PageStore, vectors_from_column
+
+CACHE = "cache"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved page: 1-based rank and page number, and the MaxSim score."""
+
+    rank: int
+    path: str
+    page: int
+    score: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class PageSearch:
+    """Search over one version of a PageStore; build it again after the index changes."""
+
+    def __init__(self, store: PageStore):
+        self.store = store
+        self.version = store.version
+        root = store.path / CACHE
+        cache = root / f"v{self.version}"
+        try:
+            self.matrix = PageMatrix.load(cache)
+            self.labels = [tuple(x) for x in json.loads((cache / "labels.json").read_text())]
+            if len(self.labels) != self.matrix.n_pages:
+                raise ValueError("labels and matrix disagree")
+        except (OSError, ValueError):
+            self.matrix, self.labels = self._build(cache)
+            for old in root.iterdir():  # caches of older versions are never read again
+                if old.name != cache.name:
+                    shutil.rmtree(old, ignore_errors=True)
+
+    def _build(self, cache: Path) -> tuple[PageMatrix, list[tuple[str, int]]]:
+        t = self.store.scan(["doc_path", "page", "vectors"])
+        flat, offsets = vectors_from_column(t["vectors"])
+        labels = list(zip(t["doc_path"].to_pylist(), t["page"].to_pylist()))
+        matrix = PageMatrix(flat, offsets)
+        if matrix.n_pages >= EXACT_BELOW:
+            matrix.build_first_stage()
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / "labels.json.tmp"
+        tmp.write_text(json.dumps(labels))
+        os.replace(tmp, cache / "labels.json")
+        matrix.save(cache)  # meta.json last: a torn cache is rebuilt, never read
+        return PageMatrix.load(cache), labels
+
+    def __len__(self) -> int:
+        return self.matrix.n_pages
+
+    def search(self, query: np.ndarray, k: int = 5) -> list[Hit]:
+        """The top-k pages for one query's multi-vector (nq, 128), best first."""
+        idx, scores = self.matrix.search(np.asarray(query, np.float32), k)
+        return [Hit(r + 1, self.labels[i][0], int(self.labels[i][1]), float(s))
+                for r, (i, s) in enumerate(zip(idx, scores))]
