@@ -216,11 +216,15 @@ def gb(kb: int | None) -> float | None:
     return None if kb is None else round(kb / 1024 / 1024, 3)
 
 
-def run_child(task: str, args: dict[str, Any], work: Path) -> dict[str, Any]:
-    """Run `task` in a fresh interpreter; returns its JSON result plus wall_s (or an error)."""
+def run_child(task: str, args: dict[str, Any], work: Path, script: str | Path | None = None) -> dict[str, Any]:
+    """Run `task` in a fresh interpreter; returns its JSON result plus wall_s (or an error).
+
+    `script` is the benchmark whose `--child` handles the task (default: this file); the other
+    benchmarks in bench/ run their own tasks through it.
+    """
     fd, out = tempfile.mkstemp(prefix=f"child-{task}-", suffix=".json", dir=work)
     os.close(fd)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", task, "--child-args", json.dumps(args),
+    cmd = [sys.executable, str(Path(script or __file__).resolve()), "--child", task, "--child-args", json.dumps(args),
            "--child-out", out]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "BENCH_EPOCH": repr(T_START), "BENCH_TASK": task}
     t0 = time.perf_counter()
@@ -237,10 +241,14 @@ def run_child(task: str, args: dict[str, Any], work: Path) -> dict[str, Any]:
     return res
 
 
-def child_main(task: str, args: dict[str, Any], out: str) -> None:
-    fn = {"build": task_build, "convert": task_convert, "machine": task_machine,
-          "hf": task_hf, "ragvl": task_ragvl}[task]
-    res = fn(**args)
+def child_main(task: str, args: dict[str, Any], out: str, tasks: dict[str, Any] | None = None) -> None:
+    """Run one task in this (child) process and write its JSON result, with this process's peak RSS.
+
+    `tasks`: {name: function} (default: this file's tasks).
+    """
+    tasks = tasks or {"build": task_build, "convert": task_convert, "machine": task_machine,
+                      "hf": task_hf, "ragvl": task_ragvl}
+    res = tasks[task](**args)
     res["peak_rss_gb"] = gb(proc_status_kb("VmHWM"))
     Path(out).write_text(json.dumps(res))
 
@@ -332,6 +340,10 @@ def folder_sizes(folder: Path) -> dict[str, int]:
         sizes[g] = sum(f.stat().st_size for f in (folder / f"{g}.onnx", folder / f"{g}.onnx.data") if f.exists())
     sizes["decoder_data"] = (folder / "decoder.onnx.data").stat().st_size if (folder / "decoder.onnx.data").exists() else 0
     sizes["lm"] = sizes["embed"] + sizes["decoder"]
+    if (folder / "encoder.onnx").exists():  # a ColQwen2 embedder: the encoder takes the decoder's place
+        sizes["encoder"] = sum(f.stat().st_size for f in (folder / "encoder.onnx", folder / "encoder.onnx.data")
+                               if f.exists())
+        sizes["lm"] += sizes["encoder"]
     sizes["total"] = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     return sizes
 
@@ -487,28 +499,13 @@ def task_ragvl(folder: str, threads: int, new_tokens: int, runs: int) -> dict:
             "grid_thw": list(prompt.grids[0]), "tokens": [int(t) for t in tokens], **_summarise(recs)}
 
 
-def task_hf(ckpt: str, threads: int, new_tokens: int, runs: int, attn: str) -> dict:
-    import numpy as np
-    import torch
-    import transformers
-    from transformers import Qwen2VLForConditionalGeneration
+def instrument_hf(model):
+    """Instrument a transformers Qwen2-VL model without touching the math: time the vision tower
+    inside generate, and timestamp every token generate hands to a streamer (the prompt first,
+    then each new token). Returns (vision_time, stamps): vision_time[0] accumulates seconds,
+    stamps.t is the list of timestamps; reset both before each generate call."""
     from transformers.generation.streamers import BaseStreamer
 
-    from ragvl.models.qwen2vl import user_message
-    from tiny_checkpoints import hf_generate, make_hf_processor
-
-    torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    # As tiny_checkpoints.load_hf_model, with a choice of attention kernel.
-    model = Qwen2VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32,
-                                                            attn_implementation=attn).eval()
-    processor = make_hf_processor(ckpt)
-    load_s = time.perf_counter() - t0
-    rss_loaded = gb(proc_status_kb("VmRSS"))
-    log(f"  loaded in {load_s:.2f}s, RSS {rss_loaded} GB (attention: {attn})")
-
-    # Instrumentation without touching the math: time the vision tower inside generate, and
-    # timestamp every token generate hands to a streamer (the prompt first, then each new token).
     vision_time = [0.0]
     inner = model.model.get_image_features
 
@@ -533,6 +530,28 @@ def task_hf(ckpt: str, threads: int, new_tokens: int, runs: int, attn: str) -> d
     stamps = Stamps()
     generate = model.generate
     model.generate = lambda *a, **k: generate(*a, streamer=stamps, **k)
+    return vision_time, stamps
+
+
+def task_hf(ckpt: str, threads: int, new_tokens: int, runs: int, attn: str) -> dict:
+    import numpy as np
+    import torch
+    import transformers
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from ragvl.models.qwen2vl import user_message
+    from tiny_checkpoints import hf_generate, make_hf_processor
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    # As tiny_checkpoints.load_hf_model, with a choice of attention kernel.
+    model = Qwen2VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32,
+                                                            attn_implementation=attn).eval()
+    processor = make_hf_processor(ckpt)
+    load_s = time.perf_counter() - t0
+    rss_loaded = gb(proc_status_kb("VmRSS"))
+    log(f"  loaded in {load_s:.2f}s, RSS {rss_loaded} GB (attention: {attn})")
+    vision_time, stamps = instrument_hf(model)
 
     image = page_image()
     messages = user_message(QUESTION, 1)

@@ -30,6 +30,30 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+# Options shared by the commands that generate text or load models.
+MAX_NEW_TOKENS = typer.Option(None, "--max-new-tokens", "-n", help="Default: 256.")
+TEMPERATURE = typer.Option(None, "--temperature", help="Sample at this temperature.")
+TOP_P = typer.Option(None, "--top-p", help="Nucleus sampling.")
+REPETITION_PENALTY = typer.Option(None, "--repetition-penalty")
+GREEDY = typer.Option(None, "--greedy/--sample", help="Force greedy or sampled decoding (default: the "
+                      "checkpoint's generation_config).")
+SEED = typer.Option(None, "--seed", help="Seed for sampling.")
+DEVICE = typer.Option(None, "--device", help="cpu or cuda [env RAGVL_DEVICE].")
+
+
+def _settings(defaults, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy):
+    """The checkpoint's generation defaults with the command-line overrides applied."""
+    return defaults.with_overrides(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                   top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
+                                   do_sample=None if greedy is None else not greedy)
+
+
+def _timings_line(g) -> str:
+    t = g.timings.as_dict()
+    return (f"{g.prompt_tokens} prompt tokens, {len(g.token_ids)} new; vision {t['vision_s']:.2f}s, "
+            f"prefill {t['prefill_s']:.2f}s, decode {t['decode_tok_s'] or 0:.1f} tok/s")
+
+
 @models_app.command("convert")
 def models_convert(
     src: Path = typer.Argument(..., help="A Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer)."),
@@ -101,34 +125,29 @@ def chat(
     image: List[Path] = typer.Option([], "--image", "-i", help="An image to show the model (repeatable)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="A converted qwen2-vl model folder or "
                                          "installed name [env RAGVL_ANSWERER; default: the installed one]."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n", help="Default: 256."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sample at this temperature."),
-    top_p: Optional[float] = typer.Option(None, "--top-p"),
-    top_k: Optional[int] = typer.Option(None, "--top-k"),
-    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty"),
-    greedy: Optional[bool] = typer.Option(None, "--greedy/--sample",
-                                          help="Force greedy or sampled decoding (default: the checkpoint's "
-                                               "generation_config)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling."),
+    max_new_tokens: Optional[int] = MAX_NEW_TOKENS,
+    temperature: Optional[float] = TEMPERATURE,
+    top_p: Optional[float] = TOP_P,
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample from the k most likely tokens."),
+    repetition_penalty: Optional[float] = REPETITION_PENALTY,
+    greedy: Optional[bool] = GREEDY,
+    seed: Optional[int] = SEED,
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Resize each image to at most this "
                                              "many pixels (default: the checkpoint's preprocessor config)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda [env RAGVL_DEVICE]."),
+    device: Optional[str] = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
 ) -> None:
     """Ask Qwen2-VL about images: the answer streams to stdout."""
-    from .models.qwen2vl import Qwen2VL
-
     from .models.manifest import KIND_GENERATOR
+    from .models.qwen2vl import Qwen2VL
     from .models.registry import resolve_model
 
     try:
         folder = resolve_model(KIND_GENERATOR, model, "--model")
         _log(f"loading {folder}")
         vlm = Qwen2VL(folder, device=device)
-        settings = vlm.defaults.with_overrides(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-            repetition_penalty=repetition_penalty, seed=seed,
-            do_sample=None if greedy is None else not greedy)
+        settings = _settings(vlm.defaults, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
+                             greedy)
         gen = vlm.chat(prompt, image, settings, max_pixels=max_pixels)
         if as_json:
             gen.consume()
@@ -138,9 +157,7 @@ def chat(
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
-        t = gen.timings.as_dict()
-        _log(f"{gen.prompt_tokens} prompt tokens, {len(gen.token_ids)} new; vision {t['vision_s']:.2f}s, "
-             f"prefill {t['prefill_s']:.2f}s, decode {t['decode_tok_s'] or 0:.1f} tok/s")
+        _log(_timings_line(gen))
     except RagvlError as e:
         _fail(str(e))
 
@@ -165,7 +182,7 @@ def index(
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
     embedder: Optional[Path] = typer.Option(None, "--embedder", help=EMBEDDER_HELP),
     dpi: Optional[int] = typer.Option(None, "--dpi", help="Rasterization DPI (default 120)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda [env RAGVL_DEVICE]."),
+    device: Optional[str] = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -202,7 +219,7 @@ def search(
     k: int = typer.Option(5, "-k", "--top-k", min=1, help="How many pages."),
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
     embedder: Optional[Path] = typer.Option(None, "--embedder", help=EMBEDDER_HELP),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda [env RAGVL_DEVICE]."),
+    device: Optional[str] = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {rank, path, page, score}."),
 ) -> None:
     """Find the pages that best match QUERY (ColQwen2 late interaction)."""
@@ -228,15 +245,16 @@ def ask(
     embedder: Optional[Path] = typer.Option(None, "--embedder", help=EMBEDDER_HELP),
     answerer: Optional[Path] = typer.Option(None, "--answerer", help="A converted qwen2-vl model folder or installed "
                                             "name [env RAGVL_ANSWERER; default: the installed one]."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n", help="Default: 256."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sample at this temperature."),
-    top_p: Optional[float] = typer.Option(None, "--top-p"),
+    max_new_tokens: Optional[int] = MAX_NEW_TOKENS,
+    temperature: Optional[float] = TEMPERATURE,
+    top_p: Optional[float] = TOP_P,
     top_k_sampling: Optional[int] = typer.Option(None, "--top-k-sampling", help="Sampling top-k (not pages)."),
-    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling."),
+    repetition_penalty: Optional[float] = REPETITION_PENALTY,
+    greedy: Optional[bool] = GREEDY,
+    seed: Optional[int] = SEED,
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Each page image's resolution for the "
                                              "answer, in pixels (default 602112: 768 visual tokens)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda [env RAGVL_DEVICE]."),
+    device: Optional[str] = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: answer, sources, timings."),
 ) -> None:
     """Answer a question from the indexed PDFs: retrieve pages, let Qwen2-VL read them, cite them."""
@@ -246,9 +264,8 @@ def ask(
     try:
         idx = Index(db, embedder=embedder, answerer=answerer, device=device, log=_log)
         idx.answerer  # fail on a missing answer model before any retrieval work
-        settings = idx.answerer.defaults.with_overrides(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k_sampling,
-            repetition_penalty=repetition_penalty, seed=seed)
+        settings = _settings(idx.answerer.defaults, max_new_tokens, temperature, top_p, top_k_sampling,
+                             repetition_penalty, seed, greedy)
         result = idx.ask(question, k, settings, max_pixels or ANSWER_MAX_PIXELS)
         if as_json:
             result.consume()
@@ -263,8 +280,8 @@ def ask(
         for note in result.notes:
             _log(f"note: {note}")
         t = result.generation.timings.as_dict()
-        _log(f"retrieval {result.retrieval_s:.2f}s, vision {t['vision_s']:.2f}s, prefill {t['prefill_s']:.2f}s, "
-             f"first token {result.retrieval_s + t['first_token_s']:.2f}s, decode {t['decode_tok_s'] or 0:.1f} tok/s")
+        _log(f"retrieval {result.retrieval_s:.2f}s, first token {result.retrieval_s + t['first_token_s']:.2f}s; "
+             + _timings_line(result.generation))
     except RagvlError as e:
         _fail(str(e))
 

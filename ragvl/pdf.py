@@ -54,7 +54,7 @@ from typing import Iterable, Iterator
 import pymupdf
 from PIL import Image
 
-from .errors import RagvlError
+from .errors import RagvlError, os_error_cause
 
 __all__ = [
     "DEFAULT_DPI",
@@ -215,7 +215,7 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
             while chunk := f.read(chunk_size):
                 h.update(chunk)
     except OSError as e:
-        raise RagvlError(f"{path}: {_os_error_cause(e)}") from None
+        raise RagvlError(f"{path}: {os_error_cause(e)}") from None
     return h.hexdigest()
 
 
@@ -228,16 +228,6 @@ def png_bytes(image: Image.Image) -> bytes:
 
 # ----------------------------------------------------------------------------------------------
 # Opening and rendering
-
-
-def _os_error_cause(e: OSError) -> str:
-    if isinstance(e, PermissionError):
-        return "permission denied"
-    if isinstance(e, IsADirectoryError):
-        return "is a directory, not a PDF file"
-    if isinstance(e, FileNotFoundError):
-        return "no such file"
-    return f"cannot read ({_short(e.strerror or e)})"
 
 
 def _sniff(head: bytes) -> str:
@@ -301,7 +291,7 @@ class PdfDocument:
             raise RagvlError(f"{name}: broken symbolic link (its target {os.readlink(self.path)} "
                              "does not exist)") from None
         except OSError as e:
-            raise RagvlError(f"{name}: {_os_error_cause(e)}") from None
+            raise RagvlError(f"{name}: {os_error_cause(e)}") from None
         if stat.S_ISDIR(st.st_mode):
             raise RagvlError(f"{name}: is a directory, not a PDF file")
         if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read forever
@@ -316,7 +306,7 @@ class PdfDocument:
                     raise RagvlError(f"{name}: not a PDF ({_sniff(head)})")
                 truncated = _truncated(f)
         except OSError as e:
-            raise RagvlError(f"{name}: {_os_error_cause(e)}") from None
+            raise RagvlError(f"{name}: {os_error_cause(e)}") from None
 
         _quiet_mupdf()
         _take_mupdf_messages()  # drop anything left over from earlier documents

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from ragvl.index import maxsim
-from ragvl.index.maxsim import EXACT_BELOW, PageMatrix, colpali_clamp_mask, maxsim_scores
+from ragvl.index.maxsim import (EXACT_BELOW, CentroidStage, PageMatrix, colpali_clamp_mask,
+                                default_n_centroids, maxsim_scores)
 
 ROOT = Path(__file__).resolve().parents[1]
 D = 128
@@ -167,6 +168,25 @@ def test_k_larger_than_n_pages_and_bad_inputs():
         PageMatrix.from_pages(pages, dtype=np.float64)
 
 
+def test_append_is_incremental():
+    """append() = building over all pages; its stage = indexing all pages against the old centroids."""
+    rng = np.random.default_rng(5)
+    pages = [_unit(rng.standard_normal((int(n), D))) for n in rng.integers(1, 90, size=300)]
+    m = PageMatrix.from_pages(pages[:170])
+    m.build_first_stage(n_centroids=32, seed=0)
+    grown = m.append(pages[170:])
+    assert m.n_pages == 170 and grown.n_pages == 300 and grown.stage.n_pages == 300
+    full = PageMatrix.from_pages(pages)
+    ref = CentroidStage.from_centroids(full, m.stage.centroids)
+    np.testing.assert_array_equal(grown.stage.inv_offsets, ref.inv_offsets)
+    np.testing.assert_array_equal(grown.stage.inv_pages, ref.inv_pages)
+    q = _unit(rng.standard_normal((25, D)))
+    np.testing.assert_array_equal(grown.scores(q), full.scores(q))    # clamp mask follows the new order
+    np.testing.assert_array_equal(grown.stage.approx_scores(q), ref.approx_scores(q))
+    assert PageMatrix.from_pages([]).append(pages[:3]).n_pages == 3
+    assert m.append([]).n_pages == 170
+
+
 def test_first_stage_recall():
     """recall@5 of the centroid first stage + exact rescoring >= 0.98 vs exact, on the bench's
     clustered ColQwen2-like data (shorter pages than real ones, to keep this test fast)."""
@@ -178,7 +198,8 @@ def test_first_stage_recall():
     X, offsets, meta = make_corpus(3000, seed=3, len_range=(100, 160))
     queries, targets = make_queries(X, offsets, meta, 40, seed=4)
     m = PageMatrix(X.astype(np.float16), offsets)
-    m.build_first_stage(n_centroids=512, seed=0)
+    m.build_first_stage(seed=0)
+    assert m.stage.n_centroids == default_n_centroids(m.n_vectors) == 512
     assert m.n_pages >= EXACT_BELOW                             # search() really uses the stage
     hits, top1 = [], []
     for q, t in zip(queries, targets):

@@ -664,6 +664,20 @@ def _hf_chat_template(ckpt_dir: Path, tokenizer) -> str | None:
     return template if template is not None else tokenizer.chat_template
 
 
+def without_torchvision(processor_class):
+    """`processor_class` minus its class check on `video_processor`: transformers 5.3's real video
+    processor imports torchvision, so tests pass a plain BaseVideoProcessor (never used for images)."""
+
+    class NoTorchvision(processor_class):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor":
+                return type(argument)
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    NoTorchvision.__name__ = f"{processor_class.__name__}NoTorchvision"
+    return NoTorchvision
+
+
 def make_hf_processor(ckpt_dir: str | Path, **image_kwargs):
     """A Qwen2VLProcessor for `ckpt_dir` that works without torchvision (transformers 5.3).
 
@@ -676,16 +690,10 @@ def make_hf_processor(ckpt_dir: str | Path, **image_kwargs):
     from transformers import AutoTokenizer, Qwen2VLImageProcessor, Qwen2VLProcessor
     from transformers.video_processing_utils import BaseVideoProcessor
 
-    class _Qwen2VLProcessorNoTorchvision(Qwen2VLProcessor):
-        def check_argument_for_proper_class(self, argument_name, argument):
-            if argument_name == "video_processor":
-                return type(argument)
-            return super().check_argument_for_proper_class(argument_name, argument)
-
     d = Path(ckpt_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(d))
     image_processor = Qwen2VLImageProcessor.from_pretrained(str(d), **image_kwargs)
-    return _Qwen2VLProcessorNoTorchvision(
+    return without_torchvision(Qwen2VLProcessor)(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=BaseVideoProcessor(),

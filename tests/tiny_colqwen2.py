@@ -479,16 +479,10 @@ def make_colqwen2_processor(ckpt_dir: str | Path, max_num_visual_tokens: int | N
     from transformers import AutoTokenizer, Qwen2VLImageProcessor
     from transformers.video_processing_utils import BaseVideoProcessor
 
-    class _ColQwen2ProcessorNoTorchvision(ColQwen2Processor):
-        def check_argument_for_proper_class(self, argument_name, argument):
-            if argument_name == "video_processor":
-                return type(argument)
-            return super().check_argument_for_proper_class(argument_name, argument)
-
     d = Path(ckpt_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(d))
     image_processor = Qwen2VLImageProcessor.from_pretrained(str(d), **image_kwargs)
-    processor = _ColQwen2ProcessorNoTorchvision(
+    processor = tc.without_torchvision(ColQwen2Processor)(
         image_processor=image_processor, tokenizer=tokenizer, video_processor=BaseVideoProcessor()
     )
     if max_num_visual_tokens is not None:

@@ -15,9 +15,14 @@ What is here:
 
   - :meth:`PageMatrix.exact`: exact MaxSim top-k over every page (chunked MatMul on
     onnxruntime, segment max with ``np.maximum.reduceat``, sum over query tokens);
-  - :meth:`PageMatrix.search`: a PLAID-style first stage (:class:`CentroidStage`) that picks a
-    few hundred candidate pages from k-means centroids, then exact rescoring of only those.
+  - :meth:`PageMatrix.search`: a PLAID-style first stage (:class:`CentroidStage`) that picks
+    ~128 candidate pages from k-means centroids, then exact rescoring of only those.
     Below :data:`EXACT_BELOW` pages (or without a built stage) it is :meth:`exact`.
+
+Exact search costs ``2 * nq * 128 * N`` flops: 48 GFLOP for 25 query tokens against 10k pages
+(7.5M vectors). That is compute-bound, not memory-bound: ~170 GFLOP/s is what float32 MLAS gets
+out of the 2 dev-machine cores, so ~0.3-0.4 s a query at 10k pages is the floor for exact
+scoring there, and the first stage is what makes large indexes interactive.
 
 Colpali's zero-padding quirk, mirrored on purpose
 -------------------------------------------------
@@ -39,7 +44,7 @@ Precision
 Scores are accumulated in float32. With float16 storage the vectors are rounded to float16
 once (ColQwen2 itself runs in bf16, which has fewer mantissa bits than float16); the scores are
 then colpali-engine's scores of those rounded vectors (to ~1e-6), and differ from the float32
-vectors' scores by ~1e-3, which can only swap pages whose scores tie to that precision.
+vectors' scores by up to ~1e-3, which can only swap pages whose scores tie to that precision.
 
 Why onnxruntime for the MatMul: numpy has no fast float16 -> float32 path (its cast runs at
 ~1.6 ns per element here, slower than the MatMul itself) and its MatMul on a thin ``(25, 128)``
@@ -65,7 +70,7 @@ CHUNK_VECTORS = 16384     # rows per MatMul: (25, 16384) fp32 scores = 1.6 MB, s
 FORMAT_VERSION = 1
 
 __all__ = [
-    "maxsim_scores", "colpali_clamp_mask", "PageMatrix", "CentroidStage",
+    "maxsim_scores", "colpali_clamp_mask", "PageMatrix", "CentroidStage", "default_n_centroids",
     "DIM", "COLPALI_BATCH", "EXACT_BELOW",
 ]
 
@@ -194,8 +199,8 @@ class PageMatrix:
     offsets: page ``i`` is ``vectors[offsets[i]:offsets[i + 1]]``.
 
     Built once (:meth:`from_pages`), saved to a cache directory (:meth:`save`) and memory-mapped
-    back (:meth:`load`). It is immutable: adding pages means building a new one (appending to a
-    contiguous matrix is a copy anyway; building 10k pages takes seconds, see bench/README.md).
+    back (:meth:`load`). Its arrays are never modified: :meth:`append` returns a new matrix
+    (growing a contiguous matrix is a copy anyway) and carries the first stage over.
     """
 
     def __init__(self, vectors: np.ndarray, offsets: np.ndarray, *, threads: int | None = None,
@@ -215,6 +220,8 @@ class PageMatrix:
         self.threads = threads if threads is not None else _default_threads()
         self.stage = stage
         if stage is not None:
+            if stage.n_pages != len(offsets) - 1:
+                raise ValueError(f"stage: indexes {stage.n_pages} pages, the matrix has {len(offsets) - 1}")
             stage.threads = self.threads
         lengths = np.diff(offsets)                                  # (n_pages,)
         self._clamp = colpali_clamp_mask(lengths)                   # (n_pages,) bool
@@ -242,6 +249,20 @@ class PageMatrix:
         for p, a, b in zip(pages, offsets[:-1], offsets[1:]):
             vectors[a:b] = p                                        # one cast per page, no big temporaries
         return cls(vectors, offsets, threads=threads)
+
+    def append(self, pages: Iterable[np.ndarray]) -> "PageMatrix":
+        """A new matrix: these pages, then `pages` (same dtype); this one is left as it is.
+
+        The vectors are copied once (a contiguous matrix cannot grow in place); a first stage
+        is carried over incrementally (:meth:`CentroidStage.extended`), not retrained.
+        """
+        new = PageMatrix.from_pages(pages, dtype=self.dtype, threads=self.threads)
+        if new.n_pages and self.n_pages and new.dim != self.dim:
+            raise ValueError(f"pages: width {new.dim}, the index has {self.dim}")
+        vectors = np.concatenate([self.vectors, new.vectors]) if new.n_pages else np.array(self.vectors)
+        offsets = np.concatenate([self.offsets, self.offsets[-1] + new.offsets[1:]])
+        stage = self.stage.extended(new) if self.stage is not None else None
+        return PageMatrix(vectors, offsets, threads=self.threads, stage=stage)
 
     # ---- properties --------------------------------------------------------------------
 
@@ -288,7 +309,7 @@ class PageMatrix:
 
     def exact(self, query: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Exact MaxSim top-k over every page: ``(indices (k',) int64, scores (k',) float32)``,
-        best first, ``k' = min(k, n_pages)``; ties go to the lower page index."""
+        best first (equal scores by page index), ``k' = min(k, n_pages)``."""
         return _top_k(self.scores(query), k)
 
     def score_pages(self, query: np.ndarray, pages: np.ndarray) -> np.ndarray:
@@ -341,14 +362,14 @@ class PageMatrix:
 
     # ---- first stage -------------------------------------------------------------------
 
-    def build_first_stage(self, n_centroids: int = 1024, *, seed: int = 0, sample: int | None = None,
+    def build_first_stage(self, n_centroids: int | None = None, *, seed: int = 0, sample: int | None = None,
                           iters: int = 10) -> "CentroidStage":
         """Train the centroid first stage on this matrix and attach it (see :class:`CentroidStage`)."""
         self.stage = CentroidStage.build(self, n_centroids=n_centroids, seed=seed, sample=sample, iters=iters)
         self.stage.threads = self.threads
         return self.stage
 
-    def search(self, query: np.ndarray, k: int = 10, *, candidates: int = 256,
+    def search(self, query: np.ndarray, k: int = 10, *, candidates: int = 128,
                exact_below: int = EXACT_BELOW) -> tuple[np.ndarray, np.ndarray]:
         """Top-k pages: ``(indices, scores)`` like :meth:`exact`, the scores exact.
 
@@ -428,9 +449,10 @@ class CentroidStage:
 
     Cost: one (nq, K) MatMul plus ``nq * probe`` inverted lists of ~``n_pages * u / K`` pages
     (``u`` ~ 200 distinct centroids per page). Building is dominated by the assignment
-    (N * K * D multiply-adds: ~10 s for 7.5M vectors, K = 1024, 2 cores). New pages could be
-    assigned against fixed centroids without retraining, but :class:`PageMatrix` is immutable,
-    so the stage is simply rebuilt with the matrix.
+    (N * K * D multiply-adds: ~35 s for 7.5M vectors at K = 2048 on 2 cores - small next to
+    embedding those pages). Incremental-friendly: a page's entry depends only on the fixed
+    centroids, so appended pages are just assigned (:meth:`extended`, via
+    :meth:`PageMatrix.append`); retrain when the index has grown several-fold.
     """
 
     FILES = ("centroids.npy", "inv_offsets.npy", "inv_pages.npy")
@@ -454,34 +476,53 @@ class CentroidStage:
         return self.centroids.nbytes + self.inv_offsets.nbytes + self.inv_pages.nbytes
 
     @classmethod
-    def build(cls, matrix: PageMatrix, n_centroids: int = 1024, *, seed: int = 0,
+    def build(cls, matrix: PageMatrix, n_centroids: int | None = None, *, seed: int = 0,
               sample: int | None = None, iters: int = 10, probe: int = 16) -> "CentroidStage":
-        """Train centroids on a seeded sample (default ``64 * K`` vectors) and index every page."""
-        n, k = matrix.n_vectors, int(n_centroids)
+        """Train centroids on a seeded sample (default ``64 * K`` vectors) and index every page.
+
+        `n_centroids` defaults to :func:`default_n_centroids` (~sqrt of the vector count).
+        """
+        n = matrix.n_vectors
         if matrix.n_pages == 0:
             raise ValueError("cannot build a first stage over an empty index")
-        k = max(1, min(k, n))
+        k = max(1, min(int(n_centroids or default_n_centroids(n)), n))
         rng = np.random.default_rng(seed)
         m = min(n, sample or 64 * k)
         rows = np.sort(rng.choice(n, size=m, replace=False))        # sorted: forward reads of a memmap
         x = np.asarray(matrix.vectors[rows], dtype=np.float32)      # (m, D)
         kern = _Kernels.get(np.float32, matrix.threads)
         cent = _spherical_kmeans(x, k, iters, rng, kern)            # (K, D)
+        return cls.from_centroids(matrix, cent, probe=probe, seed=seed)
 
-        # Nearest centroid of every vector, page-aligned chunks so memory stays flat.
-        kern = _Kernels.get(matrix.dtype, matrix.threads)
-        ct = np.ascontiguousarray(cent.T)                           # (D, K)
-        codes = np.empty(n, dtype=np.int32)                         # (N,)
-        step = 8192                                                 # (8192, K) fp32 scores = 32 MB at K=1024
-        for r0 in range(0, n, step):
-            codes[r0:r0 + step] = kern.assign(matrix.vectors[r0:r0 + step], ct)
+    @classmethod
+    def from_centroids(cls, matrix: PageMatrix, centroids: np.ndarray, *, probe: int = 16,
+                       seed: int = 0) -> "CentroidStage":
+        """Index every page of `matrix` against given centroids (no training)."""
+        codes, pages = _centroid_pairs(matrix, centroids)           # sorted by (code, page)
+        k = len(centroids)
+        inv_offsets = np.searchsorted(codes, np.arange(k + 1)).astype(np.int64)
+        return cls(centroids, inv_offsets, pages, matrix.n_pages, probe=probe, seed=seed)
 
-        # Distinct (centroid, page) pairs, grouped by centroid = the inverted lists.
-        page_of = np.repeat(np.arange(matrix.n_pages, dtype=np.int64), matrix.lengths)   # (N,)
-        pairs = np.unique(codes.astype(np.int64) * matrix.n_pages + page_of)              # sorted
-        inv_pages = (pairs % matrix.n_pages).astype(np.int32)
-        inv_offsets = np.searchsorted(pairs // matrix.n_pages, np.arange(k + 1)).astype(np.int64)
-        return cls(cent, inv_offsets, inv_pages, matrix.n_pages, probe=probe, seed=seed)
+    def extended(self, new: PageMatrix) -> "CentroidStage":
+        """This stage plus the pages of `new`, numbered after this stage's pages.
+
+        Incremental: only the new vectors are assigned (to the existing centroids, no
+        retraining), ~3 ms a page at K = 2048 on 2 cores. The centroids were fitted to the old
+        pages, so rebuild (:meth:`PageMatrix.build_first_stage`) once the index has grown a lot
+        (e.g. when :func:`default_n_centroids` of the new size differs).
+        """
+        k = self.n_centroids
+        if new.n_pages == 0:
+            return CentroidStage(self.centroids, self.inv_offsets, self.inv_pages, self.n_pages,
+                                 probe=self.probe, seed=self.seed)
+        new_codes, new_pages = _centroid_pairs(new, self.centroids)
+        old_codes = np.repeat(np.arange(k, dtype=np.int64), np.diff(self.inv_offsets))
+        codes = np.concatenate([old_codes, new_codes])
+        pages = np.concatenate([self.inv_pages, (new_pages + self.n_pages).astype(np.int32)])
+        order = np.argsort(codes, kind="stable")                    # old before new in each list
+        inv_offsets = np.searchsorted(codes[order], np.arange(k + 1)).astype(np.int64)
+        return CentroidStage(self.centroids, inv_offsets, pages[order], self.n_pages + new.n_pages,
+                             probe=self.probe, seed=self.seed)
 
     def approx_scores(self, query: np.ndarray) -> np.ndarray:
         """Approximate MaxSim of every page from its centroid set: ``(n_pages,)`` float32."""
@@ -531,6 +572,33 @@ class CentroidStage:
                 or len(ip) != meta["n_pairs"] or io[-1] != len(ip)):
             raise ValueError(f"{path}: first-stage files disagree with meta.json; rebuild the cache")
         return cls(c, io, ip, n_pages, probe=meta["probe"], seed=meta["seed"])
+
+
+def _centroid_pairs(matrix: PageMatrix, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (nearest centroid, page) pairs of every vector of `matrix`, sorted by centroid
+    then page: ``(codes (P,) int64, pages (P,) int32)``."""
+    n, k = matrix.n_vectors, len(centroids)
+    kern = _Kernels.get(matrix.dtype, matrix.threads)
+    ct = np.ascontiguousarray(np.asarray(centroids, dtype=np.float32).T)   # (D, K)
+    codes = np.empty(n, dtype=np.int64)                         # (N,) nearest centroid
+    step = max(1024, (1 << 23) // k)                            # (step, K) fp32 scores: 32 MB
+    for r0 in range(0, n, step):
+        codes[r0:r0 + step] = kern.assign(matrix.vectors[r0:r0 + step], ct)
+    page_of = np.repeat(np.arange(matrix.n_pages, dtype=np.int64), matrix.lengths)   # (N,)
+    pairs = np.unique(codes * matrix.n_pages + page_of)         # sorted, distinct
+    return pairs // matrix.n_pages, (pairs % matrix.n_pages).astype(np.int32)
+
+
+def default_n_centroids(n_vectors: int) -> int:
+    """``2**floor(log2(sqrt(N)))`` clipped to [64, 4096]: 2048 for 7.5M vectors (10k pages).
+
+    Why: finer centroids approximate MaxSim better, so fewer candidates are needed for the
+    same recall (measured at 10k pages: recall@5 0.95 with 1024 vs 0.99 with 2048 centroids at
+    128 candidates), while the build (N * K multiply-adds for the assignment) and the per-query
+    inverted-list work grow with K. PLAID uses ~16x more; without a GPU that build is too slow.
+    """
+    k = 2 ** int(np.floor(np.log2(max(n_vectors, 1)) / 2))
+    return int(min(max(k, 64), 4096))
 
 
 def _spherical_kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generator, kern: _Kernels) -> np.ndarray:

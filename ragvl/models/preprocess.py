@@ -25,7 +25,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
-from ragvl.errors import RagvlError
+from ragvl.errors import RagvlError, os_error_cause
 
 # transformers.image_utils.OPENAI_CLIP_MEAN / OPENAI_CLIP_STD, the Qwen2-VL defaults.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -177,14 +177,10 @@ def smart_resize(
 
 def _describe(e: BaseException) -> str:
     """A short cause for a failed image read."""
-    if isinstance(e, FileNotFoundError):
-        return "no such file"
-    if isinstance(e, IsADirectoryError):
-        return "is a directory"
-    if isinstance(e, PermissionError):
-        return "permission denied"
     if isinstance(e, PIL.UnidentifiedImageError):
         return "not a recognised image format"
+    if isinstance(e, OSError) and e.errno is not None:
+        return os_error_cause(e)
     msg = str(e)
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 

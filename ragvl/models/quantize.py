@@ -31,10 +31,14 @@ class WeightFormat:
         return self.bits > 0
 
 
+# Block sizes measured on the 2-core AVX-512 dev machine with accuracy_level 4, for a
+# (1, 1536) x (1536, 8960) decode-step MatMul: int4 reads weights at 71 GB/s with blocks of 128
+# against 49 GB/s with 32; int8 at 56 GB/s with 64 against 46 GB/s with 32. Larger blocks
+# also shrink the scales (the int4 2B language model: 1.0 GB instead of 1.14 GB).
 FORMATS = {
     "fp32": WeightFormat("fp32"),
-    "int8": WeightFormat("int8", bits=8, block_size=32),
-    "int4": WeightFormat("int4", bits=4, block_size=32),
+    "int8": WeightFormat("int8", bits=8, block_size=64),
+    "int4": WeightFormat("int4", bits=4, block_size=128),
 }
 
 
