@@ -47,7 +47,7 @@ if str(HERE) not in sys.path:
 from bench_colqwen2 import render_pages, sample_questions  # noqa: E402
 from bench_qwen2vl import (DEFAULT_MAX_PIXELS, SHARD_BYTES, _cores, _cpu_name, child_main,  # noqa: E402
                            ensure_checkpoint, ensure_converted, fmt, gb, instrument_hf, log, prefill_flops,
-                           proc_status_kb, ratio, resolve_spec, run_child, spec_from_dict, vision_flops)
+                           proc_status_kb, ratio, resolve_spec, default_init_std, run_child, spec_from_dict, vision_flops)
 
 ANSWER_MAX_PIXELS = 768 * 28 * 28  # ragvl.answer.answer.ANSWER_MAX_PIXELS (checked in the children)
 TTFT_FLOOR_TARGET = 1.2
@@ -384,7 +384,7 @@ def parse_args(argv=None):
     p.add_argument("--skip-machine", action="store_true", help="do not measure MatMul GFLOP/s (no floors)")
     p.add_argument("--matmul-n", type=int, default=4096, help="size of the square MatMul microbenchmark")
     p.add_argument("--reps", type=int, default=5, help="repetitions of the MatMul microbenchmark (best is kept)")
-    p.add_argument("--init-std", type=float, default=0.2, help="std of the random matrices (as bench_qwen2vl.py)")
+    p.add_argument("--init-std", type=float, default=None, help="std of the random matrices (as bench_qwen2vl.py)")
     p.add_argument("--seed", type=int, default=0, help="weight seed of the random checkpoint")
     p.add_argument("--reconvert", action="store_true", help="convert again even if a converted folder is cached")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -406,6 +406,7 @@ def main(argv=None) -> int:
     if args.child:
         child_main(args.child, json.loads(args.child_args), args.child_out, tasks=TASKS)
         return 0
+    args.init_std = default_init_std(args.config, args.init_std)
     spec_d = resolve_spec(args.config, None, args.init_std)
     spec = spec_from_dict(spec_d)
     work = args.work.resolve()
