@@ -50,7 +50,8 @@ Why onnxruntime for the MatMul: numpy has no fast float16 -> float32 path (its c
 ~1.6 ns per element here, slower than the MatMul itself) and its MatMul on a thin ``(25, 128)``
 query is slower than MLAS. One tiny graph ``Cast(fp16 -> fp32) -> Gemm`` per chunk reads half
 the bytes of float32 storage and still multiplies in float32; measured on the 2-core dev
-machine it is ~20% faster than float32 storage and ~2x faster than numpy (see bench/README.md).
+machine it is ~20% faster than float32 storage with both cores free (equal on one core), at
+half the memory and disk, and ~2x faster than numpy (see bench/README.md).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -129,25 +131,33 @@ def _check_query(query: np.ndarray, dim: int | None = None) -> np.ndarray:
 
 
 class _Kernels:
-    """Two tiny onnxruntime graphs, built in memory, one pair per (storage dtype, threads).
+    """Two tiny onnxruntime graphs, built in memory once per storage dtype, single-threaded.
 
     * ``scores(X (n, D) fp16|fp32, Q (m, D) fp32) -> (m, n) fp32`` = Q @ float32(X).T
     * ``assign(X (n, D), CT (D, K) fp32) -> (n,) int64`` = argmax over K of float32(X) @ CT
+
+    Each session runs on ONE thread; the parallelism is ours (:func:`_parallel`): whole chunks
+    handed to worker threads from a shared queue. Why not onnxruntime's intra-op threads: they
+    split every MatMul statically and meet at a barrier, so when another process holds one of
+    the two cores each call waits for the descheduled half - measured 2x SLOWER than one thread
+    on the shared dev machine, while chunk-level work sharing stays >= one thread's speed under
+    contention and ~2x when the cores are free (the segment max runs in parallel too).
+    Concurrent ``run`` calls on one session are supported by onnxruntime.
     """
 
     _cache: dict = {}
     _lock = threading.Lock()
 
     @classmethod
-    def get(cls, dtype: np.dtype, threads: int | None) -> "_Kernels":
-        key = (np.dtype(dtype).str, threads)
+    def get(cls, dtype: np.dtype) -> "_Kernels":
+        key = np.dtype(dtype).str
         with cls._lock:
             k = cls._cache.get(key)
             if k is None:
-                k = cls._cache[key] = cls(np.dtype(dtype), threads)
+                k = cls._cache[key] = cls(np.dtype(dtype))
             return k
 
-    def __init__(self, dtype: np.dtype, threads: int | None):
+    def __init__(self, dtype: np.dtype):
         import onnxruntime as ort
         from onnx import TensorProto, helper
 
@@ -161,8 +171,8 @@ class _Kernels:
             model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
             model.ir_version = 8                                    # loadable by onnxruntime >= 1.14
             so = ort.SessionOptions()
-            if threads:
-                so.intra_op_num_threads = threads
+            so.intra_op_num_threads = 1
+            so.inter_op_num_threads = 1
             so.log_severity_level = 3
             return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
@@ -185,9 +195,46 @@ class _Kernels:
         return self._assign.run(None, {"X": x, "CT": ct})[0]        # (n,) int64
 
 
-def _default_threads() -> int | None:
+def _default_threads() -> int:
+    """RAGVL_THREADS, else the CPUs this process may run on."""
     t = int(os.environ.get("RAGVL_THREADS", "0") or 0)
-    return t or None                                                # None: onnxruntime's default (all cores)
+    if t:
+        return t
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                                          # not on Linux
+        return os.cpu_count() or 1
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _parallel(fn, items: Sequence, threads: int) -> None:
+    """Call ``fn(item)`` for every item on up to `threads` threads, each pulling the next item
+    from a shared iterator (a thread that gets less CPU simply does fewer items)."""
+    n = min(int(threads), len(items))
+    if n <= 1:
+        for it in items:
+            fn(it)
+        return
+    with _POOLS_LOCK:
+        pool = _POOLS.get(n)
+        if pool is None:
+            pool = _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ragvl-maxsim")
+    it = iter(range(len(items)))
+    lock = threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                i = next(it, None)
+            if i is None:
+                return
+            fn(items[i])
+
+    for f in [pool.submit(worker) for _ in range(n)]:
+        f.result()                                                  # re-raises a worker's error
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,7 +269,6 @@ class PageMatrix:
         if stage is not None:
             if stage.n_pages != len(offsets) - 1:
                 raise ValueError(f"stage: indexes {stage.n_pages} pages, the matrix has {len(offsets) - 1}")
-            stage.threads = self.threads
         lengths = np.diff(offsets)                                  # (n_pages,)
         self._clamp = colpali_clamp_mask(lengths)                   # (n_pages,) bool
         self._chunks = _page_chunks(offsets, CHUNK_VECTORS)         # page-aligned chunk bounds
@@ -350,15 +396,19 @@ class PageMatrix:
         Never materialises (nq, N): each chunk is a whole number of pages, its (nq, rows)
         scores are reduced to (nq, pages) right away.
         """
-        kern = _Kernels.get(vectors.dtype, self.threads)
-        for p0, p1 in chunks:
+        kern = _Kernels.get(vectors.dtype)
+
+        def chunk(bounds):
+            p0, p1 = bounds
             r0, r1 = int(offsets[p0]), int(offsets[p1])
             s = kern.scores(vectors[r0:r1], q)                      # (nq, rows) float32
             seg = np.maximum.reduceat(s, offsets[p0:p1] - r0, axis=1)   # (nq, pages): max per page
             c = clamp[p0:p1]
             if c.any():
                 seg[:, c] = np.maximum(seg[:, c], 0.0)              # colpali's zero padding rows
-            out[p0:p1] = seg.sum(axis=0, dtype=np.float32)          # (pages,)
+            out[p0:p1] = seg.sum(axis=0, dtype=np.float32)          # (pages,); chunks never overlap
+
+        _parallel(chunk, chunks, self.threads)
 
     # ---- first stage -------------------------------------------------------------------
 
@@ -366,7 +416,6 @@ class PageMatrix:
                           iters: int = 10) -> "CentroidStage":
         """Train the centroid first stage on this matrix and attach it (see :class:`CentroidStage`)."""
         self.stage = CentroidStage.build(self, n_centroids=n_centroids, seed=seed, sample=sample, iters=iters)
-        self.stage.threads = self.threads
         return self.stage
 
     def search(self, query: np.ndarray, k: int = 10, *, candidates: int = 128,
@@ -449,8 +498,8 @@ class CentroidStage:
 
     Cost: one (nq, K) MatMul plus ``nq * probe`` inverted lists of ~``n_pages * u / K`` pages
     (``u`` ~ 200 distinct centroids per page). Building is dominated by the assignment
-    (N * K * D multiply-adds: ~35 s for 7.5M vectors at K = 2048 on 2 cores - small next to
-    embedding those pages). Incremental-friendly: a page's entry depends only on the fixed
+    (N * K * D multiply-adds: ~40 s for 7.5M vectors at K = 2048 with 2 free cores, ~70 s on
+    one - small next to embedding those pages). Incremental-friendly: a page's entry depends only on the fixed
     centroids, so appended pages are just assigned (:meth:`extended`, via
     :meth:`PageMatrix.append`); retrain when the index has grown several-fold.
     """
@@ -465,7 +514,6 @@ class CentroidStage:
         self.n_pages = int(n_pages)
         self.probe = int(probe)
         self.seed = int(seed)
-        self.threads = _default_threads()                           # PageMatrix sets its own
 
     @property
     def n_centroids(self) -> int:
@@ -490,8 +538,7 @@ class CentroidStage:
         m = min(n, sample or 64 * k)
         rows = np.sort(rng.choice(n, size=m, replace=False))        # sorted: forward reads of a memmap
         x = np.asarray(matrix.vectors[rows], dtype=np.float32)      # (m, D)
-        kern = _Kernels.get(np.float32, matrix.threads)
-        cent = _spherical_kmeans(x, k, iters, rng, kern)            # (K, D)
+        cent = _spherical_kmeans(x, k, iters, rng, matrix.threads)  # (K, D)
         return cls.from_centroids(matrix, cent, probe=probe, seed=seed)
 
     @classmethod
@@ -530,7 +577,7 @@ class CentroidStage:
         nq, n = len(q), self.n_pages
         # onnxruntime, not numpy: an OpenBLAS call leaves its worker threads spinning for a
         # while, and on 2 cores they then slow down the rescoring MatMuls that follow (measured 2x).
-        s = _Kernels.get(np.float32, self.threads).scores(self.centroids, q)   # (nq, K)
+        s = _Kernels.get(np.float32).scores(self.centroids, q)     # (nq, K)
         p = min(self.probe, s.shape[1])
         top = np.argpartition(-s, p - 1, axis=1)[:, :p]             # (nq, p) unordered
         top_s = np.take_along_axis(s, top, axis=1)
@@ -577,13 +624,7 @@ class CentroidStage:
 def _centroid_pairs(matrix: PageMatrix, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct (nearest centroid, page) pairs of every vector of `matrix`, sorted by centroid
     then page: ``(codes (P,) int64, pages (P,) int32)``."""
-    n, k = matrix.n_vectors, len(centroids)
-    kern = _Kernels.get(matrix.dtype, matrix.threads)
-    ct = np.ascontiguousarray(np.asarray(centroids, dtype=np.float32).T)   # (D, K)
-    codes = np.empty(n, dtype=np.int64)                         # (N,) nearest centroid
-    step = max(1024, (1 << 23) // k)                            # (step, K) fp32 scores: 32 MB
-    for r0 in range(0, n, step):
-        codes[r0:r0 + step] = kern.assign(matrix.vectors[r0:r0 + step], ct)
+    codes = _nearest(matrix.vectors, centroids, matrix.threads)    # (N,) int64
     page_of = np.repeat(np.arange(matrix.n_pages, dtype=np.int64), matrix.lengths)   # (N,)
     pairs = np.unique(codes * matrix.n_pages + page_of)         # sorted, distinct
     return pairs // matrix.n_pages, (pairs % matrix.n_pages).astype(np.int32)
@@ -601,18 +642,35 @@ def default_n_centroids(n_vectors: int) -> int:
     return int(min(max(k, 64), 4096))
 
 
-def _spherical_kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generator, kern: _Kernels) -> np.ndarray:
+def _nearest(x: np.ndarray, centroids: np.ndarray, threads: int) -> np.ndarray:
+    """Index of the max-dot centroid of every row of `x` (fp16 or fp32): ``(len(x),)`` int64."""
+    kern = _Kernels.get(x.dtype)
+    ct = np.ascontiguousarray(np.asarray(centroids, dtype=np.float32).T)   # (D, K)
+    out = np.empty(len(x), dtype=np.int64)
+    step = max(256, (1 << 21) // len(centroids))                # (step, K) fp32 scores: 8 MB per thread
+
+    def block(r0):
+        out[r0:r0 + step] = kern.assign(x[r0:r0 + step], ct)
+
+    _parallel(block, range(0, len(x), step), threads)
+    return out
+
+
+def _spherical_kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generator, threads: int) -> np.ndarray:
     """k-means on the unit sphere (assign by max dot, centroid = normalised mean): ``(k, D)``.
 
     Seeded init from distinct sample rows; an emptied cluster is re-seeded with a random row.
     """
     cent = x[rng.choice(len(x), size=k, replace=False)].copy()     # (k, D)
     for _ in range(iters):
-        a = np.concatenate([kern.assign(x[i:i + 8192], np.ascontiguousarray(cent.T))
-                            for i in range(0, len(x), 8192)])      # (m,) nearest centroid
-        sums = np.zeros_like(cent)
-        np.add.at(sums, a, x)                                      # (k, D)
-        empty = np.bincount(a, minlength=k) == 0
+        a = _nearest(x, cent, threads)                              # (m,) nearest centroid
+        order = np.argsort(a, kind="stable")
+        counts = np.bincount(a, minlength=k)                        # (k,)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        empty = counts == 0
+        sums = np.zeros_like(cent)                                  # (k, D) sums of members
+        if (~empty).any():
+            sums[~empty] = np.add.reduceat(x[order], starts[~empty], axis=0)
         if empty.any():
             sums[empty] = x[rng.choice(len(x), size=int(empty.sum()), replace=False)]
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
