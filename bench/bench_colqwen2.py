@@ -52,7 +52,8 @@ if str(HERE) not in sys.path:
 
 from bench_qwen2vl import (DEFAULT_MAX_PIXELS, SHARD_BYTES, _cores, _cpu_name, _target,  # noqa: E402
                            child_main, ensure_checkpoint, ensure_converted, fmt, gb, log, prefill_flops,
-                           proc_status_kb, ratio, resolve_spec, default_init_std, run_child, spec_from_dict, vision_flops)
+                           proc_status_kb, ratio, resolve_spec, default_init_std, add_shared_args,
+                           write_results, run_child, spec_from_dict, vision_flops)
 
 SAMPLES = REPO / "sample_pdfs"
 EMBED_MAX_PIXELS = 768 * 28 * 28  # ragvl.models.colqwen2.MAX_PIXELS = colpali's max_num_visual_tokens=768
@@ -621,25 +622,14 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="2b", choices=("2b", "tiny"),
                    help="'2b' (Qwen2-VL-2B shape + 128-d projection, default) or 'tiny' (tests' variant a)")
-    p.add_argument("--work", type=Path, default=HERE / "out", help="cache and results folder (default bench/out)")
-    p.add_argument("--dtypes", default="fp32,int8,int4", help="ragvl weight formats, comma-separated")
     p.add_argument("--skip-colpali", action="store_true", help="do not run colpali-engine")
     p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"),
                    help="colpali-engine / transformers attention implementation (default sdpa)")
     p.add_argument("--pages", type=int, default=None,
                    help="embed only the first N sample pages (default: all 12; the index always holds all)")
     p.add_argument("--queries", type=int, default=12, help="questions of sample_pdfs/questions.json (default 12)")
-    p.add_argument("--threads", type=int, default=_cores(), help="intra-op threads (default: all usable cores)")
     p.add_argument("--skip-index", action="store_true", help="do not build the LanceDB index (no bytes per page)")
-    p.add_argument("--skip-machine", action="store_true", help="do not measure MatMul GFLOP/s")
-    p.add_argument("--matmul-n", type=int, default=4096, help="size of the square MatMul microbenchmark")
-    p.add_argument("--reps", type=int, default=5, help="repetitions of the MatMul microbenchmark (best is kept)")
-    p.add_argument("--init-std", type=float, default=None, help="std of the random matrices (as bench_qwen2vl.py)")
-    p.add_argument("--seed", type=int, default=0, help="weight seed of the random checkpoint")
-    p.add_argument("--reconvert", action="store_true", help="convert again even if a converted folder is cached")
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    p.add_argument("--child-args", help=argparse.SUPPRESS)
-    p.add_argument("--child-out", help=argparse.SUPPRESS)
+    add_shared_args(p)
     args = p.parse_args(argv)
     if not args.child:
         args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -714,11 +704,7 @@ def main(argv=None) -> int:
         "derived": derived,
         "table_md": md,
     }
-    path = work / "results_colqwen2.json"
-    path.write_text(json.dumps(results, indent=2, default=list) + "\n")
-    print(md, flush=True)
-    log(f"results: {path}")
-    return 0
+    return write_results(work, "results_colqwen2.json", results, md)
 
 
 if __name__ == "__main__":

@@ -911,6 +911,34 @@ def tables(spec, machine, engines, convs, derived, args) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def add_shared_args(p: argparse.ArgumentParser) -> None:
+    """The options every bench script takes: outputs, formats, threads, microbenchmarks, weights."""
+    p.add_argument("--work", type=Path, default=HERE / "out", help="cache and results folder (default bench/out)")
+    p.add_argument("--dtypes", default="fp32,int8,int4", help="ragvl weight formats, comma-separated")
+    p.add_argument("--threads", type=int, default=_cores(), help="intra-op threads (default: all usable cores)")
+    p.add_argument("--skip-machine", action="store_true", help="do not measure the machine's MatMul / memory limits")
+    p.add_argument("--matmul-n", type=int, default=4096, help="size of the square MatMul microbenchmark")
+    p.add_argument("--reps", type=int, default=5, help="repetitions of each microbenchmark (best is kept)")
+    p.add_argument("--init-std", type=float, default=None,
+                   help="std of the random matrices (default 0.2 for the tiny configs, as tests/tiny_checkpoints: "
+                        "peaked logits; 0.02 at the 2B shape, where 0.2 makes every attention row one-hot and "
+                        "the whole forward chaotic, so float noise alone changes the tokens)")
+    p.add_argument("--seed", type=int, default=0, help="weight seed of the random checkpoint")
+    p.add_argument("--reconvert", action="store_true", help="convert again even if a converted folder is cached")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--child-args", help=argparse.SUPPRESS)
+    p.add_argument("--child-out", help=argparse.SUPPRESS)
+
+
+def write_results(work: Path, name: str, results: dict, md: str) -> int:
+    """Write results JSON to work/name, print the Markdown table; the scripts' exit status."""
+    path = work / name
+    path.write_text(json.dumps(results, indent=2, default=list) + "\n")
+    print(md, flush=True)
+    log(f"results: {path}")
+    return 0
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -918,33 +946,19 @@ def parse_args(argv=None):
                    help="'2b' (Qwen2-VL-2B shape, default), 'tiny' / 'tiny-b' (tests' tiny variants) or a "
                         "config.json path (flat or nested; its token ids are replaced by the tiny tokenizer's)")
     p.add_argument("--vocab", type=int, default=None, help="override the vocabulary size (embedding/lm_head rows)")
-    p.add_argument("--init-std", type=float, default=None,
-                   help="std of the random matrices (default 0.2 for the tiny configs, as tests/tiny_checkpoints: "
-                        "peaked logits; 0.02 at the 2B shape, where 0.2 makes every attention row one-hot and "
-                        "the whole forward chaotic, so float noise alone changes the tokens)")
-    p.add_argument("--work", type=Path, default=HERE / "out", help="cache and results folder (default bench/out)")
-    p.add_argument("--dtypes", default="fp32,int8,int4", help="ragvl weight formats, comma-separated")
     p.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per generation (EOS ignored)")
     p.add_argument("--runs", type=int, default=2, help="generations per engine: run 1 is cold, the rest warm")
-    p.add_argument("--threads", type=int, default=_cores(), help="intra-op threads (default: all usable cores)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="preprocessor max_pixels written into the checkpoint (default 28*28*1280)")
-    p.add_argument("--seed", type=int, default=0, help="weight seed of the random checkpoint")
     p.add_argument("--shard-mb", type=float, default=SHARD_BYTES / 2 ** 20,
                    help="checkpoint shard size in MiB (default 1024; bounds the builder's memory)")
     p.add_argument("--skip-hf", action="store_true", help="do not run transformers")
     p.add_argument("--hf-attn", default="sdpa", choices=("sdpa", "eager"),
                    help="transformers attention implementation (default sdpa, transformers' default)")
-    p.add_argument("--skip-machine", action="store_true", help="do not measure MatMul GFLOP/s / memory GB/s")
-    p.add_argument("--matmul-n", type=int, default=4096, help="size of the square MatMul microbenchmark")
     p.add_argument("--mem-gb", type=float, default=2.0, help="GB of float32 for the memory-read microbenchmark")
-    p.add_argument("--reps", type=int, default=5, help="repetitions of each microbenchmark (best is kept)")
-    p.add_argument("--reconvert", action="store_true", help="convert again even if a converted folder is cached")
     p.add_argument("--dry-run", action="store_true",
                    help="print the shape, parameter count, FLOPs and bytes per token, then exit")
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    p.add_argument("--child-args", help=argparse.SUPPRESS)
-    p.add_argument("--child-out", help=argparse.SUPPRESS)
+    add_shared_args(p)
     args = p.parse_args(argv)
     if not args.child:
         args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -1030,11 +1044,7 @@ def main(argv=None) -> int:
         "derived": derived,
         "table_md": md,
     }
-    path = work / "results_qwen2vl.json"
-    path.write_text(json.dumps(results, indent=2, default=list) + "\n")
-    print(md, flush=True)
-    log(f"results: {path}")
-    return 0
+    return write_results(work, "results_qwen2vl.json", results, md)
 
 
 def _cores() -> int:
