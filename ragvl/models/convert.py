@@ -32,7 +32,7 @@ from .vision_graph import build_vision, vision_tensor_names
 # preprocessing / generation defaults from them exactly as transformers would.
 SIDE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.json",
               "chat_template.jinja", "preprocessor_config.json", "generation_config.json",
-              "special_tokens_map.json")
+              "special_tokens_map.json", "processor_config.json")
 
 
 def _log(msg: str) -> None:
