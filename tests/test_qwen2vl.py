@@ -138,9 +138,8 @@ def teacher_forced_top1(vlm: Qwen2VL, prompt, tokens: list[int]) -> np.ndarray:
     picks = [int(np.argmax(logits))]
     total = len(prompt.ids)
     for tok in tokens[:-1]:
-        logits, cache = vlm.run_decoder(vlm.embed_ids(np.array([[tok]])), np.ones((1, total + 1), np.int64),
-                                        np.full((3, 1, 1), total + delta, np.int64), cache)
-        picks.append(int(np.argmax(logits[0])))
+        logits, cache = vlm.decode_step(tok, cache, total, delta)
+        picks.append(int(np.argmax(logits)))
         total += 1
     return np.array(picks)
 

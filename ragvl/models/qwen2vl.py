@@ -110,6 +110,17 @@ class Qwen2VL(VisionLanguageModel):
             cache[pk], cache[pv] = outs[1 + 2 * i], outs[2 + 2 * i]
         return outs[0], cache
 
+    def decode_step(self, token: int, cache: dict[str, np.ndarray], length: int, delta: int
+                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Feed one token after `length` cached ones: (logits (V,), the grown cache).
+
+        Past the prompt, all three M-RoPE rows advance together from length + rope delta.
+        """
+        logits, cache = self.run_decoder(self.embed_ids(np.array([[token]], np.int64)),
+                                         np.ones((1, length + 1), np.int64),
+                                         np.full((3, 1, 1), length + delta, np.int64), cache)
+        return logits[0], cache
+
     def prefill(self, prompt: Prompt, timings: Timings | None = None):
         """Vision + prefill: returns (logits (V,), cache, rope delta)."""
         timings = timings or Timings()
@@ -163,10 +174,7 @@ class Qwen2VL(VisionLanguageModel):
             if step + 1 == settings.max_new_tokens:
                 break
             t0 = time.perf_counter()
-            logits, cache = self.run_decoder(self.embed_ids(np.array([[token]], np.int64)),
-                                             np.ones((1, total + 1), np.int64),
-                                             np.full((3, 1, 1), total + delta, np.int64), cache)
-            logits = logits[0]
+            logits, cache = self.decode_step(token, cache, total, delta)
             total += 1
             gen.timings.decode_s += time.perf_counter() - t0
             gen.timings.decode_steps += 1
