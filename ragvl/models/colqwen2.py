@@ -55,9 +55,7 @@ class ColQwen2(VisionLanguageModel):
         for i in range(0, len(images), batch_size):
             pixels, grids, counts = self.preprocess_images(images[i:i + batch_size], cfg)
             ids = [self.tokenizer.encode_prompt(DOC_PROMPT, [c]) for c in counts]
-            feats = np.concatenate([self.vision.run(None, {"pixel_values": pv, "grid_thw": np.asarray(g, np.int64)})[0]
-                                    for pv, g in zip(pixels, grids)])
-            out += self._encode(ids, feats, grids)
+            out += self._encode(ids, self.vision_features(pixels, grids), grids)
         return out
 
     def embed_queries(self, queries: Sequence[str], batch_size: int = 16) -> list[np.ndarray]:
@@ -65,7 +63,7 @@ class ColQwen2(VisionLanguageModel):
         out: list[np.ndarray] = []
         for i in range(0, len(queries), batch_size):
             ids = [self.tokenizer.encode_prompt(QUERY_PREFIX + q + QUERY_SUFFIX, []) for q in queries[i:i + batch_size]]
-            out += self._encode(ids, np.zeros((0, self.config.text.hidden_size), np.float32), [])
+            out += self._encode(ids, self.vision_features([], []), [])
         return out
 
     def _encode(self, ids: list[np.ndarray], feats: np.ndarray, grids: list[tuple[int, int, int]]) -> list[np.ndarray]:

@@ -64,9 +64,14 @@ class VisionLanguageModel:
         return pixels, grids, [num_image_tokens(g, cfg.merge_size) for g in grids]
 
     def encode_images(self, prompt: Prompt) -> np.ndarray:
-        """Vision features (sum of tokens, H) for every image, one vision run per image."""
+        """Vision features (sum of tokens, H) for every image of `prompt`."""
+        return self.vision_features(prompt.pixel_values, prompt.grids)
+
+    def vision_features(self, pixel_values: Sequence[np.ndarray], grids: Sequence[tuple[int, int, int]]
+                        ) -> np.ndarray:
+        """Vision features (sum of tokens, H), one vision run per image, in order."""
         feats = [self.vision.run(None, {"pixel_values": pv, "grid_thw": np.asarray(g, np.int64)})[0]
-                 for pv, g in zip(prompt.pixel_values, prompt.grids)]
+                 for pv, g in zip(pixel_values, grids)]
         if not feats:
             return np.zeros((0, self.config.text.hidden_size), np.float32)
         return np.concatenate(feats, axis=0)
