@@ -98,10 +98,10 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
             raise RagvlError(f"{base}: no such base checkpoint folder")
     elif base is not None:
         raise RagvlError(f"{src}: --base is only for LoRA adapter folders (no adapter_config.json here)")
-    weights_dir = Path(base) if adapter is None and base is not None else (base or src)
+    weights_dir = Path(base) if base is not None else src  # where the (base) weights are
     cfg = read_config(weights_dir)
     embedder = cfg.architecture in COLQWEN2_ARCHITECTURES
-    side_dirs = [d for d in (weights_dir, src) if d is not None]
+    side_dirs = [weights_dir, src] if weights_dir != src else [src]
     if not any((d / "tokenizer.json").exists() for d in side_dirs):
         raise RagvlError(f"{src / 'tokenizer.json'}: missing (the checkpoint's fast tokenizer is required)")
     if out.exists() and any(out.iterdir()):
@@ -154,7 +154,6 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
             g = GraphBuilder(name, tmp / f"{name}.onnx")
             build(g)
             g.save()
-        source.used.update(v_names)
         source.check_all_used()
         for d in side_dirs:
             for f in SIDE_FILES:
