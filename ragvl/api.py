@@ -73,8 +73,9 @@ class Index:
 
         paths = list(paths)
         find_pdfs(paths)  # a missing path fails before the model loads
+        embedder = self.embedder  # a missing model fails before the index folder is created
         store = PageStore(self.db, create=True)
-        summary = index_paths(paths, store, self.embedder, dpi=dpi, log=self.log, progress=progress)
+        summary = index_paths(paths, store, embedder, dpi=dpi, log=self.log, progress=progress)
         self._search = None
         return summary
 

@@ -162,16 +162,6 @@ def chat(
         _fail(str(e))
 
 
-def _embedder(path: Optional[Path], device: Optional[str]):
-    from .models.colqwen2 import ColQwen2
-    from .models.manifest import KIND_EMBEDDER
-    from .models.registry import resolve_model
-
-    folder = resolve_model(KIND_EMBEDDER, path)
-    _log(f"embedder: {folder}")
-    return ColQwen2(folder, device=device)
-
-
 EMBEDDER_HELP = "A converted colqwen2 model folder or installed name [env RAGVL_EMBEDDER; default: the installed one]."
 DB_HELP = "The index folder [env RAGVL_DB; default: .ragvl in the current folder]."
 
@@ -187,20 +177,17 @@ def index(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Index PDFs: rasterize every page, embed it with ColQwen2, store it in LanceDB (incrementally)."""
-    from .index.indexer import index_paths
-    from .index.store import PageStore, default_db
-    from .pdf import DEFAULT_DPI, find_pdfs
+    from .api import Index
+    from .pdf import DEFAULT_DPI
 
+    idx = Index(db, embedder=embedder, device=device, log=_log)
     try:
-        find_pdfs(paths)  # a missing path fails before any model is loaded
-        model = _embedder(embedder, device)
-        store = PageStore(db or default_db(), create=True)
-        summary = index_paths(paths, store, model, dpi=dpi or DEFAULT_DPI, log=_log, progress=not quiet)
+        summary = idx.index(paths, dpi=dpi or DEFAULT_DPI, progress=not quiet)
     except RagvlError as e:
         _fail(str(e))
         return
     if as_json:
-        print(json.dumps({**summary.as_dict(), "db": str(store.path)}, ensure_ascii=False))
+        print(json.dumps({**summary.as_dict(), "db": str(idx.db)}, ensure_ascii=False))
     _log(summary.line())
     if summary.failed:
         raise typer.Exit(1)
