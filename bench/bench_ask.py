@@ -45,7 +45,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from bench_colqwen2 import render_pages, sample_questions  # noqa: E402
-from bench_qwen2vl import (DEFAULT_MAX_PIXELS, SHARD_BYTES, _cores, _cpu_name, child_main,  # noqa: E402
+from bench_qwen2vl import (DEFAULT_MAX_PIXELS, ComparisonTable, SHARD_BYTES, _cores, _cpu_name, child_main,  # noqa: E402
                            ensure_checkpoint, ensure_converted, fmt, gb, instrument_hf, log, prefill_flops,
                            proc_status_kb, ratio, resolve_spec, default_init_std, add_shared_args,
                            write_results, run_child, spec_from_dict, vision_flops)
@@ -276,23 +276,9 @@ def derive(spec, machine: dict, engines: dict[str, dict], cases: list[dict]) -> 
 def tables(spec, machine, engines, convs, derived, cases, args) -> str:
     cols = [("hf", "transformers fp32")] + [(f"ragvl-{dt}", f"ragvl {dt}") for dt in args.dtypes]
     cols = [(k, t) for k, t in cols if k in engines]
-    have_hf = "hf" in engines and "error" not in engines["hf"]
     dx = derived["engines"]
-    head = ["answer / stage"]
-    for k, t in cols:
-        head.append(t + (" (error)" if "error" in engines[k] else ""))
-        if k != "hf" and have_hf:
-            head.append(f"{k.split('-')[1]}/HF")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-
-    def row(label, get, spec_=".3f", suffix="", ratio_get=None):
-        cells = [label]
-        for k, _ in cols:
-            e = engines[k]
-            cells.append(fmt(None if "error" in e else get(k, e), spec_, suffix))
-            if k != "hf" and have_hf:
-                cells.append(fmt(ratio_get(k) if ratio_get and "error" not in e else None, ".2f") if ratio_get else "")
-        lines.append("| " + " | ".join(cells) + " |")
+    table = ComparisonTable("answer / stage", cols, engines)
+    lines, row = table.lines, table.row
 
     for c in cases:
         n = c["name"]
@@ -329,7 +315,7 @@ def tables(spec, machine, engines, convs, derived, cases, args) -> str:
            f"in a fresh process; warm = best of runs 2..{args.runs} (cold with --runs 1 is shown as —). "
            f"GFLOP/s and TTFT / floor use the warm numbers (cold with --runs 1). "
            f"Ratio columns: ragvl time / transformers time (below 1 = ragvl faster)."
-           + (f" transformers attention: {engines['hf'].get('attn_implementation')}." if have_hf else ""), "",
+           + (f" transformers attention: {engines['hf'].get('attn_implementation')}." if table.have_hf else ""), "",
            *lines, ""]
 
     mm = machine.get("matmul") or {}

@@ -795,29 +795,41 @@ def fmt(v, spec: str = ".3f", suffix: str = "") -> str:
     return f"{v:{spec}}{suffix}"
 
 
+class ComparisonTable:
+    """A Markdown table with one column per engine, and a ratio-to-transformers column after each
+    ragvl engine when transformers ran."""
+
+    def __init__(self, first: str, cols: list[tuple[str, str]], engines: dict):
+        self.cols, self.engines = cols, engines
+        self.have_hf = "hf" in engines and "error" not in engines["hf"]
+        head = [first]
+        for k, t in cols:
+            head.append(t + (" (error)" if "error" in engines[k] else ""))
+            if k != "hf" and self.have_hf:
+                head.append(f"{k.split('-')[1]}/HF")
+        self.lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def row(self, label: str, get, spec_=".3f", suffix="", ratio_get=None) -> None:
+        """get(key, engine) -> value; ratio_get(key) -> the ratio to transformers (None: empty cell)."""
+        cells = [label]
+        for k, _ in self.cols:
+            e = self.engines[k]
+            cells.append(fmt(None if "error" in e else get(k, e), spec_, suffix))
+            if k != "hf" and self.have_hf:
+                cells.append(fmt(ratio_get(k) if "error" not in e else None, ".2f") if ratio_get else "")
+        self.lines.append("| " + " | ".join(cells) + " |")
+
+
 def tables(spec, machine, engines, convs, derived, args) -> str:
     cols = [("hf", "transformers fp32")] + [(f"ragvl-{dt}", f"ragvl {dt}") for dt in args.dtypes]
     cols = [(k, t) for k, t in cols if k in engines]
-    ragvl_cols = [k for k, _ in cols if k != "hf"]
-    have_hf = "hf" in engines and "error" not in engines["hf"]
     dx = derived["engines"]
-
-    head = ["stage"]
-    for k, t in cols:
-        head.append(t + (" (error)" if "error" in engines[k] else ""))
-        if k != "hf" and have_hf:
-            head.append(f"{k.split('-')[1]}/HF")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    table = ComparisonTable("stage", cols, engines)
+    lines = table.lines
 
     def row(label: str, get, spec_=".3f", suffix="", ratio_key: str | None = None):
-        cells = [label]
-        for k, _ in cols:
-            e = engines[k]
-            cells.append(fmt(get(k, e) if "error" not in e else None, spec_, suffix))
-            if k != "hf" and have_hf:
-                r = (dx.get(k, {}).get("ratio_to_hf") or {}).get(ratio_key) if ratio_key else None
-                cells.append(fmt(r, ".2f") if ratio_key else "")
-        lines.append("| " + " | ".join(cells) + " |")
+        table.row(label, get, spec_, suffix, ratio_get=ratio_key and (
+            lambda k: (dx.get(k, {}).get("ratio_to_hf") or {}).get(ratio_key)))
 
     def ev(key):
         return lambda k, e: e.get(key)
@@ -858,7 +870,7 @@ def tables(spec, machine, engines, convs, derived, args) -> str:
            f"Cold = first run in a fresh process; warm = best of runs 2..{args.runs}. "
            f"GFLOP/s, floors and targets use the warm numbers (cold with --runs 1). "
            f"Ratio columns: ragvl time / transformers time (below 1 = ragvl faster)."
-           + (f" transformers attention: {engines['hf'].get('attn_implementation')}." if have_hf else ""), "",
+           + (f" transformers attention: {engines['hf'].get('attn_implementation')}." if table.have_hf else ""), "",
            *lines, ""]
 
     mm = machine.get("matmul") or {}
