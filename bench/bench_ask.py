@@ -10,7 +10,7 @@ One run does everything, side by side:
    two answers over sample_pdfs/ pages rendered at DEFAULT_DPI, each shown at up to
    ANSWER_MAX_PIXELS (768 visual tokens): a 1-page and a 3-page answer to the first sample
    question, with the prompt ragvl builds (`ragvl.answer.prompt.answer_messages`). ragvl goes
-   through `ragvl.answer.answer.answer()` as `Index.ask` does (retrieval excluded: the pages are
+   through `ragvl.answer.answering.answer()` as `Index.ask` does (retrieval excluded: the pages are
    given), transformers through the processor (max_pixels 602112) and a greedy generate of 1 new
    token with every processor output (mm_token_type_ids included). Per answer: preprocessing,
    vision, prefill and time to first token (TTFT: from the call to the first token, so
@@ -50,7 +50,7 @@ from bench_qwen2vl import (DEFAULT_MAX_PIXELS, ComparisonTable, SHARD_BYTES, _co
                            proc_status_kb, ratio, resolve_spec, default_init_std, add_shared_args,
                            write_results, run_child, spec_from_dict, vision_flops)
 
-ANSWER_MAX_PIXELS = 768 * 28 * 28  # ragvl.answer.answer.ANSWER_MAX_PIXELS (checked in the children)
+ANSWER_MAX_PIXELS = 768 * 28 * 28  # ragvl.answer.answering.ANSWER_MAX_PIXELS (checked in the children)
 TTFT_FLOOR_TARGET = 1.2
 STAGES = ("preprocess_s", "vision_s", "prefill_s", "ttft_s")
 
@@ -105,12 +105,12 @@ def task_ragvl(folder: str, threads: int, runs: int, cases: list[dict]) -> dict:
     import onnxruntime as ort
     from PIL import Image
 
-    from ragvl.answer.answer import ANSWER_MAX_PIXELS as MAX_PX
-    from ragvl.answer.answer import answer
+    from ragvl.answer.answering import ANSWER_MAX_PIXELS as MAX_PX
+    from ragvl.answer.answering import answer
     from ragvl.answer.prompt import answer_messages
     from ragvl.index.search import Hit
-    from ragvl.models.generation import GenerationSettings
-    from ragvl.models.qwen2vl import Qwen2VL
+    from ragvl.models.runtime.generation import GenerationSettings
+    from ragvl.models.runtime.qwen2vl import Qwen2VL
 
     assert MAX_PX == ANSWER_MAX_PIXELS, (MAX_PX, ANSWER_MAX_PIXELS)
     t0 = time.perf_counter()

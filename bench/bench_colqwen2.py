@@ -7,7 +7,7 @@ One run does everything, side by side:
    (default: the real Qwen2-VL-2B shape) and derives a ColQwen2 checkpoint from it: the same
    shards, hard-linked, plus custom_text_proj (128 x hidden, with bias) in a shard of its own,
    config.json with architectures ["ColQwen2"], no lm_head (the 2B's is tied, never stored);
-2. converts it with `ragvl.models.convert` once per --dtypes entry, each in a fresh interpreter;
+2. converts it with `ragvl.models.converter.convert` once per --dtypes entry, each in a fresh interpreter;
 3. runs every engine (colpali-engine fp32, ragvl fp32 / int8 / int4) in its own child process
    on the 12 pages of sample_pdfs/ rendered at ragvl's DEFAULT_DPI (at most 768 visual tokens a
    page, batch size 1) and on the sample questions: load time, seconds per page (the first page
@@ -56,7 +56,7 @@ from bench_qwen2vl import (DEFAULT_MAX_PIXELS, SHARD_BYTES, _cores, _cpu_name, _
                            write_results, run_child, spec_from_dict, vision_flops)
 
 SAMPLES = REPO / "sample_pdfs"
-EMBED_MAX_PIXELS = 768 * 28 * 28  # ragvl.models.colqwen2.MAX_PIXELS = colpali's max_num_visual_tokens=768
+EMBED_MAX_PIXELS = 768 * 28 * 28  # ragvl.models.runtime.colqwen2.MAX_PIXELS = colpali's max_num_visual_tokens=768
 MAX_VISUAL_TOKENS = 768
 EMBED_DIM = 128  # custom_text_proj's output width
 TOP_K = 5
@@ -98,7 +98,7 @@ def sample_questions() -> list[dict]:
 
 def page_grid(image, max_pixels: int) -> list[int]:
     """The (t, h, w) patch grid of a page image at max_pixels (Qwen2-VL's smart_resize)."""
-    from ragvl.models.preprocess import ImageConfig, smart_resize
+    from ragvl.models.runtime.preprocess import ImageConfig, smart_resize
 
     cfg = ImageConfig(max_pixels=max_pixels)
     h, w = smart_resize(image.height, image.width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
@@ -205,7 +205,7 @@ def task_ragvl(folder: str, threads: int, pages: int | None, queries: list[str],
     import numpy as np
     import onnxruntime as ort
 
-    from ragvl.models.colqwen2 import MAX_PIXELS, ColQwen2
+    from ragvl.models.runtime.colqwen2 import MAX_PIXELS, ColQwen2
 
     assert MAX_PIXELS == EMBED_MAX_PIXELS, (MAX_PIXELS, EMBED_MAX_PIXELS)
     t0 = time.perf_counter()

@@ -7,7 +7,7 @@ One run does everything, side by side:
    shards, config.json, tokenizer and preprocessor/generation configs. Default shape: the real
    Qwen2-VL-2B (2.21 B parameters, vocab 151936). Built on the meta device and filled tensor by
    tensor, one shard at a time, so it never holds the model in fp32;
-2. converts it with `ragvl.models.convert` once per --dtypes entry, each in a fresh interpreter:
+2. converts it with `ragvl.models.converter.convert` once per --dtypes entry, each in a fresh interpreter:
    converter wall time, converter peak RSS and the on-disk size of vision / embed / decoder;
 3. runs every engine (transformers fp32, ragvl fp32 / int8 / int4) in its own child process on
    one synthetic 1024x683 page + a short question: load time, preprocessing, vision encoder,
@@ -126,7 +126,7 @@ def resolve_spec(config: str, vocab: int | None, init_std: float) -> dict[str, A
         d["name"] = config
         d["vocab"] = 0
     else:
-        from ragvl.models.config import read_config
+        from ragvl.models.contract.config import read_config
 
         path = Path(config)
         cfg = read_config(path.parent if path.name == "config.json" else path)
@@ -356,7 +356,7 @@ def folder_sizes(folder: Path) -> dict[str, int]:
 
 
 def task_convert(ckpt: str, out: str, dtype: str) -> dict:
-    from ragvl.models.convert import convert
+    from ragvl.models.converter.convert import convert
 
     t0 = time.perf_counter()
     convert(ckpt, out, dtype=dtype, force=True, log=lambda m: log(f"  {m}"))
@@ -472,8 +472,8 @@ def task_ragvl(folder: str, threads: int, new_tokens: int, runs: int) -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    from ragvl.models.generation import GenerationSettings
-    from ragvl.models.qwen2vl import Qwen2VL, user_message
+    from ragvl.models.runtime.generation import GenerationSettings
+    from ragvl.models.runtime.qwen2vl import Qwen2VL, user_message
 
     t0 = time.perf_counter()
     m = Qwen2VL(folder, threads=threads)
@@ -546,7 +546,7 @@ def task_hf(ckpt: str, threads: int, new_tokens: int, runs: int, attn: str) -> d
     import transformers
     from transformers import Qwen2VLForConditionalGeneration
 
-    from ragvl.models.qwen2vl import user_message
+    from ragvl.models.runtime.qwen2vl import user_message
     from tiny_checkpoints import hf_generate, make_hf_processor
 
     torch.set_num_threads(threads)
@@ -983,7 +983,7 @@ def parse_args(argv=None):
 
 
 def dry_run(spec, args) -> None:
-    from ragvl.models.preprocess import ImageConfig, smart_resize
+    from ragvl.models.runtime.preprocess import ImageConfig, smart_resize
 
     cfg = ImageConfig(max_pixels=args.max_pixels)
     h, w = smart_resize(PAGE_SIZE[1], PAGE_SIZE[0], cfg.factor, cfg.min_pixels, cfg.max_pixels)

@@ -18,16 +18,16 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .answer.answer import ANSWER_MAX_PIXELS, Answer, answer
+from .answer.answering import ANSWER_MAX_PIXELS, Answer, answer_question
 from .errors import RagvlError
 from .index.indexer import IndexSummary, index_paths
 from .index.search import Hit, PageSearch
 from .index.store import PageStore, default_db
-from .models.colqwen2 import ColQwen2
-from .models.generation import GenerationSettings
-from .models.manifest import KIND_EMBEDDER, KIND_GENERATOR
-from .models.qwen2vl import Qwen2VL
-from .models.registry import resolve_model
+from .models.runtime.colqwen2 import ColQwen2
+from .models.runtime.generation import GenerationSettings
+from .models.contract.manifest import KIND_EMBEDDER, KIND_ANSWERER
+from .models.runtime.qwen2vl import Qwen2VL
+from .models.contract.registry import resolve_model
 from .pdf import DEFAULT_DPI
 
 
@@ -61,7 +61,7 @@ class Index:
     @property
     def answerer(self) -> Qwen2VL:
         if self._answerer is None:
-            folder = resolve_model(KIND_GENERATOR, self._answerer_arg)
+            folder = resolve_model(KIND_ANSWERER, self._answerer_arg)
             self.log(f"answerer: {folder}")
             self._answerer = Qwen2VL(folder, device=self.device)
         return self._answerer
@@ -102,5 +102,5 @@ class Index:
         t0 = time.perf_counter()
         hits = self.search(question, k)
         store = self._search.store
-        return answer(self.answerer, store, question, hits, settings or self.answerer.defaults, max_pixels,
+        return answer_question(self.answerer, store, question, hits, settings or self.answerer.defaults, max_pixels,
                       retrieval_s=time.perf_counter() - t0)

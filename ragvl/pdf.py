@@ -40,7 +40,6 @@ What PyMuPDF (MuPDF 1.28) does with damaged files, and what ragvl does about it:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import mmap
@@ -64,7 +63,6 @@ __all__ = [
     "find_pdfs",
     "open_pdf",
     "png_bytes",
-    "sha256_file",
 ]
 
 # Rasterization resolution for retrieval and answering.
@@ -205,18 +203,6 @@ def _walk_pdfs(root: Path) -> Iterator[Path]:
 
 # ----------------------------------------------------------------------------------------------
 # Hashing and PNG
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks; RagvlError if it cannot be read."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(chunk_size):
-                h.update(chunk)
-    except OSError as e:
-        raise RagvlError(f"{path}: {os_error_cause(e)}") from None
-    return h.hexdigest()
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -54,7 +54,7 @@ def tiny_embedder(tmp_path_factory):
     _require_reference_stack()
     from tiny_colqwen2 import make_colqwen2_checkpoint
 
-    from ragvl.models.convert import convert
+    from ragvl.models.converter.convert import convert
 
     tmp = tmp_path_factory.mktemp("embedder")
     return convert(make_colqwen2_checkpoint(tmp / "ckpt", variant="a"), tmp / "colqwen2-tiny", log=lambda m: None)

@@ -12,11 +12,11 @@ import time
 import pytest
 from PIL import Image
 
-from ragvl.answer.answer import ANSWER_MAX_PIXELS
+from ragvl.answer.answering import ANSWER_MAX_PIXELS
 from ragvl.answer.prompt import answer_messages
 from ragvl.index.store import PageStore
-from ragvl.models.convert import convert
-from ragvl.models.qwen2vl import Qwen2VL
+from ragvl.models.converter.convert import convert
+from ragvl.models.runtime.qwen2vl import Qwen2VL
 from tiny_pdfs import make_pdf
 
 pytest.importorskip("colpali_engine")

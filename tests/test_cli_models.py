@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ragvl.models.convert import convert
+from ragvl.models.converter.convert import convert
 
 pytest.importorskip("torch")
 from tiny_checkpoints import hf_generate, load_hf_model, make_hf_processor  # noqa: E402
@@ -56,7 +56,7 @@ def page(tmp_path) -> Path:
 
 
 def test_chat_json_matches_transformers(model, tiny_ckpt_a, page):
-    r = ragvl("chat", "Describe this image.", "--image", page, "--model", model, "--max-new-tokens", 12, "--json")
+    r = ragvl("chat", "Describe this image.", "--image", page, "--answerer", model, "--max-new-tokens", 12, "--json")
     out = json.loads(r.stdout)
     assert set(out) >= {"text", "token_ids", "prompt_tokens", "timings"}
     assert set(out["timings"]) >= {"vision_s", "prefill_s", "decode_tok_s"}
@@ -71,36 +71,46 @@ def test_chat_json_matches_transformers(model, tiny_ckpt_a, page):
 
 
 def test_chat_streams_text_to_stdout_and_progress_to_stderr(model, page):
-    r = ragvl("chat", "Hi", "--image", page, "--model", model, "--max-new-tokens", 5)
+    r = ragvl("chat", "Hi", "--image", page, "--answerer", model, "--max-new-tokens", 5)
     assert "prompt tokens" in r.stderr
     assert "prompt tokens" not in r.stdout
 
 
 def test_chat_sampling_is_seedable(model, page):
-    args = ("chat", "Hi", "--image", page, "--model", model, "-n", 10, "--temperature", 1.5, "--top-p", 0.95,
-            "--top-k", 50, "--repetition-penalty", 1.1, "--json")
+    args = ("chat", "Hi", "--image", page, "--answerer", model, "-n", 10, "--temperature", 1.5, "--top-p", 0.95,
+            "--top-k-sampling", 50, "--repetition-penalty", 1.1, "--json")
     a = json.loads(ragvl(*args, "--seed", 1).stdout)
     b = json.loads(ragvl(*args, "--seed", 1).stdout)
     assert a["token_ids"] == b["token_ids"]
 
 
+def test_chat_old_option_spellings_still_work(model, page):
+    """`--model` and `--top-k` (sampling) were renamed; the old spellings work, with a note."""
+    new = ragvl("chat", "Hi", "--image", page, "--answerer", model, "-n", 6, "--temperature", 1.0,
+                "--top-k-sampling", 5, "--seed", 3, "--json")
+    old = ragvl("chat", "Hi", "--image", page, "--model", model, "-n", 6, "--temperature", 1.0,
+                "--top-k", 5, "--seed", 3, "--json")
+    assert json.loads(old.stdout)["token_ids"] == json.loads(new.stdout)["token_ids"]
+    assert "--top-k is deprecated" in old.stderr and "--model is deprecated" in old.stderr
+
+
 def test_unreadable_image(model, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG not really")
-    assert_one_line_error(ragvl("chat", "Hi", "--image", bad, "--model", model, check=False), "broken.png")
-    assert_one_line_error(ragvl("chat", "Hi", "--image", tmp_path / "nope.jpg", "--model", model, check=False),
+    assert_one_line_error(ragvl("chat", "Hi", "--image", bad, "--answerer", model, check=False), "broken.png")
+    assert_one_line_error(ragvl("chat", "Hi", "--image", tmp_path / "nope.jpg", "--answerer", model, check=False),
                           "nope.jpg")
 
 
 def test_not_a_ragvl_model(tiny_ckpt_a, page, tmp_path):
-    assert_one_line_error(ragvl("chat", "Hi", "--model", tiny_ckpt_a, check=False), "not a ragvl model")
-    assert_one_line_error(ragvl("chat", "Hi", "--model", tmp_path / "missing", check=False), "missing")
+    assert_one_line_error(ragvl("chat", "Hi", "--answerer", tiny_ckpt_a, check=False), "not a ragvl model")
+    assert_one_line_error(ragvl("chat", "Hi", "--answerer", tmp_path / "missing", check=False), "missing")
 
 
 def test_missing_model_option(page, monkeypatch, tmp_path):
     monkeypatch.delenv("RAGVL_ANSWERER", raising=False)
     monkeypatch.setenv("RAGVL_HOME", str(tmp_path / "home"))
-    assert_one_line_error(ragvl("chat", "Hi", check=False), "--model", "ragvl models pull", "ragvl models convert")
+    assert_one_line_error(ragvl("chat", "Hi", check=False), "--answerer", "ragvl models pull", "ragvl models convert")
 
 
 def test_missing_shard(make_ckpt, tmp_path):
@@ -161,7 +171,7 @@ def test_truncated_model_file_is_caught(tiny_ckpt_a, tmp_path, page):
     out = convert(tiny_ckpt_a, tmp_path / "m", log=lambda m: None)
     data = out / "decoder.onnx.data"
     data.write_bytes(data.read_bytes()[:100])
-    assert_one_line_error(ragvl("chat", "Hi", "--model", out, check=False), "decoder.onnx.data")
+    assert_one_line_error(ragvl("chat", "Hi", "--answerer", out, check=False), "decoder.onnx.data")
 
 
 def test_missing_cuda_provider_is_loud(model, page):
@@ -169,5 +179,5 @@ def test_missing_cuda_provider_is_loud(model, page):
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("CUDA is available here")
-    assert_one_line_error(ragvl("chat", "Hi", "--model", model, "--device", "cuda", check=False),
+    assert_one_line_error(ragvl("chat", "Hi", "--answerer", model, "--device", "cuda", check=False),
                           "CUDAExecutionProvider")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ragvl.models.colqwen2 import ColQwen2
-from ragvl.models.convert import convert
+from ragvl.models.runtime.colqwen2 import ColQwen2
+from ragvl.models.converter.convert import convert
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("colpali_engine")
@@ -121,7 +121,7 @@ def test_adapter_needs_its_base(tmp_path):
 
 def test_vision_tower_shared_with_identical_generator(tmp_path):
     """ColQwen2's LoRA leaves the vision tower alone: it is stored and loaded once."""
-    from ragvl.models.qwen2vl import Qwen2VL
+    from ragvl.models.runtime.qwen2vl import Qwen2VL
 
     gen_ckpt = make_checkpoint(tmp_path / "gen", variant="a", seed=0)
     col_ckpt = tq.make_colqwen2_checkpoint(tmp_path / "col", variant="a", seed=0)  # same vision weights

@@ -17,7 +17,7 @@ import pytest
 from ragvl.errors import RagvlError
 from ragvl.index.indexer import index_paths
 from ragvl.index.store import PageStore, vectors_from_column
-from ragvl.models.colqwen2 import ColQwen2
+from ragvl.models.runtime.colqwen2 import ColQwen2
 from tiny_pdfs import make_pdf
 
 pytest.importorskip("colpali_engine")

@@ -21,7 +21,9 @@ from PIL import Image
 
 import ragvl.pdf as rpdf
 from ragvl.errors import RagvlError
-from ragvl.pdf import DEFAULT_DPI, MAX_PAGE_PIXELS, find_pdfs, open_pdf, png_bytes, sha256_file
+from ragvl import fsutil
+from ragvl.fsutil import sha256_file
+from ragvl.pdf import DEFAULT_DPI, MAX_PAGE_PIXELS, find_pdfs, open_pdf, png_bytes
 
 A4 = (595, 842)
 LETTER = (612, 792)
@@ -331,6 +333,7 @@ def test_permission_denied(tmp_path, good, monkeypatch):
                 raise PermissionError(13, "Permission denied", str(path))
 
             monkeypatch.setattr(rpdf, "open", denied, raising=False)
+            monkeypatch.setattr(fsutil, "open", denied, raising=False)
         _one_line_error(good, r"permission denied")
         with pytest.raises(RagvlError, match=r"report\.pdf: permission denied"):
             sha256_file(good)
@@ -504,8 +507,8 @@ def test_png_bytes_roundtrip(good):
     assert np.array_equal(np.asarray(back), np.asarray(image))
 
 
-def test_module_imports_only_errors_from_ragvl():
+def test_module_imports_only_errors_and_fsutil_from_ragvl():
     src = open(rpdf.__file__).read()
     imports = re.findall(r"^\s*(?:from|import)\s+(\.\S*|ragvl\S*)", src, re.MULTILINE)
-    assert imports == [".errors"], imports
+    assert set(imports) <= {".errors", ".fsutil"}, imports
     assert sys.modules["ragvl.pdf"] is rpdf

@@ -1,4 +1,4 @@
-"""Parity of ragvl.models.preprocess with transformers' slow Qwen2VLImageProcessor.
+"""Parity of ragvl.models.runtime.preprocess with transformers' slow Qwen2VLImageProcessor.
 
 The reference is built directly (no checkpoint needed). Parity means np.array_equal on
 pixel_values (float32) and equal grids, not a tolerance.
@@ -21,7 +21,7 @@ from transformers import Qwen2VLImageProcessor  # noqa: E402
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as hf_smart_resize  # noqa: E402
 
 from ragvl.errors import RagvlError  # noqa: E402
-from ragvl.models.preprocess import (  # noqa: E402
+from ragvl.models.runtime.preprocess import (  # noqa: E402
     ImageConfig,
     load_image,
     num_image_tokens,
@@ -357,7 +357,7 @@ def test_defaults_match_hf():
 
 def test_module_imports_no_torch_or_transformers():
     code = (
-        "import sys, ragvl.models.preprocess; "
+        "import sys, ragvl.models.runtime.preprocess; "
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -6,8 +6,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from ragvl.models.onnx_builder import FLOAT, GraphBuilder
-from ragvl.models.quantize import WeightFormat, dequantize_blockwise, linear, quantize_blockwise
+from ragvl.models.converter.onnx_builder import FLOAT, GraphBuilder
+from ragvl.models.converter.quantize import WeightFormat, dequantize_blockwise, linear, quantize_blockwise
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -36,9 +36,9 @@ def test_matmulnbits_equals_dequantized_matmul(tmp_path, bits):
 
 
 def test_quantized_embedding_gathers_dequantized_rows(tmp_path):
-    from ragvl.models.checkpoint import TensorSource
-    from ragvl.models.config import TextConfig
-    from ragvl.models.decoder_graph import build_embed
+    from ragvl.models.converter.checkpoint import TensorSource
+    from ragvl.models.contract.config import TextConfig
+    from ragvl.models.converter.decoder_graph import build_embed
 
     table = np.random.default_rng(0).standard_normal((40, 64)).astype(np.float32)
 

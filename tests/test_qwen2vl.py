@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ragvl.models.convert import convert
-from ragvl.models.generation import GenerationSettings
-from ragvl.models.qwen2vl import Qwen2VL, user_message
+from ragvl.models.converter.convert import convert
+from ragvl.models.runtime.generation import GenerationSettings
+from ragvl.models.runtime.qwen2vl import Qwen2VL, user_message
 
 torch = pytest.importorskip("torch")
 from tiny_checkpoints import hf_generate, load_hf_model, make_hf_processor  # noqa: E402

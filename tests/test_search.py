@@ -88,7 +88,7 @@ def test_no_index_and_empty_index(tmp_path, tiny_embedder):
 
 
 def test_search_with_another_embedder_is_refused(indexed, tmp_path):
-    from ragvl.models.convert import convert
+    from ragvl.models.converter.convert import convert
 
     other = convert(tq.make_colqwen2_checkpoint(tmp_path / "c", variant="b"), tmp_path / "m", log=lambda m: None)
     db, _ = indexed

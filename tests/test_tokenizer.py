@@ -1,4 +1,4 @@
-"""ragvl.models.tokenizer against transformers' Qwen2VLProcessor on tiny hub-layout checkpoints.
+"""ragvl.models.runtime.tokenizer against transformers' Qwen2VLProcessor on tiny hub-layout checkpoints.
 
 Parity is exact: the rendered prompt string and the input ids / mm_token_type_ids must be equal.
 """
@@ -14,7 +14,7 @@ import PIL.Image
 import pytest
 
 from ragvl.errors import RagvlError
-from ragvl.models.tokenizer import StreamDecoder, Tokenizer
+from ragvl.models.runtime.tokenizer import StreamDecoder, Tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -255,7 +255,7 @@ def test_unreadable_tokenizer_json(make_ckpt):
 
 def test_runtime_module_imports_no_torch():
     code = (
-        "import sys, ragvl.models.tokenizer; "
+        "import sys, ragvl.models.runtime.tokenizer; "
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
         "assert not bad, bad"
     )

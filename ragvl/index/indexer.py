@@ -18,13 +18,14 @@ import numpy as np
 from PIL import Image
 
 from ..errors import RagvlError
-from ..pdf import DEFAULT_DPI, find_pdfs, open_pdf, png_bytes, sha256_file
+from ..fsutil import sha256_file
+from ..pdf import DEFAULT_DPI, find_pdfs, open_pdf, png_bytes
 from ..progress import Progress
 from .store import PageRow, PageStore
 
 
 class PageEmbedder(Protocol):
-    """What indexing needs from an embedder (ragvl.models.colqwen2.ColQwen2)."""
+    """What indexing needs from an embedder (ragvl.models.runtime.colqwen2.ColQwen2)."""
 
     id: str
 

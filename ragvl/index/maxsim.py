@@ -57,7 +57,6 @@ half the memory and disk, and ~2x faster than numpy (see bench/README.md).
 from __future__ import annotations
 
 import json
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -65,7 +64,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-DIM = 128                 # ColQwen2's projection width
+from ..fsutil import atomic_write, atomic_write_with, cpu_threads
+from ..models.contract.names import VECTOR_DIM as DIM
+
 COLPALI_BATCH = 128       # score_multi_vector's default batch_size: decides which pages are zero-padded
 EXACT_BELOW = 2000        # below this many pages search() is always exact (it is fast enough there)
 CHUNK_VECTORS = 16384     # rows per MatMul: (25, 16384) fp32 scores = 1.6 MB, stays in L2/L3
@@ -195,17 +196,6 @@ class _Kernels:
         return self._assign.run(None, {"X": x, "CT": ct})[0]        # (n,) int64
 
 
-def _default_threads() -> int:
-    """RAGVL_THREADS, else the CPUs this process may run on."""
-    t = int(os.environ.get("RAGVL_THREADS", "0") or 0)
-    if t:
-        return t
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:                                          # not on Linux
-        return os.cpu_count() or 1
-
-
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
@@ -264,7 +254,7 @@ class PageMatrix:
             raise ValueError("offsets: expected 0 = o_0 < o_1 < ... < o_n = N (every page non-empty)")
         self.vectors = vectors                                      # (N, D) fp16|fp32, maybe a memmap
         self.offsets = offsets                                      # (n_pages + 1,) int64
-        self.threads = threads if threads is not None else _default_threads()
+        self.threads = threads if threads is not None else cpu_threads()
         self.stage = stage
         if stage is not None:
             if stage.n_pages != len(offsets) - 1:
@@ -447,8 +437,8 @@ class PageMatrix:
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        _atomic_save(path / "vectors.npy", self.vectors)
-        _atomic_save(path / "offsets.npy", self.offsets)
+        _save_npy(path / "vectors.npy", self.vectors)
+        _save_npy(path / "offsets.npy", self.offsets)
         meta = {"format": FORMAT_VERSION, "dtype": self.dtype.name, "dim": self.dim,
                 "n_pages": self.n_pages, "n_vectors": self.n_vectors, "stage": None}
         if self.stage is not None:
@@ -456,7 +446,7 @@ class PageMatrix:
         else:
             for name in CentroidStage.FILES:
                 (path / name).unlink(missing_ok=True)
-        _atomic_write(path / "meta.json", json.dumps(meta, indent=1).encode())
+        atomic_write(path / "meta.json", json.dumps(meta, indent=1))
         return path
 
     @classmethod
@@ -604,9 +594,9 @@ class CentroidStage:
         return np.argpartition(-a, n - 1)[:n].astype(np.int64)
 
     def _save(self, path: Path) -> dict:
-        _atomic_save(path / "centroids.npy", self.centroids)
-        _atomic_save(path / "inv_offsets.npy", self.inv_offsets)
-        _atomic_save(path / "inv_pages.npy", self.inv_pages)
+        _save_npy(path / "centroids.npy", self.centroids)
+        _save_npy(path / "inv_offsets.npy", self.inv_offsets)
+        _save_npy(path / "inv_pages.npy", self.inv_pages)
         return {"kind": "centroids", "n_centroids": self.n_centroids, "n_pairs": len(self.inv_pages),
                 "probe": self.probe, "seed": self.seed}
 
@@ -707,22 +697,5 @@ def _top_k(scores: np.ndarray, k: int, tiebreak: np.ndarray | None = None) -> tu
     return idx, scores[idx].astype(np.float32)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_save(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(arr), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    atomic_write_with(path, lambda f: np.save(f, np.asarray(arr), allow_pickle=False))

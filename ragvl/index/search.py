@@ -9,15 +9,15 @@ are always exact MaxSim sums, the numbers colpali-engine's score_multi_vector gi
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..fsutil import atomic_write
 from .maxsim import EXACT_BELOW, PageMatrix
-from .store import PageStore, vectors_from_column
+from .store import PageStore, page_id, vectors_from_column
 
 CACHE = "cache"
 
@@ -30,6 +30,7 @@ class Hit:
     path: str
     page: int
     score: float
+    id: str = ""  # the page's stable id (store.page_id): survives re-indexing and compaction
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -46,7 +47,7 @@ class PageSearch:
         try:
             self.matrix = PageMatrix.load(cache)
             self.labels = [tuple(x) for x in json.loads((cache / "labels.json").read_text())]
-            if len(self.labels) != self.matrix.n_pages:
+            if len(self.labels) != self.matrix.n_pages or any(len(x) != 3 for x in self.labels[:1]):
                 raise ValueError("labels and matrix disagree")
         except (OSError, ValueError):
             self.matrix, self.labels = self._build(cache)
@@ -55,16 +56,14 @@ class PageSearch:
                     shutil.rmtree(old, ignore_errors=True)
 
     def _build(self, cache: Path) -> tuple[PageMatrix, list[tuple[str, int]]]:
-        t = self.store.scan(["doc_path", "page", "vectors"])
+        t = self.store.scan(["doc_path", "doc_sha256", "page", "vectors"])
         flat, offsets = vectors_from_column(t["vectors"])
-        labels = list(zip(t["doc_path"].to_pylist(), t["page"].to_pylist()))
+        labels = list(zip(t["doc_path"].to_pylist(), t["page"].to_pylist(), t["doc_sha256"].to_pylist()))
         matrix = PageMatrix(flat, offsets)
         if matrix.n_pages >= EXACT_BELOW:
             matrix.build_first_stage()
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / "labels.json.tmp"
-        tmp.write_text(json.dumps(labels))
-        os.replace(tmp, cache / "labels.json")
+        atomic_write(cache / "labels.json", json.dumps(labels))
         matrix.save(cache)  # meta.json last: a torn cache is rebuilt, never read
         return PageMatrix.load(cache), labels
 
@@ -74,5 +73,8 @@ class PageSearch:
     def search(self, query: np.ndarray, k: int = 5) -> list[Hit]:
         """The top-k pages for one query's multi-vector (nq, 128), best first."""
         idx, scores = self.matrix.search(np.asarray(query, np.float32), k)
-        return [Hit(r + 1, self.labels[i][0], int(self.labels[i][1]), float(s))
-                for r, (i, s) in enumerate(zip(idx, scores))]
+        out = []
+        for r, (i, s) in enumerate(zip(idx, scores)):
+            path, page, sha = self.labels[i]
+            out.append(Hit(r + 1, path, int(page), float(s), page_id(sha, int(page))))
+        return out

@@ -19,11 +19,12 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import RagvlError
+from ..fsutil import atomic_write
+from ..models.contract.names import VECTOR_DIM as DIM
 
 TABLE = "pages"
 META = "ragvl-index.json"
 FORMAT_VERSION = 1
-DIM = 128
 DEFAULT_DB = ".ragvl"
 
 SCHEMA = pa.schema([
@@ -73,6 +74,15 @@ def vectors_from_column(col: pa.ChunkedArray | pa.ListArray) -> tuple[np.ndarray
     return flat, offsets - offsets[0]
 
 
+def page_id(doc_sha256: str, page: int) -> str:
+    """A page's stable id: its document's content hash and its page number.
+
+    It survives re-indexing, compaction and moving the folder, so a link to a page stays valid
+    while the document's bytes do not change.
+    """
+    return f"{doc_sha256[:16]}-{page}"
+
+
 def _quote(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
@@ -107,9 +117,7 @@ class PageStore:
 
     def write_meta(self, **fields) -> None:
         self.meta = {"format_version": FORMAT_VERSION, **self.meta, **fields}
-        tmp = self.path / (META + ".tmp")
-        tmp.write_text(json.dumps(self.meta, indent=2) + "\n")
-        os.replace(tmp, self.path / META)
+        atomic_write(self.path / META, json.dumps(self.meta, indent=2) + "\n")
 
     @property
     def embedder(self) -> str | None:

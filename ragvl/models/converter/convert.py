@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .. import __version__
-from ..errors import RagvlError
+from ... import __version__
+from ...errors import RagvlError
 from .checkpoint import Checkpoint, TensorSource
-from .config import COLQWEN2_ARCHITECTURES, read_config
+from ..contract.config import COLQWEN2_ARCHITECTURES, read_config
 from .decoder_graph import build_decoder, build_embed, colbert_tensor_names, text_tensor_names
 from .lora import LoraAdapter, MergedSource, is_adapter
-from .manifest import KIND_EMBEDDER, KIND_GENERATOR, MANIFEST, write_manifest
+from ..contract.manifest import KIND_EMBEDDER, KIND_ANSWERER, MANIFEST, write_manifest
 from .onnx_builder import GraphBuilder
 from .quantize import FORMATS
 from .vision_graph import build_vision, vision_tensor_names
@@ -73,7 +73,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
             fused_attention: bool = True, log: Callable[[str], None] = _log) -> Path:
     """Convert the checkpoint folder `src` into the ragvl model folder `out`; returns `out`.
 
-    - A Qwen2-VL checkpoint becomes a generator (vision, embed, decoder with KV cache); a ColQwen2
+    - A Qwen2-VL checkpoint becomes an answerer (vision, embed, decoder with KV cache); a ColQwen2
       checkpoint becomes an embedder (vision, embed, encoder with the 128-d projection).
     - A PEFT LoRA adapter folder is merged into `base` while converting.
     - When a model folder in `share_vision` holds a vision graph built from identical weights
@@ -121,7 +121,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
     v_names = vision_tensor_names(cfg.vision)
     if embedder:
         expected = v_names + text_tensor_names(cfg.text, tied=True, lm_head=False) + colbert_tensor_names()
-        if "lm_head.weight" in source:  # a generator head left in a ColQwen2 export is unused
+        if "lm_head.weight" in source:  # an answerer head left in a ColQwen2 export is unused
             expected.append("lm_head.weight")
             source.used.add("lm_head.weight")
     else:
@@ -161,7 +161,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
                     shutil.copy2(d / f, tmp / f)
         text_graph = "encoder" if embedder else "decoder"
         write_manifest(tmp, {
-            "kind": KIND_EMBEDDER if embedder else KIND_GENERATOR,
+            "kind": KIND_EMBEDDER if embedder else KIND_ANSWERER,
             "architecture": cfg.architecture,
             "dtype": dtype,
             "weight_format": {"bits": fmt.bits, "block_size": fmt.block_size} if fmt.quantized else None,

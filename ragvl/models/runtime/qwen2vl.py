@@ -15,12 +15,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..errors import RagvlError
-from .decoder_graph import kv_names
+from ...errors import RagvlError
+from ..contract.names import kv_names
 from .generation import GenerationSettings, TokenSampler, read_generation_config
-from .manifest import KIND_GENERATOR
+from ..contract.manifest import KIND_ANSWERER
 from .preprocess import ImageInput
-from .rope import mrope_positions
+from ..contract.rope import mrope_positions
 from .tokenizer import StreamDecoder
 from .vlm import Prompt, VisionLanguageModel
 
@@ -76,7 +76,7 @@ class Qwen2VL(VisionLanguageModel):
     """A ragvl model folder of kind qwen2-vl, opened on `device` ("cpu" or "cuda")."""
 
     def __init__(self, folder: str | Path, device: str | None = None, threads: int | None = None):
-        super().__init__(folder, KIND_GENERATOR, device, threads)
+        super().__init__(folder, KIND_ANSWERER, device, threads)
         self.defaults = read_generation_config(self.folder)
         self.decoder = self.session("decoder")
         self._out_names = ["logits"] + [n for i in range(self.config.text.num_hidden_layers) for n in kv_names(i)[2:]]

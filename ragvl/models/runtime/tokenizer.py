@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ragvl.errors import RagvlError
+from ...errors import RagvlError
 
 # Token strings of the Qwen2-VL special tokens. Their ids are looked up in each checkpoint's vocab.
 ENDOFTEXT = "<|endoftext|>"

@@ -1,4 +1,4 @@
-"""What a Qwen2-VL generator and a ColQwen2 embedder share at run time.
+"""What a Qwen2-VL answerer and a ColQwen2 embedder share at run time.
 
 Both are the same vision tower and token embedding in front of a language model: a converted
 folder's manifest, tokenizer and preprocessor settings, the vision and embed sessions, and the
@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .manifest import model_config, read_manifest
+from ..contract.manifest import model_config, read_manifest
 from .preprocess import ImageConfig, ImageInput, num_image_tokens, preprocess
 from .session import create_session, default_device
 from .tokenizer import Tokenizer

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from ..errors import RagvlError
+from ...errors import RagvlError
+from ...fsutil import cpu_threads
 
 DEVICES = {
     "cpu": ["CPUExecutionProvider"],
@@ -56,9 +57,7 @@ def _open(path: Path, device: str, threads: int | None) -> ort.InferenceSession:
     providers = providers_for(device)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    threads = threads or int(os.environ.get("RAGVL_THREADS", "0")) or None
-    if threads:
-        so.intra_op_num_threads = threads
+    so.intra_op_num_threads = threads or cpu_threads()
     so.log_severity_level = 3
     try:
         sess = ort.InferenceSession(str(path), so, providers=providers)

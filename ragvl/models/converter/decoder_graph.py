@@ -14,10 +14,12 @@ from __future__ import annotations
 import numpy as np
 
 from .checkpoint import TensorSource
-from .config import TextConfig
+from ..contract.config import TextConfig
 from .onnx_builder import FLOAT, INT64, MS_DOMAIN, GraphBuilder
 from .quantize import WeightFormat, linear, quantize_blockwise
 from .vision_graph import rotate
+from ..contract.names import VECTOR_DIM, kv_names
+from ..contract.rope import mrope_inv_freq
 
 LAYER_TENSORS = ("input_layernorm.weight", "post_attention_layernorm.weight",
                  "self_attn.q_proj.weight", "self_attn.q_proj.bias", "self_attn.k_proj.weight",
@@ -34,23 +36,6 @@ def text_tensor_names(cfg: TextConfig, tied: bool, lm_head: bool = True) -> list
     if lm_head and not tied:
         names.append("lm_head.weight")
     return names
-
-
-def kv_names(i: int) -> tuple[str, str, str, str]:
-    """Graph names of layer i's past and present key/value tensors."""
-    return (f"past_key_values.{i}.key", f"past_key_values.{i}.value", f"present.{i}.key", f"present.{i}.value")
-
-
-def mrope_inv_freq(cfg: TextConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(inv_freq (hd/2,) float32, position row (hd/2,) int64) for multimodal RoPE.
-
-    Frequency j takes its position from row j's section (temporal, height, width), as HF's
-    apply_multimodal_rotary_pos_emb does by splitting cos/sin with mrope_section.
-    """
-    hd = cfg.head_dim
-    inv_freq = (1.0 / (cfg.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))).astype(np.float32)
-    rows = np.concatenate([np.full(n, i % 3) for i, n in enumerate(cfg.mrope_section)]).astype(np.int64)
-    return inv_freq, rows
 
 
 def build_embed(g: GraphBuilder, src: TensorSource, cfg: TextConfig, fmt: WeightFormat) -> None:
@@ -151,7 +136,7 @@ def build_decoder(g: GraphBuilder, src: TensorSource, cfg: TextConfig, tied: boo
                   head: str = "lm") -> None:
     """Add the language model to an empty graph builder.
 
-    head="lm": the generator's decoder, with KV cache; outputs last-position logits, the final
+    head="lm": the answerer's decoder, with KV cache; outputs last-position logits, the final
     hidden states and the presents. head="colbert": ColQwen2's page/query encoder, no cache;
     outputs `embeddings` (B, S, 128): custom_text_proj of the final hidden states, L2-normalised
     per token and multiplied by the attention mask, as colpali-engine's ColQwen2.forward.
@@ -185,18 +170,17 @@ def build_decoder(g: GraphBuilder, src: TensorSource, cfg: TextConfig, tied: boo
     g.output(logits, "logits", FLOAT, ["batch", cfg.vocab_size])
 
 
-COLBERT_DIM = 128
 
 
 def _colbert_head(g: GraphBuilder, src: TensorSource, x: str, mask: str, cfg: TextConfig) -> None:
     """embeddings = normalize(custom_text_proj(x)) * mask; the projection stays fp32 (it is tiny)."""
     p, n = "/custom_text_proj", "custom_text_proj."
-    y = linear(g, x, n + "weight", src.get(n + "weight", (COLBERT_DIM, cfg.hidden_size)),
-               src.get(n + "bias", (COLBERT_DIM,)), p, WeightFormat())  # (B, S, 128)
+    y = linear(g, x, n + "weight", src.get(n + "weight", (VECTOR_DIM, cfg.hidden_size)),
+               src.get(n + "bias", (VECTOR_DIM,)), p, WeightFormat())  # (B, S, 128)
     norm = g.op("ReduceL2", [y, g.const([-1])], "/l2norm", keepdims=1)  # (B, S, 1)
     y = g.div(y, norm, "/l2norm")
     keep = g.unsqueeze(g.cast(mask, FLOAT, "/mask"), [-1], "/mask")  # (B, S, 1)
-    g.output(g.mul(y, keep, "/mask"), "embeddings", FLOAT, ["batch", "seq", COLBERT_DIM])
+    g.output(g.mul(y, keep, "/mask"), "embeddings", FLOAT, ["batch", "seq", VECTOR_DIM])
 
 
 def colbert_tensor_names() -> list[str]:

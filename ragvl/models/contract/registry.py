@@ -13,8 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import RagvlError
-from .manifest import KIND_EMBEDDER, KIND_GENERATOR, MANIFEST, read_manifest
+from ...errors import RagvlError
+from ...fsutil import atomic_write
+from .manifest import KIND_EMBEDDER, KIND_ANSWERER, MANIFEST, read_manifest
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class KnownModel:
     """A checkpoint on the Hugging Face hub that `ragvl models pull` can fetch and convert."""
 
     name: str
-    kind: str  # KIND_GENERATOR or KIND_EMBEDDER
+    kind: str  # KIND_ANSWERER or KIND_EMBEDDER
     repo: str
     base_repo: str | None  # for LoRA adapters: the checkpoint they are merged into
     license: str
@@ -33,15 +34,15 @@ class KnownModel:
 
 KNOWN_MODELS = {
     m.name: m for m in (
-        KnownModel("qwen2-vl-2b-instruct", KIND_GENERATOR, "Qwen/Qwen2-VL-2B-Instruct", None, "apache-2.0", 4.4,
+        KnownModel("qwen2-vl-2b-instruct", KIND_ANSWERER, "Qwen/Qwen2-VL-2B-Instruct", None, "apache-2.0", 4.4,
                    "answers questions over page images"),
         KnownModel("colqwen2-v1.0", KIND_EMBEDDER, "vidore/colqwen2-v1.0", "vidore/colqwen2-base", "mit (adapter), "
                    "apache-2.0 (base)", 4.5, "page retrieval: LoRA adapter merged into colqwen2-base"),
     )
 }
-DEFAULTS = {KIND_EMBEDDER: "colqwen2-v1.0", KIND_GENERATOR: "qwen2-vl-2b-instruct"}
-ENV = {KIND_EMBEDDER: "RAGVL_EMBEDDER", KIND_GENERATOR: "RAGVL_ANSWERER"}
-ROLE = {KIND_EMBEDDER: "embedder", KIND_GENERATOR: "answerer"}
+DEFAULTS = {KIND_EMBEDDER: "colqwen2-v1.0", KIND_ANSWERER: "qwen2-vl-2b-instruct"}
+ENV = {KIND_EMBEDDER: "RAGVL_EMBEDDER", KIND_ANSWERER: "RAGVL_ANSWERER"}
+ROLE = {KIND_EMBEDDER: "embedder", KIND_ANSWERER: "answerer"}
 
 
 def model_home() -> Path:
@@ -83,9 +84,7 @@ def set_default(kind: str, folder: Path) -> None:
     d[ROLE[kind]] = folder.name
     path = _defaults_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(d, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(d, indent=2) + "\n")
 
 
 def default_model(kind: str) -> Path | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import RagvlError
+from ...errors import RagvlError
 from .checkpoint import Checkpoint, TensorSource, canonical_name
 
 ADAPTER_CONFIG = "adapter_config.json"

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-from ..errors import RagvlError
+from ...errors import RagvlError
+from ...fsutil import sha256_file
 from .config import Qwen2VLConfig
 
 MANIFEST = "ragvl.json"
 FORMAT = "ragvl-model"
 FORMAT_VERSION = 1
-KIND_GENERATOR = "qwen2-vl"  # answers: vision + embed + decoder with KV cache
+KIND_ANSWERER = "qwen2-vl"  # the answerer: vision + embed + decoder with KV cache
 KIND_EMBEDDER = "colqwen2"   # page/query multi-vectors
-
-
-def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:

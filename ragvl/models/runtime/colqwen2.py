@@ -13,9 +13,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .manifest import KIND_EMBEDDER
+from ..contract.manifest import KIND_EMBEDDER
+from ..contract.names import VECTOR_DIM
 from .preprocess import ImageInput
-from .rope import mrope_positions
+from ..contract.rope import mrope_positions
 from .vlm import VisionLanguageModel
 
 DOC_PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>"
@@ -29,7 +30,7 @@ MAX_PIXELS = 768 * 28 * 28
 class ColQwen2(VisionLanguageModel):
     """A ragvl model folder of kind colqwen2: `embed_images` and `embed_queries`."""
 
-    dim = 128
+    dim = VECTOR_DIM
 
     def __init__(self, folder: str | Path, device: str | None = None, threads: int | None = None,
                  max_pixels: int = MAX_PIXELS, mask_non_image_embeddings: bool = False):

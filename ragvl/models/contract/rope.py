@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .config import TextConfig
+
 
 def mrope_positions(input_ids: np.ndarray, image_token_id: int, grids: list[tuple[int, int, int]],
                     merge_size: int, attention_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -53,3 +55,15 @@ def mrope_positions(input_ids: np.ndarray, image_token_id: int, grids: list[tupl
         positions[:, b, keep] = llm
         deltas[b] = (llm.max() + 1 - len(ids)) if llm.size else 0
     return positions, deltas
+
+
+def mrope_inv_freq(cfg: TextConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(inv_freq (hd/2,) float32, position row (hd/2,) int64) for multimodal RoPE.
+
+    Frequency j takes its position from row j's section (temporal, height, width), as HF's
+    apply_multimodal_rotary_pos_emb does by splitting cos/sin with mrope_section.
+    """
+    hd = cfg.head_dim
+    inv_freq = (1.0 / (cfg.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))).astype(np.float32)
+    rows = np.concatenate([np.full(n, i % 3) for i, n in enumerate(cfg.mrope_section)]).astype(np.int64)
+    return inv_freq, rows

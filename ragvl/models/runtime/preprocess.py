@@ -25,7 +25,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
-from ragvl.errors import RagvlError, os_error_cause
+from ...errors import RagvlError, os_error_cause
 
 # transformers.image_utils.OPENAI_CLIP_MEAN / OPENAI_CLIP_STD, the Qwen2-VL defaults.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

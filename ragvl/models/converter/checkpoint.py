@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import RagvlError
+from ...errors import RagvlError
 
 INDEX_FILE = "model.safetensors.index.json"
 

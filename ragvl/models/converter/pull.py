@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ..errors import RagvlError
+from ...errors import RagvlError
 from .convert import convert
-from .registry import KNOWN_MODELS, KnownModel, installed_models, models_dir, set_default
+from ..contract.registry import KNOWN_MODELS, KnownModel, installed_models, models_dir, set_default
 
 
 def _offline() -> bool:

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import RagvlError
+from ...errors import RagvlError
 
 QWEN2VL_ARCHITECTURES = ("Qwen2VLForConditionalGeneration", "Qwen2VLModel")
 COLQWEN2_ARCHITECTURES = ("ColQwen2",)

@@ -11,8 +11,8 @@ from PIL import Image
 
 from ..index.search import Hit
 from ..index.store import PageStore
-from ..models.generation import GenerationSettings
-from ..models.qwen2vl import Generation, Qwen2VL
+from ..models.runtime.generation import GenerationSettings
+from ..models.runtime.qwen2vl import Generation, Qwen2VL
 from .prompt import answer_messages
 
 # Each page is shown to the answer model at up to 768 visual tokens (602112 pixels, about
@@ -61,7 +61,7 @@ def low_score_notes(hits: Sequence[Hit]) -> list[str]:
             f"it may not be relevant" for h in hits[1:] if best > 0 and h.score < LOW_SCORE_RATIO * best]
 
 
-def answer(model: Qwen2VL, store: PageStore, question: str, hits: Sequence[Hit],
+def answer_question(model: Qwen2VL, store: PageStore, question: str, hits: Sequence[Hit],
            settings: GenerationSettings | None = None, max_pixels: int = ANSWER_MAX_PIXELS,
            retrieval_s: float = 0.0) -> Answer:
     """Start answering `question` over the page images of `hits` (streams when iterated)."""

@@ -1,0 +1,27 @@
+"""The `ragvl` command line: a thin typer layer over the library, one module per command group.
+
+Answers go to stdout; progress and logs go to stderr; `--json` prints one object for scripts.
+Every failure the user can fix is a RagvlError, printed as one line with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from .ask import ask
+from .chat import chat
+from .index import index
+from .models import models_app
+from .search import search
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Local visual RAG over PDFs: ColQwen2 retrieval, Qwen2-VL answers, on onnxruntime.")
+app.add_typer(models_app, name="models")
+app.command("chat")(chat)
+app.command("index")(index)
+app.command("search")(search)
+app.command("ask")(ask)
+
+
+def main() -> None:
+    app()

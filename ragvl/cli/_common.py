@@ -1,0 +1,65 @@
+"""What every `ragvl` command shares: the one-line error exit, stderr logging, common options.
+
+Answers go to stdout; progress and logs go to stderr; `--json` prints one object for scripts.
+Every failure the user can fix is a RagvlError, printed as one line with a non-zero exit.
+Environment defaults are read by typer (`envvar=`), so `--help` shows them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+def fail(message: str, code: int = 1) -> None:
+    """Print the one-line error and exit non-zero."""
+    print(f"ragvl: error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# Options shared by the commands that generate text or load models.
+MAX_NEW_TOKENS = typer.Option(None, "--max-new-tokens", "-n", help="Default: 256.")
+TEMPERATURE = typer.Option(None, "--temperature", help="Sample at this temperature.")
+TOP_P = typer.Option(None, "--top-p", help="Nucleus sampling.")
+REPETITION_PENALTY = typer.Option(None, "--repetition-penalty")
+GREEDY = typer.Option(None, "--greedy/--sample", help="Force greedy or sampled decoding (default: the "
+                      "checkpoint's generation_config).")
+SEED = typer.Option(None, "--seed", help="Seed for sampling.")
+TOP_K_SAMPLING = typer.Option(None, "--top-k-sampling", help="Sample from the k most likely tokens.")
+DEVICE = typer.Option(None, "--device", envvar="RAGVL_DEVICE", help="cpu or cuda.")
+
+
+def generation_settings(defaults, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy):
+    """The checkpoint's generation defaults with the command-line overrides applied."""
+    return defaults.with_overrides(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                   top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
+                                   do_sample=None if greedy is None else not greedy)
+
+
+def timings_line(g) -> str:
+    """One stderr line: prompt and new tokens, vision, prefill and decode speed."""
+    t = g.timings.as_dict()
+    return (f"{g.prompt_tokens} prompt tokens, {len(g.token_ids)} new; vision {t['vision_s']:.2f}s, "
+            f"prefill {t['prefill_s']:.2f}s, decode {t['decode_tok_s'] or 0:.1f} tok/s")
+
+
+DB = typer.Option(None, "--db", envvar="RAGVL_DB", help="The index folder [default: .ragvl in the current folder].")
+EMBEDDER = typer.Option(None, "--embedder", envvar="RAGVL_EMBEDDER",
+                        help="A converted colqwen2 model folder or installed name [default: the installed one].")
+ANSWERER = typer.Option(None, "--answerer", envvar="RAGVL_ANSWERER",
+                        help="A converted qwen2-vl model folder or installed name [default: the installed one].")
+
+
+def display_path(path: str) -> str:
+    """`path` relative to the current folder where it lies under it, else as stored."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+

@@ -1,0 +1,79 @@
+"""`ragvl models convert|list|pull`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import RagvlError
+from ._common import fail, log
+
+models_app = typer.Typer(no_args_is_help=True, help="Convert, list and pull models.")
+
+
+@models_app.command("convert")
+def models_convert(
+    src: Path = typer.Argument(..., help="A Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer)."),
+    out: Optional[Path] = typer.Argument(None, help="The ragvl model folder to write (default: the model home, "
+                                         "which makes it available to index/search/ask)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="Weights of the MatMuls: fp32, int8 or int4."),
+    base: Optional[Path] = typer.Option(None, "--base", help="For a LoRA adapter folder: its base checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing ragvl model folder."),
+    default: bool = typer.Option(False, "--default", help="Make it the default model of its kind."),
+) -> None:
+    """Convert a Qwen2-VL or ColQwen2 checkpoint to ONNX (no torch needed, works offline)."""
+    from ..models.converter.convert import convert
+    from ..models.contract.manifest import read_manifest
+    from ..models.contract.registry import default_model, installed_models, models_dir, set_default
+
+    try:
+        in_home = out is None
+        if in_home:
+            out = models_dir() / f"{src.resolve().name.lower()}-{dtype}"
+        folder = convert(src, out, dtype=dtype, force=force, base=base, log=log,
+                         share_vision=[f for f, _ in installed_models() if f.resolve() != out.resolve()])
+        kind = read_manifest(folder)["kind"]
+        if default or (in_home and default_model(kind) in (None, folder)):
+            set_default(kind, folder)
+            log(f"{folder.name} is now the default {kind} model")
+    except RagvlError as e:
+        fail(str(e))
+
+
+@models_app.command("list")
+def models_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
+    """Show the models installed in the model home [env RAGVL_HOME; default ~/.cache/ragvl]."""
+    from ..models.contract.registry import default_model, installed_models, models_dir
+
+    rows = []
+    for folder, m in installed_models():
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+        rows.append({"name": folder.name, "kind": m.get("kind"), "dtype": m.get("dtype"), "bytes": size,
+                     "default": default_model(m.get("kind", "")) == folder, "path": str(folder)})
+    if as_json:
+        print(json.dumps(rows))
+        return
+    if not rows:
+        log(f"no models in {models_dir()}: run `ragvl models pull` or `ragvl models convert CHECKPOINT_DIR`")
+        return
+    for r in rows:
+        print(f"{'*' if r['default'] else ' '} {r['name']:<32} {r['kind']:<9} {r['dtype']:<5} "
+              f"{r['bytes'] / 1e9:7.2f} GB")
+
+
+@models_app.command("pull")
+def models_pull(
+    dtype: str = typer.Option("int8", "--dtype", help="fp32, int8 (default: 2x faster on a CPU) or int4."),
+    only: Optional[str] = typer.Option(None, "--only", help="One model name or kind (colqwen2, qwen2-vl)."),
+) -> None:
+    """Download the default models from the Hugging Face hub and convert them (needs the network once)."""
+    from ..models.converter.pull import pull_defaults
+
+    try:
+        for folder in pull_defaults(dtype, log, only):
+            log(f"installed {folder}")
+    except RagvlError as e:
+        fail(str(e))

@@ -1,0 +1,16 @@
+"""Names the converter writes into the graphs and the runtime reads back: one place for both sides."""
+
+from __future__ import annotations
+
+VECTOR_DIM = 128  # ColQwen2's multi-vector width (custom_text_proj's output)
+
+# Graph files in a model folder.
+VISION_GRAPH = "vision.onnx"
+EMBED_GRAPH = "embed.onnx"
+DECODER_GRAPH = "decoder.onnx"
+ENCODER_GRAPH = "encoder.onnx"
+
+
+def kv_names(i: int) -> tuple[str, str, str, str]:
+    """Graph names of layer i's past and present key/value tensors."""
+    return (f"past_key_values.{i}.key", f"past_key_values.{i}.value", f"present.{i}.key", f"present.{i}.value")
