@@ -9,10 +9,10 @@ from PIL import Image
 from ragvl.models.runtime.colqwen2 import ColQwen2
 from ragvl.models.converter.convert import convert
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("colpali_engine")
-import tiny_colqwen2 as tq  # noqa: E402
-from tiny_checkpoints import TINY_MAX_PIXELS, make_checkpoint  # noqa: E402
+import tiny_colqwen2 as tq
+from tiny_checkpoints import TINY_MAX_PIXELS, make_checkpoint
+
+pytestmark = pytest.mark.reference  # parity with colpali-engine: every test needs the reference stack
 
 QUERIES = ["what was the revenue in 2023?", "a bar chart of sales by region", "organigramme de la société",
            "売上高の推移", "x"]

@@ -24,8 +24,8 @@ def _unit(x):
 
 def _colpali(query: np.ndarray, pages: list[np.ndarray]) -> np.ndarray:
     """colpali-engine's reference scores of one query, float32 ``(n_pages,)``."""
-    torch = pytest.importorskip("torch")
-    proc = pytest.importorskip("colpali_engine.utils.processing_utils")
+    import colpali_engine.utils.processing_utils as proc
+    import torch
     s = proc.BaseVisualRetrieverProcessor.score_multi_vector(
         [torch.from_numpy(np.asarray(query, np.float32))],
         [torch.from_numpy(np.asarray(p, np.float32)) for p in pages], device="cpu")
@@ -52,6 +52,7 @@ def ragged():
     return pages, queries
 
 
+@pytest.mark.reference
 def test_reference_quirk_is_real_and_mirrored(ragged):
     """colpali clamps a padded page's per-token max at 0; an unpadded page keeps its negative max."""
     pages, queries = ragged
@@ -67,6 +68,7 @@ def test_reference_quirk_is_real_and_mirrored(ragged):
     np.testing.assert_allclose(maxsim_scores(q, pages), ref, rtol=0, atol=1e-5)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_exact_equals_colpali(ragged, dtype, monkeypatch):
     """PageMatrix scores = colpali's within 1e-5, same ranking; float16 storage is compared

@@ -1,7 +1,8 @@
 """Parity of ragvl.models.runtime.preprocess with transformers' slow Qwen2VLImageProcessor.
 
 The reference is built directly (no checkpoint needed). Parity means np.array_equal on
-pixel_values (float32) and equal grids, not a tolerance.
+pixel_values (float32) and equal grids, not a tolerance. The parity tests are marked
+`reference`; the error, config-file and import tests run without transformers.
 """
 
 from __future__ import annotations
@@ -16,12 +17,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-transformers = pytest.importorskip("transformers")
-from transformers import Qwen2VLImageProcessor  # noqa: E402
-from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as hf_smart_resize  # noqa: E402
-
-from ragvl.errors import RagvlError  # noqa: E402
-from ragvl.models.runtime.preprocess import (  # noqa: E402
+from ragvl.errors import RagvlError
+from ragvl.models.runtime.preprocess import (
     ImageConfig,
     load_image,
     num_image_tokens,
@@ -38,9 +35,24 @@ BIG_MIN = (256 * 28 * 28, 1280 * 28 * 28)  # pushes small images up through the 
 SETTINGS = {"default": DEFAULT, "colqwen2": COLQWEN2, "hub": HUB, "small": SMALL, "big_min": BIG_MIN}
 
 
+# transformers is imported only by the tests that compare with it (marked `reference`).
+
+
+def hf_image_processor_class():
+    from transformers import Qwen2VLImageProcessor
+
+    return Qwen2VLImageProcessor
+
+
+def hf_smart_resize(*args):
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    return smart_resize(*args)
+
+
 @functools.lru_cache(maxsize=None)
-def hf_processor(min_pixels: int, max_pixels: int, **kw) -> Qwen2VLImageProcessor:
-    return Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels, **kw)
+def hf_processor(min_pixels: int, max_pixels: int, **kw):
+    return hf_image_processor_class()(min_pixels=min_pixels, max_pixels=max_pixels, **kw)
 
 
 def noise(h: int, w: int, seed: int = 0, mode: str = "RGB") -> PIL.Image.Image:
@@ -82,39 +94,46 @@ SIZES = [
 ]  # huge images: test_parity_huge_downscaled
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("h,w", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
 def test_parity_noise_default(h, w):
     assert_parity(noise(h, w, seed=h * 7919 + w))
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("h,w", [(30, 57), (1024, 683), (683, 1024), (3000, 4000), (97, 19000)])
 def test_parity_gradient(h, w):
     assert_parity(gradient(h, w))
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("setting", SETTINGS)
 @pytest.mark.parametrize("h,w", [(11, 300), (30, 57), (500, 333), (1024, 683), (700, 1900)])
 def test_parity_pixel_settings(setting, h, w):
     assert_parity(noise(h, w, seed=3), SETTINGS[setting])
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("pixels", [DEFAULT, COLQWEN2], ids=["default", "colqwen2"])
 def test_parity_huge_downscaled(pixels):
     pv, grid = assert_parity(noise(4000, 3000, seed=1), pixels)
     assert grid[1] * grid[2] * 14 * 14 <= pixels[1]
 
 
+@pytest.mark.reference
 def test_parity_extreme_aspect_over_max_pixels():
     # ratio 200 with more than max_pixels: the max_pixels branch clamps the short side to 28.
     pv, grid = assert_parity(noise(100, 20000, seed=2), COLQWEN2)
     assert grid[1] == 2
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "CMYK"])
 def test_parity_modes(mode):
     assert_parity(noise(300, 211, seed=5, mode=mode))
 
 
+@pytest.mark.reference
 def test_parity_palette_and_bilevel():
     base = noise(257, 190, seed=6)
     pal = base.quantize(colors=64)
@@ -123,6 +142,7 @@ def test_parity_palette_and_bilevel():
         assert_parity(img)
 
 
+@pytest.mark.reference
 def test_alpha_is_dropped_not_composited_on_white():
     # Qwen2-VL's convert_to_rgb is a plain convert("RGB"): a fully transparent black image
     # stays black (idefics/mllama would composite it on white).
@@ -133,6 +153,7 @@ def test_alpha_is_dropped_not_composited_on_white():
     assert load_image(rgba).getpixel((0, 0)) == (0, 0, 0)
 
 
+@pytest.mark.reference
 def test_parity_many_images():
     images = [noise(1024, 683, seed=1), gradient(30, 57), noise(200, 900, seed=2, mode="RGBA")]
     cfg = ImageConfig(min_pixels=COLQWEN2[0], max_pixels=COLQWEN2[1])
@@ -145,6 +166,7 @@ def test_parity_many_images():
     assert np.array_equal(pv[: len(first)], first)
 
 
+@pytest.mark.reference
 def test_parity_from_path_with_exif_orientation(tmp_path):
     # A path goes through HF's load_image, which applies the EXIF orientation.
     img = noise(120, 300, seed=9)
@@ -160,6 +182,7 @@ def test_parity_from_path_with_exif_orientation(tmp_path):
     assert np.array_equal(preprocess(path)[0], pv)  # pathlib works too
 
 
+@pytest.mark.reference
 def test_parity_png_path(tmp_path):
     path = tmp_path / "page.png"
     noise(683, 1024, seed=4, mode="RGBA").save(path)
@@ -167,12 +190,14 @@ def test_parity_png_path(tmp_path):
     assert np.array_equal(preprocess(str(path))[0], ref["pixel_values"])
 
 
+@pytest.mark.reference
 def test_parity_other_patch_settings():
     assert_parity(noise(300, 450, seed=8), temporal_patch_size=1)
     assert_parity(noise(300, 450, seed=8), do_normalize=False)
     assert_parity(noise(112, 168, seed=8), do_resize=False)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("h", [1, 3])
 def test_hf_channel_ambiguity_heights(h):
     # HF infers the channel axis from the shape and reads an (h, W, 3) array with h in (1, 3)
@@ -183,6 +208,7 @@ def test_hf_channel_ambiguity_heights(h):
     assert grid[1] < grid[2]  # wide stays wide
 
 
+@pytest.mark.reference
 def test_smart_resize_matches_hf():
     rng = np.random.default_rng(0)
     sides = list(rng.integers(1, 5000, 300)) + [1, 2, 13, 14, 27, 28, 29, 42, 70, 98, 4096]
@@ -206,7 +232,7 @@ def test_smart_resize_errors():
         smart_resize(10, 2001)
     with pytest.raises(RagvlError, match="empty"):
         smart_resize(0, 10)
-    assert smart_resize(10, 2000) == hf_smart_resize(10, 2000) == (28, 812)  # exactly 200 is allowed
+    assert smart_resize(10, 2000) == (28, 812)  # exactly 200 is allowed (as in HF: test_smart_resize_matches_hf)
 
 
 def test_num_image_tokens():
@@ -286,7 +312,7 @@ HUB_CONFIG = {
 def _assert_config_like_hf(d):
     import copy
 
-    hf = Qwen2VLImageProcessor.from_dict(copy.deepcopy(d))  # HF mutates a nested size dict
+    hf = hf_image_processor_class().from_dict(copy.deepcopy(d))  # HF mutates a nested size dict
     cfg = ImageConfig.from_dict(d)
     assert (cfg.min_pixels, cfg.max_pixels) == (hf.min_pixels, hf.max_pixels)
     assert (cfg.min_pixels, cfg.max_pixels) == (hf.size["shortest_edge"], hf.size["longest_edge"])
@@ -299,6 +325,7 @@ def _assert_config_like_hf(d):
     return cfg, hf
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize(
     "d",
     [
@@ -316,6 +343,7 @@ def test_config_from_dict_like_hf(d):
     _assert_config_like_hf(d)
 
 
+@pytest.mark.reference
 def test_config_hub_dict_gives_same_pixels():
     cfg, hf = _assert_config_like_hf(HUB_CONFIG)
     img = noise(1024, 683, seed=11)
@@ -323,11 +351,12 @@ def test_config_hub_dict_gives_same_pixels():
     assert np.array_equal(preprocess(img, cfg)[0], ref["pixel_values"])
 
 
+@pytest.mark.reference
 def test_config_legacy_size_rejected_like_hf():
     # transformers >= 4.50 rejects the size dict older versions saved, even with top-level keys.
     d = {**HUB_CONFIG, "size": {"min_pixels": 3136, "max_pixels": 12845056}}
     with pytest.raises(ValueError, match="shortest_edge"):
-        Qwen2VLImageProcessor.from_dict(d)
+        hf_image_processor_class().from_dict(d)
     with pytest.raises(RagvlError, match="shortest_edge"):
         ImageConfig.from_dict(d)
 
@@ -347,8 +376,9 @@ def test_config_from_file(tmp_path):
         ImageConfig.from_file(bad)
 
 
+@pytest.mark.reference
 def test_defaults_match_hf():
-    hf = Qwen2VLImageProcessor()
+    hf = hf_image_processor_class()()
     cfg = ImageConfig()
     assert (cfg.min_pixels, cfg.max_pixels) == (hf.min_pixels, hf.max_pixels)
     assert list(cfg.image_mean) == list(hf.image_mean) and list(cfg.image_std) == list(hf.image_std)

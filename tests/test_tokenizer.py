@@ -16,9 +16,9 @@ import pytest
 from ragvl.errors import RagvlError
 from ragvl.models.runtime.tokenizer import StreamDecoder, Tokenizer
 
-transformers = pytest.importorskip("transformers")
+import tiny_hub as tc
 
-import tiny_checkpoints as tc  # noqa: E402
+# Tests comparing with transformers are marked `reference`; the rest need only the tokenizer files.
 
 JAPANESE = "この画像を説明してください。東京タワーは３３３ｍです。鬱蒼とした森🌲、ｶﾞｷﾞ（半角）。"
 
@@ -64,14 +64,23 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def hf_processor(tiny_ckpt_a):
-    return tc.make_hf_processor(tiny_ckpt_a)
+    from tiny_checkpoints import make_hf_processor
+
+    return make_hf_processor(tiny_ckpt_a)
+
+
+@pytest.fixture
+def make_tok_dir(tmp_path_factory):
+    """Factory: a fresh folder with the tiny tokenizer's files (tiny_hub.build_tokenizer kwargs)."""
+    return lambda **kwargs: tc.build_tokenizer(tmp_path_factory.mktemp("tok"), **kwargs)
 
 
 @pytest.fixture(scope="module")
-def tok(tiny_ckpt_a):
-    return Tokenizer.from_dir(tiny_ckpt_a)
+def tok(tmp_path_factory):
+    return Tokenizer.from_dir(tc.build_tokenizer(tmp_path_factory.mktemp("tok")))
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_prompt_ids_match_hf_processor(case, tok, hf_processor):
     messages, sizes, template_kwargs = CASES[case]
@@ -129,8 +138,8 @@ def test_image_pad_count_mismatch_raises(tok):
 
 
 @pytest.mark.parametrize("location", ["tokenizer_config", "chat_template.json", "chat_template.jinja"])
-def test_chat_template_from_each_location(location, make_ckpt, tok):
-    ckpt = make_ckpt(variant="a", chat_template_location=location)
+def test_chat_template_from_each_location(location, make_tok_dir, tok):
+    ckpt = make_tok_dir(chat_template_location=location)
     other = Tokenizer.from_dir(ckpt)
     assert other.chat_template == tc.QWEN2_VL_CHAT_TEMPLATE
     expected_file = "tokenizer_config.json" if location == "tokenizer_config" else location
@@ -139,8 +148,12 @@ def test_chat_template_from_each_location(location, make_ckpt, tok):
         assert other.apply_chat_template(messages, **kwargs) == tok.apply_chat_template(messages, **kwargs)
 
 
+@pytest.mark.reference
 def test_chat_template_priority_follows_transformers(make_ckpt):
     """Where several files hold a template, pick what transformers 5.3 picks."""
+    import transformers
+    from tiny_checkpoints import make_hf_processor
+
     ckpt = make_ckpt(variant="a")  # template in tokenizer_config.json
     marked = {name: tc.QWEN2_VL_CHAT_TEMPLATE.replace("helpful", f"helpful[{name}]") for name in ("jinja", "json")}
 
@@ -148,17 +161,17 @@ def test_chat_template_priority_follows_transformers(make_ckpt):
     (ckpt / "chat_template.jinja").write_text(marked["jinja"], encoding="utf-8")
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(ckpt))
     assert hf_tok.chat_template == marked["jinja"]
-    assert tc.make_hf_processor(ckpt).chat_template == marked["jinja"]
+    assert make_hf_processor(ckpt).chat_template == marked["jinja"]
     assert Tokenizer.from_dir(ckpt).chat_template == marked["jinja"]
 
     # chat_template.json beats chat_template.jinja (the processor reads the legacy file first).
     (ckpt / "chat_template.json").write_text(json.dumps({"chat_template": marked["json"]}), encoding="utf-8")
-    assert tc.make_hf_processor(ckpt).chat_template == marked["json"]
+    assert make_hf_processor(ckpt).chat_template == marked["json"]
     assert Tokenizer.from_dir(ckpt).chat_template == marked["json"]
 
 
-def test_chat_template_list_form(make_ckpt):
-    ckpt = make_ckpt(variant="a")
+def test_chat_template_list_form(make_tok_dir):
+    ckpt = make_tok_dir()
     cfg = json.loads((ckpt / "tokenizer_config.json").read_text())
     cfg["chat_template"] = [
         {"name": "tool_use", "template": "tools"},
@@ -168,8 +181,8 @@ def test_chat_template_list_form(make_ckpt):
     assert Tokenizer.from_dir(ckpt).chat_template == tc.QWEN2_VL_CHAT_TEMPLATE
 
 
-def test_no_chat_template_raises_on_use(make_ckpt):
-    ckpt = make_ckpt(variant="a")
+def test_no_chat_template_raises_on_use(make_tok_dir):
+    ckpt = make_tok_dir()
     cfg = json.loads((ckpt / "tokenizer_config.json").read_text())
     del cfg["chat_template"]
     (ckpt / "tokenizer_config.json").write_text(json.dumps(cfg))
@@ -178,6 +191,7 @@ def test_no_chat_template_raises_on_use(make_ckpt):
         tok.apply_chat_template(CASES["one_image"][0])
 
 
+@pytest.mark.reference
 def test_template_features_match_transformers(tok, hf_processor):
     """raise_exception, tojson (no HTML escaping, non-ASCII kept), loop controls, trim/lstrip blocks."""
     template = (
@@ -212,6 +226,7 @@ def test_stream_decoder_japanese(tok):
     assert sum(p == "" for p in pieces[:-1]) >= 10
 
 
+@pytest.mark.reference
 def test_stream_decoder_matches_full_decode_on_arbitrary_ids(tok, hf_processor):
     """Random ids (specials, lone continuation bytes, ids past the tokenizer) still concatenate to
     the full decode, which equals transformers' decode."""
@@ -241,8 +256,8 @@ def test_missing_tokenizer_json(tmp_path):
     assert str(tmp_path / "tokenizer.json") in str(e.value) and "\n" not in str(e.value)
 
 
-def test_unreadable_tokenizer_json(make_ckpt):
-    ckpt = make_ckpt(variant="a")
+def test_unreadable_tokenizer_json(make_tok_dir):
+    ckpt = make_tok_dir()
     (ckpt / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "Nope"}}')
     with pytest.raises(RagvlError) as e:
         Tokenizer.from_dir(ckpt)

@@ -2,7 +2,8 @@
 
 Test and benchmark helper only: it imports torch, transformers, peft and colpali-engine (the
 reference stack), which the runtime package `ragvl` never does. It builds on tests/tiny_checkpoints.py
-(same specs, tokenizer, config writers and Qwen2-VL weight init).
+(same specs, tokenizer, config writers and Qwen2-VL weight init); the ColQwen2 config writers
+are in tests/tiny_hub.py, shared with the torch-free builder tests/tiny_numpy.py.
 
 What the builders write (everything the hub's ColQwen2 repos hold, tiny):
 
@@ -47,12 +48,12 @@ from typing import Any
 import numpy as np
 
 import tiny_checkpoints as tc
+from tiny_hub import EMBED_DIM, colqwen2_config, colqwen2_preprocessor_config  # noqa: F401 (re-exported)
 
 # ---------------------------------------------------------------------------------------------
 # Constants
 # ---------------------------------------------------------------------------------------------
 
-EMBED_DIM = 128  # ColQwen2.dim: custom_text_proj's output width
 
 # The query prefix the published checkpoints were trained with. colpali-engine 0.3.18's
 # BaseVisualRetrieverProcessor.query_prefix defaults to "" (reference-facts section 4).
@@ -81,33 +82,6 @@ _PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_con
 # ---------------------------------------------------------------------------------------------
 # Merged checkpoint
 # ---------------------------------------------------------------------------------------------
-
-
-def colqwen2_config(spec: tc.TinySpec, layout: str = "nested", dtype: str = "float32") -> dict[str, Any]:
-    """config.json of a ColQwen2 checkpoint: the Qwen2-VL config with architectures ["ColQwen2"].
-
-    "flat" is what vidore/colqwen2-base / -v1.0-merged ship (written by transformers 4.x);
-    "nested" is what transformers 5.3 writes. model_type stays "qwen2_vl".
-    """
-    if layout == "nested":
-        cfg = tc.nested_config(spec, dtype)
-    elif layout == "flat":
-        cfg = tc.flat_config(spec, dtype)
-    else:
-        raise ValueError(f"unknown layout {layout!r}")
-    cfg["architectures"] = ["ColQwen2"]
-    return cfg
-
-
-def colqwen2_preprocessor_config(min_pixels: int = tc.HUB_MIN_PIXELS, max_pixels: int = tc.TINY_MAX_PIXELS) -> dict:
-    """preprocessor_config.json as the ColQwen2 hub repos ship it (Qwen2-VL's, saved by ColQwen2Processor).
-
-    The hub file keeps Qwen2-VL's max_pixels (12845056); training capped pages at 768 visual tokens
-    (602112 pixels) through ColQwen2Processor(max_num_visual_tokens=768). Tests use a small cap.
-    """
-    cfg = tc.preprocessor_config(min_pixels, max_pixels)
-    cfg["processor_class"] = "ColQwen2Processor"
-    return cfg
 
 
 def colqwen2_hub_tensors(variant: str | tc.TinySpec = "a", seed: int = 0) -> dict[str, Any]:

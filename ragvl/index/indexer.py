@@ -8,6 +8,7 @@ others are still indexed.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -61,6 +62,15 @@ def _under(path: str, folder: Path) -> bool:
         return False
 
 
+def _test_pause(pages_seen: int) -> None:
+    """Test hook: with RAGVL_TEST_PAUSE_AFTER_PAGES=N, stop for good after the N-th page is embedded
+    (before its document is committed) and say so on stderr, so that a test kills the run at a
+    known point instead of guessing one with a timer."""
+    if os.environ.get("RAGVL_TEST_PAUSE_AFTER_PAGES") == str(pages_seen):
+        print(f"ragvl-test: paused after {pages_seen} pages", file=sys.stderr, flush=True)
+        time.sleep(3600)
+
+
 def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmbedder, dpi: int = DEFAULT_DPI,
                 log: Callable[[str], None] | None = None, progress: bool = True) -> IndexSummary:
     """Bring the index up to date with the PDFs under `paths`; returns what happened."""
@@ -92,6 +102,7 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
         todo.append((key, sha, n_pages, key in indexed))
 
     bar = Progress(sum(n for _, _, n, _ in todo), enabled=progress)
+    pages_seen = 0
     for key, sha, _, was_indexed in todo:
         try:
             if sha256_file(Path(key)) != sha:
@@ -104,6 +115,8 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
                     vectors = embedder.embed_images([image])[0]
                     rows.append(PageRow(i + 1, image.width, image.height, png_bytes(image), vectors))
                     bar.update()
+                    pages_seen += 1
+                    _test_pause(pages_seen)
             store.put_document(key, sha, rows, embedder.id)  # the commit point for this document
         except RagvlError as e:
             summary.failed.append((key, str(e)))
