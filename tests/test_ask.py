@@ -1,4 +1,5 @@
-"""`ragvl ask`: retrieval, then Qwen2-VL answering over the page images, checked against transformers."""
+"""`ragvl ask`: retrieval, then Qwen2-VL answering over the page images (numpy-built tiny models),
+checked against transformers on the same checkpoint (that test is marked `reference`)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,8 @@ from PIL import Image
 from ragvl.answer.answering import ANSWER_MAX_PIXELS
 from ragvl.answer.prompt import answer_messages
 from ragvl.index.store import PageStore
-from ragvl.models.converter.convert import convert
 from ragvl.models.runtime.qwen2vl import Qwen2VL
 from tiny_pdfs import make_pdf
-
-pytest.importorskip("colpali_engine")
-from tiny_checkpoints import hf_generate, load_hf_model, make_checkpoint, make_hf_processor  # noqa: E402
 
 
 def ragvl(*args, env=None):
@@ -29,10 +26,9 @@ def ragvl(*args, env=None):
 
 
 @pytest.fixture(scope="module")
-def answerer(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("answerer")
-    ckpt = make_checkpoint(tmp / "ckpt", variant="a", seed=4)
-    return ckpt, convert(ckpt, tmp / "qwen2-vl-tiny", log=lambda m: None)
+def answerer(np_answerer):
+    """(checkpoint, converted folder) of the numpy-built tiny Qwen2-VL."""
+    return np_answerer.parent / "ckpt", np_answerer
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +60,11 @@ def test_ask_streams_answer_then_sources(db, tiny_embedder, answerer):
     assert "first token" in r.stderr and "first token" not in r.stdout
 
 
+@pytest.mark.reference
 def test_answer_prompt_and_tokens_equal_transformers(db, tiny_embedder, answerer):
     """The answer prompt is what HF's processor builds for the same messages; greedy tokens match."""
+    from tiny_checkpoints import hf_generate, load_hf_model, make_hf_processor
+
     from ragvl import Index
 
     ckpt, folder = answerer
@@ -110,10 +109,19 @@ def test_ask_bad_input(tmp_path, db, tiny_embedder, answerer):
     assert r.returncode == 0 and len(json.loads(r.stdout)["sources"]) == 4 and "more than the 4 pages" in r.stderr
 
 
-@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {}])
+# Offline either way, even on a connected machine: the hub client told so, or every connection
+# sent to a proxy on a port where nothing listens (9: discard).
+NO_NETWORK = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "ALL_PROXY": "http://127.0.0.1:9",
+              "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9", "all_proxy": "http://127.0.0.1:9",
+              "NO_PROXY": "", "no_proxy": ""}
+
+
+@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1", **NO_NETWORK}, {"HF_HUB_OFFLINE": "0", **NO_NETWORK}],
+                         ids=["hf_hub_offline", "unreachable_network"])
 def test_models_pull_without_network_fails_at_once(tmp_path, env):
     t0 = time.perf_counter()
     r = ragvl("models", "pull", env={"RAGVL_HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"), **env})
     assert time.perf_counter() - t0 < 120
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode != 0 and last.startswith("ragvl: error: cannot download") and "ragvl models convert" in last
+    assert not any((tmp_path / "hf").rglob("*.safetensors")) and not (tmp_path / "models").exists()

@@ -1,6 +1,8 @@
 """`ragvl models convert` and `ragvl chat` as a user runs them, bad input included.
 
 Every failure must be one line on stderr naming the file and the cause, with a non-zero exit.
+The checkpoints are numpy-built (tests/tiny_numpy.py); the one comparison with transformers is
+marked `reference`.
 """
 
 from __future__ import annotations
@@ -15,9 +17,6 @@ import pytest
 from PIL import Image
 
 from ragvl.models.converter.convert import convert
-
-pytest.importorskip("torch")
-from tiny_checkpoints import hf_generate, load_hf_model, make_hf_processor  # noqa: E402
 
 
 def ragvl(*args, check=True) -> subprocess.CompletedProcess:
@@ -40,9 +39,15 @@ def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None
 
 
 @pytest.fixture(scope="module")
-def model(tiny_ckpt_a, tmp_path_factory):
+def ckpt(make_np_ckpt):
+    """A numpy-built tiny Qwen2-VL checkpoint (variant "a"), in the hub layout."""
+    return make_np_ckpt(variant="a")
+
+
+@pytest.fixture(scope="module")
+def model(ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "tiny-a"
-    r = ragvl("models", "convert", tiny_ckpt_a, out)
+    r = ragvl("models", "convert", ckpt, out)
     assert "converted" in r.stderr and r.stdout == ""
     return out
 
@@ -55,14 +60,17 @@ def page(tmp_path) -> Path:
     return path
 
 
-def test_chat_json_matches_transformers(model, tiny_ckpt_a, page):
+@pytest.mark.reference
+def test_chat_json_matches_transformers(model, ckpt, page):
+    from tiny_checkpoints import hf_generate, load_hf_model, make_hf_processor
+
     r = ragvl("chat", "Describe this image.", "--image", page, "--answerer", model, "--max-new-tokens", 12, "--json")
     out = json.loads(r.stdout)
     assert set(out) >= {"text", "token_ids", "prompt_tokens", "timings"}
     assert set(out["timings"]) >= {"vision_s", "prefill_s", "decode_tok_s"}
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
-    hf = load_hf_model(tiny_ckpt_a)
-    ref = hf_generate(hf, make_hf_processor(tiny_ckpt_a), messages, [Image.open(page)], max_new_tokens=12,
+    hf = load_hf_model(ckpt)
+    ref = hf_generate(hf, make_hf_processor(ckpt), messages, [Image.open(page)], max_new_tokens=12,
                       stop_at_eos=True)
     assert out["prompt_tokens"] == len(ref["prompt_ids"])
     eos = set(hf.generation_config.eos_token_id if isinstance(hf.generation_config.eos_token_id, list)
@@ -74,6 +82,9 @@ def test_chat_streams_text_to_stdout_and_progress_to_stderr(model, page):
     r = ragvl("chat", "Hi", "--image", page, "--answerer", model, "--max-new-tokens", 5)
     assert "prompt tokens" in r.stderr
     assert "prompt tokens" not in r.stdout
+    text = json.loads(ragvl("chat", "Hi", "--image", page, "--answerer", model, "--max-new-tokens", 5,
+                            "--json").stdout)["text"]
+    assert text.strip() and r.stdout.strip() == text.strip()  # the answer itself is what stdout holds
 
 
 def test_chat_sampling_is_seedable(model, page):
@@ -82,6 +93,13 @@ def test_chat_sampling_is_seedable(model, page):
     a = json.loads(ragvl(*args, "--seed", 1).stdout)
     b = json.loads(ragvl(*args, "--seed", 1).stdout)
     assert a["token_ids"] == b["token_ids"]
+    # Really sampled: another seed draws other tokens, and neither is the greedy answer (the
+    # checkpoint's generation config is effectively greedy: top_k 1).
+    other = json.loads(ragvl(*args, "--seed", 2).stdout)
+    greedy = json.loads(ragvl("chat", "Hi", "--image", page, "--answerer", model, "-n", 10, "--json").stdout)
+    assert len(a["token_ids"]) == len(other["token_ids"]) == 10
+    assert other["token_ids"] != a["token_ids"]
+    assert greedy["token_ids"] not in (a["token_ids"], other["token_ids"])
 
 
 def test_chat_old_option_spellings_still_work(model, page):
@@ -102,8 +120,8 @@ def test_unreadable_image(model, tmp_path):
                           "nope.jpg")
 
 
-def test_not_a_ragvl_model(tiny_ckpt_a, page, tmp_path):
-    assert_one_line_error(ragvl("chat", "Hi", "--answerer", tiny_ckpt_a, check=False), "not a ragvl model")
+def test_not_a_ragvl_model(ckpt, page, tmp_path):
+    assert_one_line_error(ragvl("chat", "Hi", "--answerer", ckpt, check=False), "not a ragvl model")
     assert_one_line_error(ragvl("chat", "Hi", "--answerer", tmp_path / "missing", check=False), "missing")
 
 
@@ -113,16 +131,16 @@ def test_missing_model_option(page, monkeypatch, tmp_path):
     assert_one_line_error(ragvl("chat", "Hi", check=False), "--answerer", "ragvl models pull", "ragvl models convert")
 
 
-def test_missing_shard(make_ckpt, tmp_path):
-    ckpt = make_ckpt(variant="a", sharded=True)
+def test_missing_shard(make_np_ckpt, tmp_path):
+    ckpt = make_np_ckpt(variant="a", sharded=True)
     shard = sorted(ckpt.glob("*.safetensors"))[0]
     shard.unlink()
     assert_one_line_error(ragvl("models", "convert", ckpt, tmp_path / "out", check=False), shard.name)
     assert not (tmp_path / "out").exists()
 
 
-def test_corrupt_safetensors(make_ckpt, tmp_path):
-    ckpt = make_ckpt(variant="a")
+def test_corrupt_safetensors(make_np_ckpt, tmp_path):
+    ckpt = make_np_ckpt(variant="a")
     f = ckpt / "model.safetensors"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     assert_one_line_error(ragvl("models", "convert", ckpt, tmp_path / "out", check=False), "model.safetensors")
@@ -131,10 +149,10 @@ def test_corrupt_safetensors(make_ckpt, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_and_unexpected_tensors_are_named(make_ckpt, tmp_path):
+def test_missing_and_unexpected_tensors_are_named(make_np_ckpt, tmp_path):
     from safetensors.numpy import load_file, save_file
 
-    ckpt = make_ckpt(variant="a")
+    ckpt = make_np_ckpt(variant="a")
     tensors = load_file(ckpt / "model.safetensors")
     del tensors["model.layers.1.mlp.up_proj.weight"]
     tensors["model.layers.1.mlp.extra.weight"] = np.zeros(3, np.float32)
@@ -143,8 +161,8 @@ def test_missing_and_unexpected_tensors_are_named(make_ckpt, tmp_path):
     assert_one_line_error(r, "model.layers.1.mlp.up_proj.weight", "model.layers.1.mlp.extra.weight")
 
 
-def test_not_qwen2vl_architecture(make_ckpt, tmp_path):
-    ckpt = make_ckpt(variant="a")
+def test_not_qwen2vl_architecture(make_np_ckpt, tmp_path):
+    ckpt = make_np_ckpt(variant="a")
     cfg = json.loads((ckpt / "config.json").read_text())
     cfg["architectures"], cfg["model_type"] = ["LlamaForCausalLM"], "llama"
     (ckpt / "config.json").write_text(json.dumps(cfg))
@@ -152,8 +170,8 @@ def test_not_qwen2vl_architecture(make_ckpt, tmp_path):
                           "config.json")
 
 
-def test_convert_refuses_to_overwrite(model, tiny_ckpt_a):
-    assert_one_line_error(ragvl("models", "convert", tiny_ckpt_a, model, check=False), "--force")
+def test_convert_refuses_to_overwrite(model, ckpt):
+    assert_one_line_error(ragvl("models", "convert", ckpt, model, check=False), "--force")
 
 
 def test_manifest_hashes_every_file(model):
@@ -167,8 +185,8 @@ def test_manifest_hashes_every_file(model):
         assert hashlib.sha256((model / name).read_bytes()).hexdigest() == info["sha256"]
 
 
-def test_truncated_model_file_is_caught(tiny_ckpt_a, tmp_path, page):
-    out = convert(tiny_ckpt_a, tmp_path / "m", log=lambda m: None)
+def test_truncated_model_file_is_caught(ckpt, tmp_path, page):
+    out = convert(ckpt, tmp_path / "m", log=lambda m: None)
     data = out / "decoder.onnx.data"
     data.write_bytes(data.read_bytes()[:100])
     assert_one_line_error(ragvl("chat", "Hi", "--answerer", out, check=False), "decoder.onnx.data")

@@ -1,4 +1,5 @@
-"""`ragvl index` then `ragvl search` on real PDFs, scored against colpali-engine."""
+"""`ragvl index` then `ragvl search` on real PDFs (a numpy-built tiny ColQwen2), scored against
+colpali-engine on the same checkpoint (that test is marked `reference`)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,6 @@ import numpy as np
 import pytest
 
 from tiny_pdfs import make_pdf
-
-pytest.importorskip("colpali_engine")
-import tiny_colqwen2 as tq  # noqa: E402
 
 QUERIES = ["revenue grew in region 2", "bar chart", "page 3 of the report"]
 
@@ -34,7 +32,10 @@ def indexed(tmp_path_factory, tiny_embedder):
     return tmp / "db", docs
 
 
+@pytest.mark.reference
 def test_search_scores_and_ranking_match_colpali(indexed, tiny_embedder):
+    import tiny_colqwen2 as tq
+
     from ragvl.pdf import DEFAULT_DPI, find_pdfs, open_pdf
 
     db, docs = indexed
@@ -47,19 +48,26 @@ def test_search_scores_and_ranking_match_colpali(indexed, tiny_embedder):
     ckpt = tiny_embedder.parent / "ckpt"  # the checkpoint the fixture converted
     ref, proc = tq.load_colqwen2(ckpt), tq.make_colqwen2_processor(ckpt, max_num_visual_tokens=768)
     ps = tq.colpali_embed_images(ref, proc, pages)
+    atol = 2e-2  # vectors are stored as float16: scores agree to ~1e-3 of a per-token maximum of 1
+    ordered_pairs = 0
     for query in QUERIES:
         expected = tq.colpali_scores(proc, tq.colpali_embed_queries(ref, proc, [query]), ps)[0]
         r = ragvl("search", query, "-k", len(pages), "--db", db, "--embedder", tiny_embedder, "--json")
         assert r.returncode == 0, r.stderr
         hits = json.loads(r.stdout)
         assert [h["rank"] for h in hits] == list(range(1, len(pages) + 1))
+        scores = [h["score"] for h in hits]
+        assert scores == sorted(scores, reverse=True)  # ranked by score
         got = {(h["path"], h["page"]): h["score"] for h in hits}
-        # vectors are stored as float16: scores agree to ~1e-3 of a per-token maximum of 1
-        np.testing.assert_allclose([got[lab] for lab in labels], expected, atol=2e-2)
-        order = [labels.index((h["path"], h["page"])) for h in hits]
-        gaps = np.diff(np.sort(expected)[::-1])
-        if np.all(np.abs(gaps) > 0.05):  # rankings compared where float16 cannot swap near-ties
-            assert order == list(np.argsort(-expected, kind="stable"))
+        np.testing.assert_allclose([got[lab] for lab in labels], expected, atol=atol)
+        # Ranking: a page colpali scores clearly higher (by more than float16 can move two scores)
+        # is ranked before the other; near-ties may come in either order.
+        rank = {(h["path"], h["page"]): h["rank"] for h in hits}
+        for i, j in np.argwhere(expected[:, None] - expected[None, :] > 2 * atol):
+            assert rank[labels[i]] < rank[labels[j]], (query, labels[i], labels[j])
+            ordered_pairs += 1
+    n_pairs = len(QUERIES) * len(pages) * (len(pages) - 1) // 2
+    assert ordered_pairs >= n_pairs // 2  # the pages really differ: the ranking check has teeth
 
 
 def test_search_prints_rank_document_page_score(indexed, tiny_embedder):
@@ -87,10 +95,10 @@ def test_no_index_and_empty_index(tmp_path, tiny_embedder):
     assert r.returncode != 0 and "empty" in r.stderr and "ragvl index" in r.stderr
 
 
-def test_search_with_another_embedder_is_refused(indexed, tmp_path):
+def test_search_with_another_embedder_is_refused(indexed, tmp_path, make_np_ckpt):
     from ragvl.models.converter.convert import convert
 
-    other = convert(tq.make_colqwen2_checkpoint(tmp_path / "c", variant="b"), tmp_path / "m", log=lambda m: None)
+    other = convert(make_np_ckpt(variant="b", kind="colqwen2"), tmp_path / "m", log=lambda m: None)
     db, _ = indexed
     r = ragvl("search", "x", "--db", db, "--embedder", other)
     assert r.returncode != 0 and "built with embedder" in r.stderr
