@@ -1,0 +1,102 @@
+"""The runtime never imports the converter: run time needs only model folders converted beforehand.
+
+Checked twice: statically (no module of the runtime or the contract names the converter in any
+import, even inside a function), and by running `ragvl index`, `search` and `ask` in a process
+where importing the converter raises.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tiny_pdfs import make_pdf
+
+ROOT = Path(__file__).resolve().parents[1]
+CONVERTER = "ragvl.models.converter"
+
+# Runs `python -m ragvl.cli ARGS...` with an import hook that refuses the converter package. The hook
+# also leaves a line on stderr, so an import attempt swallowed by an `except ImportError` still shows.
+BLOCKED_CLI = textwrap.dedent(f"""
+    import runpy, sys
+
+    class BlockConverter:
+        def find_spec(self, name, path=None, target=None):
+            if name == {CONVERTER!r} or name.startswith({CONVERTER + "."!r}):
+                print(f"BLOCKED IMPORT {{name}}", file=sys.stderr, flush=True)
+                raise ImportError(f"{{name}} is blocked: the runtime must not import the converter")
+            return None
+
+    sys.meta_path.insert(0, BlockConverter())
+    sys.argv = ["ragvl", *sys.argv[1:]]
+    runpy.run_module("ragvl.cli", run_name="__main__", alter_sys=True)
+""")
+
+
+def imported_modules(path: Path, package: str) -> set[str]:
+    """Every module an `import` / `from ... import` in `path` names, anywhere in the file, made absolute."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            base = base[: len(base) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            out.add(module)
+            out |= {f"{module}.{a.name}" for a in node.names}  # `from . import converter` names it here
+    return out
+
+
+@pytest.mark.parametrize("room", ["runtime", "contract"])
+def test_runtime_and_contract_sources_never_name_the_converter(room):
+    files = sorted((ROOT / "ragvl" / "models" / room).rglob("*.py"))
+    assert files
+    for f in files:
+        package = ".".join(f.relative_to(ROOT).with_suffix("").parts[:-1])
+        bad = sorted(m for m in imported_modules(f, package) if m == CONVERTER or m.startswith(CONVERTER + "."))
+        assert not bad, f"{f.relative_to(ROOT)} imports {bad}"
+
+
+def test_import_scanner_sees_relative_and_nested_imports(tmp_path):
+    """The scanner above catches the forms a converter import could take."""
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    from ..converter.convert import convert\n    from .. import converter\n")
+    found = imported_modules(f, "ragvl.models.runtime")
+    assert {"ragvl.models.converter.convert", "ragvl.models.converter"} <= found
+
+
+def test_index_search_ask_with_the_converter_blocked(tmp_path, np_embedder, np_answerer):
+    """Model folders converted beforehand (the session fixtures); then every run-time command, in a
+    process that cannot import the converter."""
+    docs = tmp_path / "docs"
+    for i in range(2):
+        make_pdf(docs / f"r{i}.pdf", 2, seed=30 + i)
+    env = {**os.environ, "RAGVL_HOME": str(tmp_path / "home")}
+
+    def ragvl(*args):
+        r = subprocess.run([sys.executable, "-c", BLOCKED_CLI, *map(str, args)], capture_output=True, text=True,
+                           env=env, timeout=600)
+        assert "BLOCKED IMPORT" not in r.stderr, r.stderr
+        assert r.returncode == 0, r.stderr
+        return r
+
+    db = tmp_path / "db"
+    ragvl("index", docs, "--db", db, "--embedder", np_embedder, "-q")
+    hits = json.loads(ragvl("search", "revenue", "-k", 3, "--db", db, "--embedder", np_embedder, "--json").stdout)
+    assert len(hits) == 3 and {Path(h["path"]).name for h in hits} <= {"r0.pdf", "r1.pdf"}
+    out = json.loads(ragvl("ask", "What grew?", "-k", 2, "--db", db, "--embedder", np_embedder,
+                           "--answerer", np_answerer, "-n", 4, "--json").stdout)
+    assert len(out["sources"]) == 2 and isinstance(out["answer"], str)
+
+    # The hook does block: the same process refuses `models convert`.
+    r = subprocess.run([sys.executable, "-c", BLOCKED_CLI, "models", "convert", np_answerer.parent / "ckpt",
+                        tmp_path / "out"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode != 0 and f"BLOCKED IMPORT {CONVERTER}" in r.stderr
