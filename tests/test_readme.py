@@ -11,11 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-pytest.importorskip("colpali_engine")
-import tiny_colqwen2 as tq  # noqa: E402
-from tiny_checkpoints import make_checkpoint  # noqa: E402
+from tiny_numpy import make_numpy_checkpoint, make_numpy_lora
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -49,14 +45,16 @@ def test_readme_walkthrough(tmp_path):
     """HOME is a temporary folder holding tiny stand-ins for the hub downloads."""
     home = tmp_path / "home"
     dl = home / "Downloads"
-    make_checkpoint(dl / "Qwen2-VL-2B-Instruct", variant="a", max_pixels=28 * 28 * 256)
-    base = tq.make_colqwen2_checkpoint(dl / "colqwen2-base", variant="a")
-    tq.make_colqwen2_lora(base, dl / "colqwen2-v1.0")
+    make_numpy_checkpoint(dl / "Qwen2-VL-2B-Instruct", variant="a", max_pixels=28 * 28 * 256)
+    base = make_numpy_checkpoint(dl / "colqwen2-base", variant="a", kind="colqwen2")
+    make_numpy_lora(base, dl / "colqwen2-v1.0")
     work = tmp_path / "work"
     work.mkdir()
     (work / "sample_pdfs").symlink_to(ROOT / "sample_pdfs")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGVL_")}
-    env.update(HOME=str(home), HF_HOME=str(home / "hf"), HF_HUB_OFFLINE="1")
+    # Offline, even on a connected machine: the hub client told so, and a proxy where nothing listens.
+    env.update(HOME=str(home), HF_HOME=str(home / "hf"), HF_HUB_OFFLINE="1", HTTPS_PROXY="http://127.0.0.1:9",
+               HTTP_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
     ragvl = [sys.executable, "-m", "ragvl.cli"]
 
     ran = []

@@ -15,6 +15,7 @@ Typical use::
 
     ckpt = make_numpy_checkpoint(tmp_path / "qwen", variant="a")          # a Qwen2-VL-2B-Instruct
     emb = make_numpy_checkpoint(tmp_path / "col", kind="colqwen2")        # a merged ColQwen2
+    lora = make_numpy_lora(emb, tmp_path / "adapter")                     # like vidore/colqwen2-v1.0
     folder = convert(ckpt, tmp_path / "qwen2-vl-tiny")
 """
 
@@ -37,6 +38,7 @@ from tiny_hub import (
     flat_config,
     generation_config,
     preprocessor_config,
+    write_lora_adapter,
     write_safetensors,
 )
 
@@ -149,3 +151,13 @@ def make_numpy_checkpoint(
         _write_json(out / "generation_config.json", generation_config("hub"))
     build_tokenizer(out)
     return out
+
+
+def make_numpy_lora(base_dir: str | Path, adapter_dir: str | Path, *, r: int = 4, seed: int = 1, **kwargs) -> Path:
+    """A PEFT LoRA adapter folder over the ColQwen2 checkpoint `base_dir`, like vidore/colqwen2-v1.0
+    over colqwen2-base: tiny_hub.write_lora_adapter with numpy weights (kwargs: see there)."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    return write_lora_adapter(base_dir, adapter_dir, randn=lambda shape: rng.standard_normal(shape, dtype=np.float32),
+                              save_file=save_file, r=r, **kwargs)
