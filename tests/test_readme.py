@@ -38,7 +38,8 @@ def test_readme_has_the_three_commands():
     install = [ln for b in blocks("bash") for ln in b.splitlines() if "pip install" in ln]
     ci = (ROOT / ".ci" / "run").read_text()
     assert install and all(ln in ci for ln in install)
-    assert ". .venv/bin/activate && python -m pytest -q" in README and ". .venv/bin/activate && python -m pytest -q" in ci
+    test = re.search(r"## Test\n\n```bash\n(.*?)```", README, flags=re.S).group(1).strip()
+    assert test == "scripts/test" and test in ci.split("# README: test", 1)[1]
 
 
 def test_readme_walkthrough(tmp_path):
