@@ -16,7 +16,7 @@ import pytest
 from ragvl.errors import RagvlError
 from ragvl.models.runtime.tokenizer import StreamDecoder, Tokenizer
 
-import tiny_hub as tc
+import tiny_tokenizer as tc
 
 # Tests comparing with transformers are marked `reference`; the rest need only the tokenizer files.
 

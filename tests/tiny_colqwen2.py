@@ -3,7 +3,8 @@
 Test and benchmark helper only: it imports torch, transformers, peft and colpali-engine (the
 reference stack), which the runtime package `ragvl` never does. It builds on tests/tiny_checkpoints.py
 (same specs, tokenizer, config writers and Qwen2-VL weight init); the ColQwen2 config writers
-are in tests/tiny_hub.py, shared with the torch-free builder tests/tiny_numpy.py.
+(tests/tiny_hub.py) and the LoRA adapter writer (tests/tiny_lora.py) are shared with the torch-free
+builder tests/tiny_numpy.py.
 
 What the builders write (everything the hub's ColQwen2 repos hold, tiny):
 
@@ -47,14 +48,12 @@ from typing import Any
 import numpy as np
 
 import tiny_checkpoints as tc
-from tiny_hub import (  # noqa: F401 (re-exported: tests and benchmarks use them from here)
+from tiny_hub import EMBED_DIM, colqwen2_config, colqwen2_preprocessor_config  # noqa: F401 (re-exported)
+from tiny_lora import (  # noqa: F401 (re-exported: tests and benchmarks use them from here)
     COLQWEN2_LORA_TARGET_MODULES,
     CUSTOM_TEXT_PROJ_PREFIX,
-    EMBED_DIM,
     PROCESSOR_FILES,
     adapter_key,
-    colqwen2_config,
-    colqwen2_preprocessor_config,
     hub_to_model_name,
     lora_targets,
     model_to_hub_name,

@@ -38,9 +38,9 @@ from tiny_hub import (
     flat_config,
     generation_config,
     preprocessor_config,
-    write_lora_adapter,
     write_safetensors,
 )
+from tiny_lora import write_lora_adapter
 
 KINDS = ("qwen2-vl", "colqwen2")
 NUMPY_DTYPES = ("float32", "float16")  # numpy has no bfloat16
@@ -155,7 +155,7 @@ def make_numpy_checkpoint(
 
 def make_numpy_lora(base_dir: str | Path, adapter_dir: str | Path, *, r: int = 4, seed: int = 1, **kwargs) -> Path:
     """A PEFT LoRA adapter folder over the ColQwen2 checkpoint `base_dir`, like vidore/colqwen2-v1.0
-    over colqwen2-base: tiny_hub.write_lora_adapter with numpy weights (kwargs: see there)."""
+    over colqwen2-base: tiny_lora.write_lora_adapter with numpy weights (kwargs: see there)."""
     from safetensors.numpy import save_file
 
     rng = np.random.default_rng(seed)
