@@ -782,13 +782,33 @@ def tables(spec, machine, engines, convs, derived, args) -> str:
             f"compared with the fp32 floors."
             + (f" transformers attention: {engines['hf'].get('attn_implementation')}." if table.have_hf else ""), "",
             *lines]
-    return {"main": "\n".join(main), "floors": floors_md(machine), "conversion": conversion_md(convs, args.dtypes),
+    return {"main": "\n".join(main), "stages": stages_md(spec, e0, dx), "floors": floors_md(machine),
+            "conversion": conversion_md(convs, args.dtypes),
             "targets": targets_md(derived["targets"], (
                 ("vision_fp32_ge_80pct_floor", "ragvl fp32 vision, fraction of its MatMul floor", 100, "%", ".1f"),
                 ("decode_fp32_ge_85pct_floor", "ragvl fp32 decode, fraction of the bandwidth floor", 100, "%", ".1f"),
                 ("decode_int4_ge_30_tok_s", "ragvl int4 decode tok/s", 1, "", ".1f"),
                 ("greedy_fp32_equals_hf", "ragvl fp32 greedy tokens == transformers", None, "", ""),
             ))}
+
+
+def stages_md(spec, e0: dict, dx: dict) -> str:
+    """FLOPs of every group of matmuls and its floor in each format: where the time must go."""
+    if not e0:
+        return "No engine ran."
+    flops = {"vision": vision_flops(spec, e0["grid_thw"]), "prefill": prefill_flops(spec, e0["prompt_tokens"])}
+    engines = [k for k in dx if k.startswith("ragvl-") and dx[k].get("vision_floor_by_group_s")]
+    out = ["| stage: matmul group | GFLOP | " + " | ".join(f"floor {k[6:]} (s)" for k in engines) + " |",
+           "|---|---|" + "---|" * len(engines)]
+    for stage, groups in flops.items():
+        for g, v in groups.items():
+            if g == "total":
+                continue
+            cells = [fmt((dx[k].get(f"{stage}_floor_by_group_s") or {}).get(g), ".3f") for k in engines]
+            out.append(f"| {stage}: {g} | {v / 1e9:.1f} | " + " | ".join(cells) + " |")
+        cells = [fmt(dx[k].get(f"{stage}_floor_s"), ".3f") for k in engines]
+        out.append(f"| **{stage}: total** | **{groups['total'] / 1e9:.1f}** | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 def floors_md(machine: dict) -> str:
