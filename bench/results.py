@@ -106,8 +106,9 @@ class Run:
         opts = " ".join(m["argv"]) or "(defaults)"
         la0, la1 = m["loadavg_start"][0], m.get("loadavg_end", [None])[0]
         return (f"*Measured {m['started_utc']} ({m.get('duration_min', '?')} min) on {h['cpu']}, {h['cores']} cores "
-                f"({h['simd']}), {m['threads']} thread(s); load average {la0} at start, {la1} at end "
-                f"(other jobs share this machine when it exceeds 0); `python bench/{self.script} {opts}`; "
+                f"({h['simd']}), {m['threads']} thread(s); 1-min load average {la0} at start, {la1} at end "
+                f"(the run itself adds up to its thread count; more means other jobs shared the cores); "
+                f"`python bench/{self.script} {opts}`; "
                 f"commit {m['commit']}.*")
 
     def save(self, raw: dict, out_dir: Path | None = None) -> tuple[Path, Path]:
