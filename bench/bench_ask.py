@@ -10,7 +10,7 @@ One run does everything, side by side:
    two answers over sample_pdfs/ pages rendered at DEFAULT_DPI, each shown at up to
    ANSWER_MAX_PIXELS (768 visual tokens): a 1-page and a 3-page answer to the first sample
    question, with the prompt ragvl builds (`ragvl.answer.prompt.answer_messages`). ragvl goes
-   through `ragvl.answer.answering.answer()` as `Index.ask` does (retrieval excluded: the pages are
+   through `ragvl.answer.answering.answer_question()` as `Index.ask` does (retrieval excluded: the pages are
    given), transformers through the processor (max_pixels 602112) and a greedy generate of 1 new
    token with every processor output (mm_token_type_ids included). Per answer: preprocessing,
    vision, prefill and time to first token (TTFT: from the call to the first token, so
@@ -104,7 +104,7 @@ def task_ragvl(folder: str, threads: int, runs: int, cases: list[dict]) -> dict:
     from PIL import Image
 
     from ragvl.answer.answering import ANSWER_MAX_PIXELS as MAX_PX
-    from ragvl.answer.answering import answer
+    from ragvl.answer.answering import answer_question
     from ragvl.answer.prompt import answer_messages
     from ragvl.index.search import Hit
     from ragvl.models.runtime.generation import GenerationSettings
@@ -119,7 +119,7 @@ def task_ragvl(folder: str, threads: int, runs: int, cases: list[dict]) -> dict:
     pages = _case_pages(cases)
     by_path = {(path, page): png for (_, page), (path, png) in pages.items()}
 
-    class Store:  # what answer() reads from a PageStore: the stored PNG of a page
+    class Store:  # what answer_question() reads from a PageStore: the stored PNG of a page
         def page_image(self, path: str, page: int) -> bytes:
             return by_path[(path, page)]
 
@@ -136,7 +136,7 @@ def task_ragvl(folder: str, threads: int, runs: int, cases: list[dict]) -> dict:
             prompt = m.build_prompt(messages, images, max_pixels=ANSWER_MAX_PIXELS)
             pre = time.perf_counter() - t
             t = time.perf_counter()
-            ans = answer(m, Store(), c["question"], hits, settings).consume()
+            ans = answer_question(m, Store(), c["question"], hits, settings).consume()
             wall = time.perf_counter() - t
             tm = ans.generation.timings
             recs[c["name"]].append({"preprocess_s": round(pre, 5), "vision_s": round(tm.vision_s, 5),
@@ -299,9 +299,9 @@ def tables(spec, machine, engines, convs, derived, cases, args) -> str:
             return lambda k: (dx.get(k, {}).get(n, {}).get("ratio_to_hf") or {}).get(key)
 
         row(f"{n}: prompt tokens", cv("prompt_tokens"), "d")
-        row(f"{n}: preprocess, warm (s)", cv("preprocess_s_warm"), ratio_get=rv("preprocess_s_warm"))
-        row(f"{n}: vision, warm (s)", cv("vision_s_warm"), ratio_get=rv("vision_s_warm"))
-        row(f"{n}: prefill, warm (s)", cv("prefill_s_warm"), ratio_get=rv("prefill_s_warm"))
+        w = "warm" if args.runs > 1 else "cold"  # with --runs 1 there is no warm run
+        for stage in ("preprocess", "vision", "prefill"):
+            row(f"{n}: {stage}, {w} (s)", cv(f"{stage}_s_{w}"), ratio_get=rv(f"{stage}_s_{w}"))
         row(f"{n}: **TTFT, cold (s)**", cv("ttft_s_cold"), ratio_get=rv("ttft_s_cold"))
         row(f"{n}: **TTFT, warm (s)**", cv("ttft_s_warm"), ratio_get=rv("ttft_s_warm"))
         row(f"{n}: vision+prefill GFLOP/s", lambda k, e, n=n: dx.get(k, {}).get(n, {}).get("vision_prefill_gflops"),
