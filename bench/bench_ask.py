@@ -323,10 +323,11 @@ def tables(spec, machine, engines, convs, derived, cases, args) -> str:
             + "; ".join(f"{c['name']}: " + ", ".join(f"{f} p{p}" for f, p in c["pages"]) for c in cases)
             + f". Pages rendered at DEFAULT_DPI, shown at up to {ANSWER_MAX_PIXELS} pixels (768 visual tokens) each. "
             f"TTFT = from the call to the first token (preprocessing + vision + prefill + first pick). Cold = run 1 "
-            f"in a fresh process; warm = best of runs 2..{args.runs} (— with --runs 1). "
-            f"GFLOP/s and TTFT / floor use the warm numbers (cold with --runs 1); the floor is the engine's own "
-            f"weight format's (transformers: fp32). "
-            f"Ratio columns: ragvl time / transformers time (below 1 = ragvl faster)."
+            f"in a fresh process; "
+            + (f"warm = best of runs 2..{args.runs}; GFLOP/s and TTFT / floor use the warm numbers. " if args.runs > 1
+               else "--runs 1: cold only (the warm TTFT row is empty); GFLOP/s and TTFT / floor use it. ")
+            + "The floor is the engine's own weight format's (transformers: fp32). "
+            "Ratio columns: ragvl time / transformers time (below 1 = ragvl faster)."
             + (f" transformers attention: {engines['hf'].get('attn_implementation')}." if table.have_hf else ""), "",
             *lines]
 

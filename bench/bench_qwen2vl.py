@@ -660,7 +660,7 @@ def derive(spec, machine: dict, engines: dict[str, dict], convs: dict[str, dict]
         if name != "hf" and hf and "error" not in hf:
             x["ratio_to_hf"] = {k: ratio(e.get(k), hf.get(k)) for k in (
                 "load_s", "preprocess_s_cold", "preprocess_s_warm", "vision_s_cold", "vision_s_warm",
-                "prefill_s_cold", "prefill_s_warm", "first_token_s_warm", "decode_s_per_token_cold",
+                "prefill_s_cold", "prefill_s_warm", "first_token_s_cold", "first_token_s_warm", "decode_s_per_token_cold",
                 "decode_s_per_token_warm", "peak_rss_gb")}
             x["prompt_ids_equal_hf"] = e.get("prompt_sha") == hf.get("prompt_sha")
             x["tokens_equal_hf"] = e.get("tokens") == hf.get("tokens")
@@ -744,17 +744,17 @@ def tables(spec, machine, engines, convs, derived, args) -> str:
         return lambda k, e: (dx.get(k, {}).get(key) * scale) if dx.get(k, {}).get(key) is not None else None
 
     row("load (s)", ev("load_s"), ratio_key="load_s")
-    row("preprocess, warm (s)", ev("preprocess_s_warm"), ratio_key="preprocess_s_warm")
-    row("vision, cold (s)", ev("vision_s_cold"), ratio_key="vision_s_cold")
-    row("vision, warm (s)", ev("vision_s_warm"), ratio_key="vision_s_warm")
-    row("prefill, cold (s)", ev("prefill_s_cold"), ratio_key="prefill_s_cold")
-    row("prefill, warm (s)", ev("prefill_s_warm"), ratio_key="prefill_s_warm")
-    row("first token, warm (s)", ev("first_token_s_warm"), ratio_key="first_token_s_warm")
-    row("decode, cold (ms/token)", lambda k, e: e.get("decode_s_per_token_cold") and 1e3 * e["decode_s_per_token_cold"],
-        ".1f", ratio_key="decode_s_per_token_cold")
-    row("decode, warm (ms/token)", lambda k, e: e.get("decode_s_per_token_warm") and 1e3 * e["decode_s_per_token_warm"],
-        ".1f", ratio_key="decode_s_per_token_warm")
-    row("decode, warm (tok/s)", ev("decode_tok_s_warm"), ".2f")
+    w = "warm" if args.runs > 1 else "cold"  # with --runs 1 there is no warm run: show cold only
+    temps = ("cold", "warm") if args.runs > 1 else ("cold",)
+    row(f"preprocess, {w} (s)", ev(f"preprocess_s_{w}"), ratio_key=f"preprocess_s_{w}")
+    for stage in ("vision", "prefill"):
+        for t in temps:
+            row(f"{stage}, {t} (s)", ev(f"{stage}_s_{t}"), ratio_key=f"{stage}_s_{t}")
+    row(f"first token, {w} (s)", ev(f"first_token_s_{w}"), ratio_key=f"first_token_s_{w}")
+    for t in temps:
+        row(f"decode, {t} (ms/token)", lambda k, e, t=t: e.get(f"decode_s_per_token_{t}") and
+            1e3 * e[f"decode_s_per_token_{t}"], ".1f", ratio_key=f"decode_s_per_token_{t}")
+    row(f"decode, {w} (tok/s)", ev(f"decode_tok_s_{w}"), ".2f")
     row("peak RSS (GB)", ev("peak_rss_gb"), ".2f", ratio_key="peak_rss_gb")
     row("RSS after load (GB)", ev("rss_after_load_gb"), ".2f")
     row("vision GFLOP/s", dv("vision_gflops"), ".1f")
@@ -776,10 +776,11 @@ def tables(spec, machine, engines, convs, derived, args) -> str:
             f"{args.new_tokens} new tokens, {args.runs} run(s) per engine. "
             f"Image {PAGE_SIZE[0]}x{PAGE_SIZE[1]} -> grid {e0.get('grid_thw')} "
             f"({math.prod(e0.get('grid_thw') or [0])} patches), prompt {e0.get('prompt_tokens')} tokens. "
-            f"Cold = first run in a fresh process; warm = best of runs 2..{args.runs} (— with --runs 1). "
-            f"GFLOP/s, floors and targets use the warm numbers (cold with --runs 1). "
-            f"Ratio columns: ragvl time / transformers time (below 1 = ragvl faster); transformers is "
-            f"compared with the fp32 floors."
+            + (f"Cold = first run in a fresh process; warm = best of runs 2..{args.runs}. "
+               f"GFLOP/s, floors and targets use the warm numbers. " if args.runs > 1 else
+               "Cold only (--runs 1: the first run in a fresh process); GFLOP/s, floors and targets use it. ")
+            + "Ratio columns: ragvl time / transformers time (below 1 = ragvl faster); transformers is "
+            "compared with the fp32 floors."
             + (f" transformers attention: {engines['hf'].get('attn_implementation')}." if table.have_hf else ""), "",
             *lines]
     return {"main": "\n".join(main), "stages": stages_md(spec, e0, dx), "floors": floors_md(machine),
@@ -798,16 +799,16 @@ def stages_md(spec, e0: dict, dx: dict) -> str:
         return "No engine ran."
     flops = {"vision": vision_flops(spec, e0["grid_thw"]), "prefill": prefill_flops(spec, e0["prompt_tokens"])}
     engines = [k for k in dx if k.startswith("ragvl-") and dx[k].get("vision_floor_by_group_s")]
-    out = ["| stage: matmul group | GFLOP | " + " | ".join(f"floor {k[6:]} (s)" for k in engines) + " |",
+    out = ["| " + " | ".join(["stage: matmul group", "GFLOP"] + [f"floor {k[6:]} (s)" for k in engines]) + " |",
            "|---|---|" + "---|" * len(engines)]
     for stage, groups in flops.items():
         for g, v in groups.items():
             if g == "total":
                 continue
             cells = [fmt((dx[k].get(f"{stage}_floor_by_group_s") or {}).get(g), ".3f") for k in engines]
-            out.append(f"| {stage}: {g} | {v / 1e9:.1f} | " + " | ".join(cells) + " |")
+            out.append("| " + " | ".join([f"{stage}: {g}", f"{v / 1e9:.1f}"] + cells) + " |")
         cells = [fmt(dx[k].get(f"{stage}_floor_s"), ".3f") for k in engines]
-        out.append(f"| **{stage}: total** | **{groups['total'] / 1e9:.1f}** | " + " | ".join(cells) + " |")
+        out.append("| " + " | ".join([f"**{stage}: total**", f"**{groups['total'] / 1e9:.1f}**"] + cells) + " |")
     return "\n".join(out) + "\n"
 
 
