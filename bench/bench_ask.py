@@ -351,7 +351,8 @@ def tables(spec, machine, engines, convs, derived, cases, args) -> str:
 # =============================================================================================
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (bench/assemble.py documents it from here)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="2b", choices=("2b", "tiny"),
@@ -361,6 +362,11 @@ def parse_args(argv=None):
                    help="transformers attention implementation (default sdpa)")
     p.add_argument("--runs", type=int, default=2, help="answers per case and engine: run 1 is cold, the rest warm")
     add_shared_args(p)
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.child:
         args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]

@@ -607,7 +607,8 @@ def tables(spec, machine, engines, convs, derived, args, n_queries: int) -> str:
 # =============================================================================================
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (bench/assemble.py documents it from here)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="2b", choices=("2b", "tiny"),
@@ -620,6 +621,11 @@ def parse_args(argv=None):
     p.add_argument("--queries", type=int, default=12, help="questions of sample_pdfs/questions.json (default 12)")
     p.add_argument("--skip-index", action="store_true", help="do not build the LanceDB index (no bytes per page)")
     add_shared_args(p)
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.child:
         args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]

@@ -859,14 +859,15 @@ def targets_md(targets: dict, rows) -> str:
 
 def add_shared_args(p: argparse.ArgumentParser) -> None:
     """The options every bench script takes: outputs, formats, threads, microbenchmarks, weights."""
-    p.add_argument("--work", type=Path, default=HERE / "out", help="cache and results folder (default bench/out)")
+    p.add_argument("--work", type=Path, default=HERE / "out", help="checkpoint and conversion cache (git-ignored)")
     p.add_argument("--dtypes", default="fp32,int8,int4", help="ragvl weight formats, comma-separated")
     p.add_argument("--threads", type=int, default=usable_cores(), help="intra-op threads (default: all usable cores)")
     p.add_argument("--skip-machine", action="store_true",
                    help="do not measure the floors (MatMul rates at the engines' shapes, memory bandwidth)")
     p.add_argument("--reps", type=int, default=5, help="repetitions of each floor microbenchmark (best is kept)")
     p.add_argument("--mem-gb", type=float, default=2.0,
-                   help="GB streamed by the memory-bandwidth measurement (>> the last-level cache)")
+                   help="GB streamed by the memory-bandwidth measurement (>> the last-level cache; "
+                        "bench_colqwen2.py measures no bandwidth: its embedder never decodes)")
     p.add_argument("--results", type=Path, default=None,
                    help="folder for the results .md/.json (default bench/results for the 2B shape, "
                         "<work>/results otherwise)")
@@ -905,7 +906,8 @@ def save_results(run, tables: dict[str, str], raw: dict, args) -> int:
     return 0
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (bench/assemble.py documents it from here)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="2b",
@@ -924,6 +926,11 @@ def parse_args(argv=None):
     p.add_argument("--dry-run", action="store_true",
                    help="print the shape, parameter count, FLOPs and bytes per token, then exit")
     add_shared_args(p)
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.child:
         args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]

@@ -281,20 +281,25 @@ def tables(results: dict) -> dict[str, str]:
     return {"build": head + "\n\n" + "\n".join(build), "latency": "\n".join(lat)}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (bench/assemble.py documents it from here)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pages", default="1000,10000", help="comma-separated page counts")
-    ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--queries", type=int, default=50, help="synthetic queries per size")
     ap.add_argument("--candidates", default="128,256", help="first-stage candidate counts to measure")
     ap.add_argument("--centroids", type=int, default=0, help="0: default_n_centroids (~sqrt of vectors)")
-    ap.add_argument("--lancedb-pages", type=int, default=1000)
-    ap.add_argument("--lancedb-queries", type=int, default=5)
-    ap.add_argument("--skip-lancedb", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lancedb-pages", type=int, default=1000, help="pages of the LanceDB reference row")
+    ap.add_argument("--lancedb-queries", type=int, default=5, help="queries of the LanceDB reference row (it is slow)")
+    ap.add_argument("--skip-lancedb", action="store_true", help="no LanceDB reference row")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus and queries")
     ap.add_argument("--results", type=Path, default=None,
                     help="folder for search.md / search.json (default bench/results for the default sizes, "
                          "bench/out/results otherwise)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     from results import RESULTS, Run
 
     from ragvl.fsutil import cpu_threads
