@@ -66,7 +66,8 @@ def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(HERE), "status", "--porcelain", "--", "ragvl", "bench"],
+        dirty = subprocess.run(["git", "-C", str(HERE.parent), "status", "--porcelain", "--", "ragvl", "bench",
+                                ":!bench/results", ":!bench/README.md", ":!README.md"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return out.stdout.strip() + ("+changes" if dirty else "") if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
