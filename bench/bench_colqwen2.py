@@ -506,7 +506,7 @@ def tables(spec, machine, engines, convs, derived, args, n_queries: int) -> str:
     cols = [("colpali", "colpali-engine fp32")] + [(f"ragvl-{dt}", f"ragvl {dt}") for dt in args.dtypes]
     cols = [(k, t) for k, t in cols if k in engines]
     dx = derived["engines"]
-    head = ["per page / per engine"] + [t + (" (error)" if "error" in engines[k] else "") for k, t in cols]
+    head = ["per page / per engine"] + [t + (f" (failed: {engines[k]['error']})" if "error" in engines[k] else "") for k, t in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def row(label, get, spec_=".3f", suffix=""):

@@ -244,8 +244,9 @@ def run_child(task: str, args: dict[str, Any], work: Path, script: str | Path | 
     finally:
         Path(out).unlink(missing_ok=True)
     if proc.returncode != 0 or not res:
-        log(f"child {task} failed (exit {proc.returncode})")
-        return {"error": f"exit {proc.returncode}", "process_wall_s": round(wall, 3)}
+        why = f"exit {proc.returncode}" + (" (SIGKILL: out of memory?)" if proc.returncode == -9 else "")
+        log(f"child {task} failed ({why})")
+        return {"error": why, "process_wall_s": round(wall, 3)}
     res["process_wall_s"] = round(wall, 3)
     return res
 
@@ -710,7 +711,7 @@ class ComparisonTable:
         self.have_hf = "hf" in engines and "error" not in engines["hf"]
         head = [first]
         for k, t in cols:
-            head.append(t + (" (error)" if "error" in engines[k] else ""))
+            head.append(t + (f" (failed: {engines[k]['error']})" if "error" in engines[k] else ""))
             if k != "hf" and self.have_hf:
                 head.append(f"{k.split('-')[1]}/HF")
         self.lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
