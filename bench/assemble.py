@@ -150,7 +150,7 @@ def summary(folder: Path | None = None) -> str:
         when(srch, "search")
     if len(rows) == 2:
         return "*No benchmark results yet: run the scripts in bench/ (see bench/README.md).*\n"
-    out = rows + ["", *practice(col, ask, qv)] + ["", "Ratios in parentheses: ragvl / the reference in the same run (below 1 is faster, "
+    out = rows + ["", *practice(col, ask, qv)] + ["Ratios in parentheses: ragvl / the reference in the same run (below 1 is faster, "
                       "except tokens/s). Search recall is measured against exact MaxSim on synthetic "
                       "ColQwen2-like vectors, not on real documents.", ""]
     out += ["Runs: " + "; ".join(runs) + ". Machine, options and load of each run: bench/README.md."]
@@ -176,7 +176,7 @@ def practice(col: dict | None, ask: dict | None, qv: dict | None) -> list[str]:
     if any(sizes.values()):
         out.append("- **Model size** on disk (Qwen2-VL-2B answer model): "
                    + ", ".join(f"{dt} {v / 1e9:.1f} GB" for dt, v in sizes.items() if v) + ".")
-    return out + [""] if out else []
+    return out + [""] if out else []  # a blank line after the bullets, none without them
 
 
 def main(argv=None) -> int:
