@@ -10,7 +10,7 @@ One run does everything, side by side:
    two answers over sample_pdfs/ pages rendered at DEFAULT_DPI, each shown at up to
    ANSWER_MAX_PIXELS (768 visual tokens): a 1-page and a 3-page answer to the first sample
    question, with the prompt ragvl builds (`ragvl.answer.prompt.answer_messages`). ragvl goes
-   through `ragvl.answer.answering.answer()` as `Index.ask` does (retrieval excluded: the pages are
+   through `ragvl.answer.answering.answer_question()` as `Index.ask` does (retrieval excluded: the pages are
    given), transformers through the processor (max_pixels 602112) and a greedy generate of 1 new
    token with every processor output (mm_token_type_ids included). Per answer: preprocessing,
    vision, prefill and time to first token (TTFT: from the call to the first token, so
@@ -33,8 +33,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -45,10 +43,10 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from bench_colqwen2 import render_pages, sample_questions  # noqa: E402
-from bench_qwen2vl import (DEFAULT_MAX_PIXELS, ComparisonTable, SHARD_BYTES, _cores, _cpu_name, child_main,  # noqa: E402
-                           ensure_checkpoint, ensure_converted, fmt, gb, instrument_hf, log, prefill_flops,
-                           proc_status_kb, ratio, resolve_spec, default_init_std, add_shared_args,
-                           write_results, run_child, spec_from_dict, vision_flops)
+from bench_qwen2vl import (DEFAULT_MAX_PIXELS, SHARD_BYTES, ComparisonTable, add_shared_args,  # noqa: E402
+                           child_main, conversion_md, default_init_std, ensure_checkpoint, ensure_converted,
+                           floors_md, fmt, gb, instrument_hf, log, proc_status_kb, ratio, resolve_spec, run_child,
+                           run_floors, save_results, spec_from_dict)
 
 ANSWER_MAX_PIXELS = 768 * 28 * 28  # ragvl.answer.answering.ANSWER_MAX_PIXELS (checked in the children)
 TTFT_FLOOR_TARGET = 1.2
@@ -106,7 +104,7 @@ def task_ragvl(folder: str, threads: int, runs: int, cases: list[dict]) -> dict:
     from PIL import Image
 
     from ragvl.answer.answering import ANSWER_MAX_PIXELS as MAX_PX
-    from ragvl.answer.answering import answer
+    from ragvl.answer.answering import answer_question
     from ragvl.answer.prompt import answer_messages
     from ragvl.index.search import Hit
     from ragvl.models.runtime.generation import GenerationSettings
@@ -121,7 +119,7 @@ def task_ragvl(folder: str, threads: int, runs: int, cases: list[dict]) -> dict:
     pages = _case_pages(cases)
     by_path = {(path, page): png for (_, page), (path, png) in pages.items()}
 
-    class Store:  # what answer() reads from a PageStore: the stored PNG of a page
+    class Store:  # what answer_question() reads from a PageStore: the stored PNG of a page
         def page_image(self, path: str, page: int) -> bytes:
             return by_path[(path, page)]
 
@@ -138,7 +136,7 @@ def task_ragvl(folder: str, threads: int, runs: int, cases: list[dict]) -> dict:
             prompt = m.build_prompt(messages, images, max_pixels=ANSWER_MAX_PIXELS)
             pre = time.perf_counter() - t
             t = time.perf_counter()
-            ans = answer(m, Store(), c["question"], hits, settings).consume()
+            ans = answer_question(m, Store(), c["question"], hits, settings).consume()
             wall = time.perf_counter() - t
             tm = ans.generation.timings
             recs[c["name"]].append({"preprocess_s": round(pre, 5), "vision_s": round(tm.vision_s, 5),
@@ -214,42 +212,53 @@ TASKS = {"ragvl": task_ragvl, "hf": task_hf}
 # =============================================================================================
 
 
-def answer_flops(spec, grids: list[list[int]], prompt_tokens: int) -> dict[str, float]:
-    """Vision (each image on its own: bench_qwen2vl.vision_flops per grid) + prefill of the whole
-    prompt (bench_qwen2vl.prefill_flops: linears, full S x S attention, lm_head on the last position)."""
-    v = sum(vision_flops(spec, g)["total"] for g in grids)
-    p = prefill_flops(spec, prompt_tokens)["total"]
-    return {"vision": v, "prefill": p, "total": v + p}
+def answer_items(spec, grids: list[list[int]], prompt_tokens: int) -> list[dict]:
+    """The matmuls before the first token (bench/machine.py items): the vision tower on each image
+    alone (one image attends to itself only), then the prefill of the whole prompt (linears, full
+    S x S attention, lm_head on the last position)."""
+    from machine import prefill_items, vision_items
+
+    return [it for g in grids for it in vision_items(spec, g)] + prefill_items(spec, prompt_tokens)
 
 
 def derive(spec, machine: dict, engines: dict[str, dict], cases: list[dict]) -> dict:
-    peak = (machine.get("matmul") or {}).get("gflops")
-    d: dict[str, Any] = {"matmul_gflops": peak, "cases": {}, "engines": {}}
+    """Per case and engine: vision+prefill GFLOP/s, the floor in that engine's weight format
+    (machine.stage_floor; transformers against fp32) and TTFT as a multiple of it."""
+    from machine import group_flops, stage_floor
+
+    d: dict[str, Any] = {"cases": {}, "engines": {}}
     ok = {k: e for k, e in engines.items() if "error" not in e}
     ref = next(iter(ok.values()), None)
+    dtypes = sorted({"fp32" if k == "hf" else k.split("-")[1] for k in ok})
     for c in cases:
         name = c["name"]
         if ref is None:
             break
         ci = ref["cases"][name]
-        f = answer_flops(spec, ci["grids"], ci["prompt_tokens"])
+        items = answer_items(spec, ci["grids"], ci["prompt_tokens"])
+        f = group_flops(items)
+        fl = {dt: stage_floor(items, dt, machine) for dt in dtypes}
         d["cases"][name] = {"prompt_tokens": ci["prompt_tokens"], "grids": ci["grids"],
-                            "vision_gflop": f["vision"] / 1e9, "prefill_gflop": f["prefill"] / 1e9,
-                            "floor_s": f["total"] / peak / 1e9 if peak else None}
+                            "gflop": f["total"] / 1e9, "gflop_by_group": {k: v / 1e9 for k, v in f.items()},
+                            "floor_s": {dt: v["floor_s"] for dt, v in fl.items() if v},
+                            "floor_by_group_s": {dt: v["by_group"] for dt, v in fl.items() if v}}
     hf = ok.get("hf")
     for k, e in ok.items():
         x: dict[str, Any] = {}
+        fdtype = "fp32" if k == "hf" else k.split("-")[1]
         for name, ci in e["cases"].items():
             y: dict[str, Any] = {}
-            f = answer_flops(spec, ci["grids"], ci["prompt_tokens"])
+            items = answer_items(spec, ci["grids"], ci["prompt_tokens"])
+            total = group_flops(items)["total"]
+            fl = stage_floor(items, fdtype, machine)
             vis = ci.get("vision_s_warm") or ci.get("vision_s_cold")
             pre = ci.get("prefill_s_warm") or ci.get("prefill_s_cold")
             ttft = ci.get("ttft_s_warm") or ci.get("ttft_s_cold")
             if vis and pre:
-                y["vision_prefill_gflops"] = f["total"] / (vis + pre) / 1e9
-                y["vision_prefill_frac_of_matmul"] = ratio(y["vision_prefill_gflops"], peak)
-            if peak and ttft:
-                y["ttft_over_floor"] = ttft / (f["total"] / peak / 1e9)
+                y["vision_prefill_gflops"] = total / (vis + pre) / 1e9
+            if fl and ttft:
+                y["floor_s"] = fl["floor_s"]
+                y["ttft_over_floor"] = ttft / fl["floor_s"]
             if hf and k != "hf":
                 h = hf["cases"][name]
                 y["ratio_to_hf"] = {s: ratio(ci.get(s), h.get(s)) for s in
@@ -290,13 +299,14 @@ def tables(spec, machine, engines, convs, derived, cases, args) -> str:
             return lambda k: (dx.get(k, {}).get(n, {}).get("ratio_to_hf") or {}).get(key)
 
         row(f"{n}: prompt tokens", cv("prompt_tokens"), "d")
-        row(f"{n}: preprocess, warm (s)", cv("preprocess_s_warm"), ratio_get=rv("preprocess_s_warm"))
-        row(f"{n}: vision, warm (s)", cv("vision_s_warm"), ratio_get=rv("vision_s_warm"))
-        row(f"{n}: prefill, warm (s)", cv("prefill_s_warm"), ratio_get=rv("prefill_s_warm"))
+        w = "warm" if args.runs > 1 else "cold"  # with --runs 1 there is no warm run
+        for stage in ("preprocess", "vision", "prefill"):
+            row(f"{n}: {stage}, {w} (s)", cv(f"{stage}_s_{w}"), ratio_get=rv(f"{stage}_s_{w}"))
         row(f"{n}: **TTFT, cold (s)**", cv("ttft_s_cold"), ratio_get=rv("ttft_s_cold"))
         row(f"{n}: **TTFT, warm (s)**", cv("ttft_s_warm"), ratio_get=rv("ttft_s_warm"))
         row(f"{n}: vision+prefill GFLOP/s", lambda k, e, n=n: dx.get(k, {}).get(n, {}).get("vision_prefill_gflops"),
             ".1f")
+        row(f"{n}: floor (s)", lambda k, e, n=n: dx.get(k, {}).get(n, {}).get("floor_s"))
         row(f"{n}: TTFT / floor (x)", lambda k, e, n=n: dx.get(k, {}).get(n, {}).get("ttft_over_floor"), ".2f")
         row(f"{n}: prompt ids == HF", lambda k, e, n=n: None if k == "hf" else
             dx.get(k, {}).get(n, {}).get("prompt_ids_equal_hf"))
@@ -307,48 +317,33 @@ def tables(spec, machine, engines, convs, derived, cases, args) -> str:
     row("peak RSS (GB)", lambda k, e: e.get("peak_rss_gb"), ".2f",
         ratio_get=lambda k: (dx.get(k, {}).get("ratio_to_hf") or {}).get("peak_rss_gb"))
 
-    out = [f"### Answer TTFT benchmark: {spec.name}, {args.threads} thread(s), {args.runs} run(s)", "",
-           f"Question: \"{cases[0]['question']}\" over "
-           + "; ".join(f"{c['name']}: " + ", ".join(f"{f} p{p}" for f, p in c["pages"]) for c in cases)
-           + f". Pages rendered at DEFAULT_DPI, shown at up to {ANSWER_MAX_PIXELS} pixels (768 visual tokens) each. "
-           f"TTFT = from the call to the first token (preprocessing + vision + prefill + first pick). Cold = run 1 "
-           f"in a fresh process; warm = best of runs 2..{args.runs} (cold with --runs 1 is shown as —). "
-           f"GFLOP/s and TTFT / floor use the warm numbers (cold with --runs 1). "
-           f"Ratio columns: ragvl time / transformers time (below 1 = ragvl faster)."
-           + (f" transformers attention: {engines['hf'].get('attn_implementation')}." if table.have_hf else ""), "",
-           *lines, ""]
+    main = [f"Answers, {spec.name} shape (random weights, init std {args.init_std}), {args.threads} thread(s), "
+            f"{args.runs} run(s) per engine. "
+            f"Question: \"{cases[0]['question']}\" over "
+            + "; ".join(f"{c['name']}: " + ", ".join(f"{f} p{p}" for f, p in c["pages"]) for c in cases)
+            + f". Pages rendered at DEFAULT_DPI, shown at up to {ANSWER_MAX_PIXELS} pixels (768 visual tokens) each. "
+            f"TTFT = from the call to the first token (preprocessing + vision + prefill + first pick). Cold = run 1 "
+            f"in a fresh process; "
+            + (f"warm = best of runs 2..{args.runs}; GFLOP/s and TTFT / floor use the warm numbers. " if args.runs > 1
+               else "--runs 1: cold only (the warm TTFT row is empty); GFLOP/s and TTFT / floor use it. ")
+            + "The floor is the engine's own weight format's (transformers: fp32). "
+            "Ratio columns: ragvl time / transformers time (below 1 = ragvl faster)."
+            + (f" transformers attention: {engines['hf'].get('attn_implementation')}." if table.have_hf else ""), "",
+            *lines]
 
-    mm = machine.get("matmul") or {}
-    if not machine or "error" in machine:
-        out += ["Machine limits not measured: no floors.", ""]
-    else:
-        out += [f"ORT fp32 MatMul {mm.get('n')}^3 on {args.threads} thread(s), best: **{fmt(mm.get('gflops'), '.1f')} "
-                f"GFLOP/s**.", ""]
-    out += ["| physical floor | prompt tokens | image grids | vision GFLOP | prefill GFLOP | floor (s) |",
-            "|---|---|---|---|---|---|"]
+    dts = sorted({dt for ci in derived["cases"].values() for dt in ci["floor_s"]})
+    floor = ["| floor before the first token | prompt tokens | image grids | GFLOP (vision + prefill) | "
+             + " | ".join(f"floor {dt} (s)" for dt in dts) + " |", "|---|---|---|---|" + "---|" * len(dts)]
     for name, ci in derived["cases"].items():
-        out.append(f"| {name} | {ci['prompt_tokens']} | {' '.join(str(g) for g in ci['grids'])} | "
-                   f"{ci['vision_gflop']:.1f} | {ci['prefill_gflop']:.1f} | {fmt(ci['floor_s'], '.3f')} |")
-    out.append("")
-
-    out += ["| conversion (shared with bench_qwen2vl.py) | convert() (s) | vision (MB) | LM = embed+decoder (MB) "
-            "| folder (MB) |", "|---|---|---|---|---|"]
-    for dt in args.dtypes:
-        c = convs.get(dt, {})
-        if "error" in c or not c:
-            out.append(f"| {dt} | error | | | |")
-            continue
-        s = c["sizes"]
-        out.append(f"| {dt}{' (cached)' if c.get('cached') else ''} | {fmt(c.get('convert_s'), '.2f')} | "
-                   f"{s['vision'] / 1e6:.2f} | {s['lm'] / 1e6:.2f} | {s['total'] / 1e6:.2f} |")
-    out.append("")
-
-    out += ["| target | value | threshold | met |", "|---|---|---|---|"]
+        floor.append(f"| {name} | {ci['prompt_tokens']} | {' '.join(str(g) for g in ci['grids'])} | "
+                     f"{ci['gflop']:.1f} | " + " | ".join(fmt(ci["floor_s"].get(dt), ".3f") for dt in dts) + " |")
+    label = f"ragvl fp32 TTFT, {cases[0]['name']}, as a multiple of its floor"
     v = derived["targets"].get("ttft_fp32_1page_le_1_2_floor")
-    label = f"ragvl fp32 TTFT, {cases[0]['name']}, as a multiple of the physical floor"
-    out.append(f"| {label} | — | | |" if v is None else
-               f"| {label} | {v['value']:.2f}x | {v['threshold']:g}x | {'yes' if v['met'] else 'NO'} |")
-    return "\n".join(out) + "\n"
+    targets = ["| target | value | threshold | met |", "|---|---|---|---|",
+               f"| {label} | — | | |" if v is None else
+               f"| {label} | {v['value']:.2f}x | ≤ {v['threshold']:g}x | {'yes' if v['met'] else 'NO'} |"]
+    return {"main": "\n".join(main), "floor": "\n".join(floor), "machine": floors_md(machine),
+            "conversion": conversion_md(convs, args.dtypes), "targets": "\n".join(targets)}
 
 
 # =============================================================================================
@@ -356,7 +351,8 @@ def tables(spec, machine, engines, convs, derived, cases, args) -> str:
 # =============================================================================================
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (bench/assemble.py documents it from here)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="2b", choices=("2b", "tiny"),
@@ -366,6 +362,11 @@ def parse_args(argv=None):
                    help="transformers attention implementation (default sdpa)")
     p.add_argument("--runs", type=int, default=2, help="answers per case and engine: run 1 is cold, the rest warm")
     add_shared_args(p)
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.child:
         args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -385,7 +386,10 @@ def main(argv=None) -> int:
     args.init_std = default_init_std(args.config, args.init_std)
     spec_d = resolve_spec(args.config, None, args.init_std)
     spec = spec_from_dict(spec_d)
-    work = args.work.resolve()
+    from results import Run
+
+    run = Run("bench_ask.py", "ask" if args.config == "2b" else f"ask-{spec.name}", threads=args.threads)
+    work = args.work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     log(f"answers on the {spec.name} shape: hidden {spec.hidden_size}, {spec.num_layers} layers, "
         f"vision {spec.vision_depth}x{spec.vision_embed_dim}; threads {args.threads}; work {work}")
@@ -396,12 +400,6 @@ def main(argv=None) -> int:
     convs, folders = {}, {}
     for dt in args.dtypes:
         folders[dt], convs[dt] = ensure_converted(work, ckpt, dt, args.reconvert)
-
-    machine: dict[str, Any] = {}
-    if not args.skip_machine:
-        log("machine: MatMul")
-        machine = run_child("machine", {"threads": args.threads, "matmul_n": args.matmul_n, "mem_gb": 0.05,
-                                        "reps": args.reps}, work)
 
     engines: dict[str, dict] = {}
     if not args.skip_hf:
@@ -417,13 +415,14 @@ def main(argv=None) -> int:
         engines[name] = run_child("ragvl", {"folder": str(folders[dt]), "threads": args.threads, "runs": args.runs,
                                             "cases": cases}, work, script=__file__)
 
+    # The floors at the shapes the engines ran (every case's grids and prompt length).
+    e0 = next((e for e in engines.values() if "error" not in e), None)
+    machine = run_floors(work, args, [answer_items(spec, ci["grids"], ci["prompt_tokens"])
+                                      for ci in (e0 or {}).get("cases", {}).values()]) if e0 else {}
+
     derived = derive(spec, machine, engines, cases)
     md = tables(spec, machine, engines, convs, derived, cases, args)
     results = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "argv": sys.argv[1:],
-        "host": {"platform": platform.platform(), "python": platform.python_version(),
-                 "cpu_count": os.cpu_count(), "processor": _cpu_name()},
         "spec": {**dataclasses.asdict(spec), "vocab_size": spec.vocab_size, "head_dim": spec.head_dim},
         "settings": {"threads": args.threads, "runs": args.runs, "max_pixels": ANSWER_MAX_PIXELS, "cases": cases,
                      "hf_attn": None if args.skip_hf else args.hf_attn},
@@ -432,9 +431,8 @@ def main(argv=None) -> int:
         "machine": machine,
         "engines": engines,
         "derived": derived,
-        "table_md": md,
     }
-    return write_results(work, "results_ask.json", results, md)
+    return save_results(run, md, results, args)
 
 
 if __name__ == "__main__":

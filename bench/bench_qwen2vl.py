@@ -37,7 +37,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -49,6 +48,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests"))  # tiny_checkpoints: the shared checkpoint writer + HF harness
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))  # machine.py, results.py
+
+from results import usable_cores  # noqa: E402
 
 # Children log against the parent's clock (BENCH_EPOCH) and say who they are (BENCH_TASK).
 T_START = float(os.environ.get("BENCH_EPOCH", time.time()))
@@ -58,7 +61,6 @@ PAGE_SIZE = (1024, 683)  # (width, height): 3552 patches / 888 image tokens at m
 DEFAULT_MAX_PIXELS = 28 * 28 * 1280
 QUESTION = "What is the total amount on this page?"
 SHARD_BYTES = 1 << 30  # checkpoint shard size: bounds the builder's memory to about one shard
-QUANT_BLOCK = 32  # ragvl's MatMulNBits block size (ragvl/models/quantize.py FORMATS)
 
 
 def log(msg: str) -> None:
@@ -242,8 +244,9 @@ def run_child(task: str, args: dict[str, Any], work: Path, script: str | Path | 
     finally:
         Path(out).unlink(missing_ok=True)
     if proc.returncode != 0 or not res:
-        log(f"child {task} failed (exit {proc.returncode})")
-        return {"error": f"exit {proc.returncode}", "process_wall_s": round(wall, 3)}
+        why = f"exit {proc.returncode}" + (" (SIGKILL: out of memory?)" if proc.returncode == -9 else "")
+        log(f"child {task} failed ({why})")
+        return {"error": why, "process_wall_s": round(wall, 3)}
     res["process_wall_s"] = round(wall, 3)
     return res
 
@@ -365,86 +368,15 @@ def task_convert(ckpt: str, out: str, dtype: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# machine: MatMul peak and memory bandwidth
+# machine: the floors (bench/machine.py)
 # ---------------------------------------------------------------------------------------------
 
 
-def _ort_session(model, threads: int):
-    import onnxruntime as ort
+def task_machine(threads: int, shapes: list[dict], dtypes: list[str], reps: int, mem_gb: float) -> dict:
+    """The floors (bench/machine.py): MatMul rates at the engines' shapes, streaming bandwidth."""
+    from machine import task_floors
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
-def _best(fn, reps: int) -> float:
-    fn()  # warm-up
-    best = math.inf
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def task_machine(threads: int, matmul_n: int, mem_gb: float, reps: int) -> dict:
-    import concurrent.futures
-
-    import numpy as np
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    res: dict[str, Any] = {"threads": threads, "onnxruntime": ort.__version__, "numpy": np.__version__}
-    rng = np.random.default_rng(0)
-
-    # fp32 MatMul (n x n) @ (n x n), B a constant initializer as the models' weights are.
-    n = matmul_n
-    b = numpy_helper.from_array(rng.standard_normal((n, n), dtype=np.float32), "B")
-    g = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["Y"])], "mm",
-                          [helper.make_tensor_value_info("A", TensorProto.FLOAT, [n, n])],
-                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [n, n])], [b])
-    sess = _ort_session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)]), threads)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    t = _best(lambda: sess.run(None, {"A": a}), reps)
-    res["matmul"] = {"n": n, "best_s": round(t, 4), "gflops": round(2 * n ** 3 / t / 1e9, 1)}
-    log(f"  ORT fp32 MatMul {n}^3: {res['matmul']['gflops']} GFLOP/s")
-    del sess, a, b
-
-    # Memory read: numpy sum on 1 thread and on `threads` threads (one slice each), ORT ReduceSum.
-    count = int(mem_gb * 1e9) // 4
-    x = np.ones(count, np.float32)
-    nbytes = x.nbytes
-    t = _best(lambda: x.sum(), reps)
-    res["numpy_sum_1t_gbs"] = round(nbytes / t / 1e9, 2)
-    parts = np.array_split(x, threads)
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        t = _best(lambda: list(pool.map(np.sum, parts)), reps)
-    res["numpy_sum_mt_gbs"] = round(nbytes / t / 1e9, 2)
-    g = helper.make_graph([helper.make_node("ReduceSum", ["X"], ["Y"], keepdims=0)], "rs",
-                          [helper.make_tensor_value_info("X", TensorProto.FLOAT, [count])],
-                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [])])
-    sess = _ort_session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)]), threads)
-    t = _best(lambda: sess.run(None, {"X": x}), reps)
-    res["ort_reducesum_gbs"] = round(nbytes / t / 1e9, 2)
-    del sess
-    # fp32 GEMV (1 x K) @ (K x N) over the same bytes: what a decode-step MatMul can stream (B an input).
-    k = 4096
-    w = x[: (count // k) * k].reshape(k, -1)
-    g = helper.make_graph([helper.make_node("MatMul", ["A", "W"], ["Y"])], "gemv",
-                          [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, k]),
-                           helper.make_tensor_value_info("W", TensorProto.FLOAT, list(w.shape))],
-                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, w.shape[1]])])
-    sess = _ort_session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)]), threads)
-    av = np.ones((1, k), np.float32)
-    t = _best(lambda: sess.run(None, {"A": av, "W": w}), reps)
-    res["ort_gemv_gbs"] = round(w.nbytes / t / 1e9, 2)
-    res["mem_bytes"] = nbytes
-    res["mem_read_gbs"] = max(res["numpy_sum_1t_gbs"], res["numpy_sum_mt_gbs"], res["ort_reducesum_gbs"])
-    log(f"  memory read: numpy 1t {res['numpy_sum_1t_gbs']}, numpy {threads}t {res['numpy_sum_mt_gbs']}, "
-        f"ORT ReduceSum {res['ort_reducesum_gbs']}, ORT GEMV {res['ort_gemv_gbs']} GB/s")
-    return res
+    return task_floors(threads, shapes, dtypes, reps, mem_gb)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -598,65 +530,36 @@ def task_hf(ckpt: str, threads: int, new_tokens: int, runs: int, attn: str) -> d
 
 
 def vision_flops(spec, grid_thw: list[int]) -> dict[str, float]:
-    """FLOPs (2 per multiply-add) of the vision tower's matmuls for one image of grid (t, h, w).
+    """FLOPs (2 per multiply-add) of the vision tower's matmuls for one image of grid (t, h, w), by
+    group (patch_embed, blocks_linear, blocks_attention, merger) and total: bench/machine.py's
+    vision_items. Not counted: LayerNorms, rotary, softmax, activations, bias adds (O(N d))."""
+    from machine import group_flops, vision_items
 
-    Counted: patch embedding, per block qkv / proj / fc1 / fc2 and attention's QK^T and PV over the
-    full N x N (one image attends to itself only), the merger's two Linear layers. Not counted:
-    LayerNorms, rotary, softmax, activations, bias adds (all O(N d), well under 1 %).
-    """
-    t, h, w = grid_thw
-    n = t * h * w
-    d = spec.vision_embed_dim
-    mlp = d * spec.vision_mlp_ratio
-    patch_dim = 3 * 2 * 14 * 14
-    wide = d * 4  # 2x2 merge
-    macs = {
-        "patch_embed": n * patch_dim * d,
-        "blocks_linear": spec.vision_depth * n * (3 * d * d + d * d + 2 * d * mlp),
-        "blocks_attention": spec.vision_depth * 2 * n * n * d,  # QK^T + PV, all heads
-        "merger": (n // 4) * (wide * wide + wide * spec.hidden_size),
-    }
-    out = {k: 2.0 * v for k, v in macs.items()}
-    out["total"] = sum(out.values())
-    return out
+    return group_flops(vision_items(spec, grid_thw))
 
 
 def prefill_flops(spec, seq: int) -> dict[str, float]:
-    """FLOPs of one prefill over `seq` tokens: q/k/v/o + MLP matmuls per layer, full S x S
-    attention (QK^T + PV, as the graph computes it before masking), lm_head for the last position."""
-    H, inter, L = spec.hidden_size, spec.intermediate_size, spec.num_layers
-    kv = spec.num_kv_heads * spec.head_dim
-    macs = {
-        "linear": L * seq * (2 * H * H + 2 * H * kv + 3 * H * inter),
-        "attention": L * 2 * seq * seq * H,
-        "lm_head": H * spec.vocab_size,
-    }
-    out = {k: 2.0 * v for k, v in macs.items()}
-    out["total"] = sum(out.values())
-    return out
+    """FLOPs of one prefill over `seq` tokens (linear, attention over the full S x S as the graph
+    computes it before masking, lm_head on the last position): bench/machine.py's prefill_items."""
+    from machine import group_flops, prefill_items
+
+    return group_flops(prefill_items(spec, seq))
 
 
 def decoder_weight_bytes(spec, dtype: str) -> dict[str, float]:
     """Bytes of decoder weights read for one token at `dtype`, counted from shapes.
 
     Every Linear of every layer (q, k, v, o, gate, up, down) plus lm_head (the tied embedding, read
-    in full each step), at fp32 4 B/weight or MatMulNBits (bits/8 B per weight + a 4-byte scale and
-    a bits-wide zero point per block of 32); fp32 biases and norm weights; one embedding row.
+    in full each step) as ragvl stores them (machine.weight_bytes: fp32, or MatMulNBits with
+    ragvl's block sizes); fp32 biases and norm weights; one embedding row.
     """
+    from machine import weight_bytes
+
     H, inter, L, V = spec.hidden_size, spec.intermediate_size, spec.num_layers, spec.vocab_size
     kv = spec.num_kv_heads * spec.head_dim
     mats = [(H, H), (kv, H), (kv, H), (H, H), (inter, H), (inter, H), (H, inter)] * L + [(V, H)]
-
-    def mat_bytes(n: int, k: int) -> float:
-        if dtype in ("fp32", "hf-fp32"):
-            return 4.0 * n * k
-        bits = {"int8": 8, "int4": 4}[dtype]
-        nb = -(-k // QUANT_BLOCK)
-        zp = n * nb if bits == 8 else n * -(-nb // 2)
-        return n * nb * QUANT_BLOCK * bits / 8 + 4.0 * n * nb + zp
-
     small = 4.0 * (L * (H + 2 * kv + 2 * H) + H + H)  # q/k/v biases, 2 norms per layer, final norm, 1 embedding row
-    lin = sum(mat_bytes(n, k) for n, k in mats)
+    lin = sum(weight_bytes(k, n, dtype) for n, k in mats)
     return {"linear": lin, "small": small, "total": lin + small}
 
 
@@ -717,24 +620,28 @@ def ratio(a, b):
 
 
 def derive(spec, machine: dict, engines: dict[str, dict], convs: dict[str, dict], new_tokens: int) -> dict:
-    """Achieved GFLOP/s, bandwidth floors, fractions, ratios to transformers and the targets."""
-    peak = (machine.get("matmul") or {}).get("gflops")
-    bw = machine.get("mem_read_gbs")
-    d: dict[str, Any] = {"matmul_gflops": peak, "mem_read_gbs": bw, "engines": {}}
+    """Achieved GFLOP/s, floors (bench/machine.py), fractions, ratios to transformers and the targets."""
+    from machine import item_flops, prefill_items, stage_floor, vision_items
+
+    bw = (machine.get("bandwidth") or {}).get("floor_gbs")
+    d: dict[str, Any] = {"bandwidth_floor_gbs": bw, "engines": {}}
     hf = engines.get("hf") or {}
     for name, e in engines.items():
         if "error" in e or not e:
             continue
         x: dict[str, Any] = {}
-        vf = vision_flops(spec, e["grid_thw"])
-        pf = prefill_flops(spec, e["prompt_tokens"])
-        x["vision_gflop"] = vf["total"] / 1e9
-        x["prefill_gflop"] = pf["total"] / 1e9
-        for stage, flops in (("vision", vf["total"]), ("prefill", pf["total"])):
+        fdtype = "fp32" if name == "hf" else name.split("-")[1]  # transformers: against the fp32 floors
+        for stage, items in (("vision", vision_items(spec, e["grid_thw"])),
+                             ("prefill", prefill_items(spec, e["prompt_tokens"]))):
+            fl = stage_floor(items, fdtype, machine)
+            x[f"{stage}_gflop"] = sum(item_flops(it) for it in items) / 1e9
             t = e.get(f"{stage}_s_warm") or e.get(f"{stage}_s_cold")
             if t:
-                x[f"{stage}_gflops"] = flops / t / 1e9
-                x[f"{stage}_frac_of_matmul"] = ratio(x[f"{stage}_gflops"], peak)
+                x[f"{stage}_gflops"] = x[f"{stage}_gflop"] / t
+            if fl:
+                x[f"{stage}_floor_s"] = fl["floor_s"]
+                x[f"{stage}_floor_by_group_s"] = fl["by_group"]
+                x[f"{stage}_frac_of_floor"] = ratio(fl["floor_s"], t)
         dtype = "hf-fp32" if name == "hf" else name.split("-")[1]
         wb = decoder_weight_bytes(spec, dtype)
         x["decode_weight_bytes_counted"] = wb["total"]
@@ -745,7 +652,7 @@ def derive(spec, machine: dict, engines: dict[str, dict], convs: dict[str, dict]
         context = e["prompt_tokens"] + new_tokens / 2
         x["decode_kv_bytes"] = kv_read_bytes(spec, context)
         x["decode_bytes_per_token"] = weights + x["decode_kv_bytes"]
-        if bw:
+        if bw:  # the fastest streaming read measured (machine.measure_bandwidth)
             x["decode_floor_tok_s"] = bw * 1e9 / x["decode_bytes_per_token"]
             tok_s = e.get("decode_tok_s_warm") or e.get("decode_tok_s_cold")
             x["decode_frac_of_floor"] = ratio(tok_s, x["decode_floor_tok_s"])
@@ -754,7 +661,7 @@ def derive(spec, machine: dict, engines: dict[str, dict], convs: dict[str, dict]
         if name != "hf" and hf and "error" not in hf:
             x["ratio_to_hf"] = {k: ratio(e.get(k), hf.get(k)) for k in (
                 "load_s", "preprocess_s_cold", "preprocess_s_warm", "vision_s_cold", "vision_s_warm",
-                "prefill_s_cold", "prefill_s_warm", "first_token_s_warm", "decode_s_per_token_cold",
+                "prefill_s_cold", "prefill_s_warm", "first_token_s_cold", "first_token_s_warm", "decode_s_per_token_cold",
                 "decode_s_per_token_warm", "peak_rss_gb")}
             x["prompt_ids_equal_hf"] = e.get("prompt_sha") == hf.get("prompt_sha")
             x["tokens_equal_hf"] = e.get("tokens") == hf.get("tokens")
@@ -767,7 +674,7 @@ def derive(spec, machine: dict, engines: dict[str, dict], convs: dict[str, dict]
         d["engines"][name] = x
     fp32, int4 = d["engines"].get("ragvl-fp32", {}), engines.get("ragvl-int4", {})
     d["targets"] = {
-        "vision_fp32_ge_80pct_matmul": _target(fp32.get("vision_frac_of_matmul"), 0.80),
+        "vision_fp32_ge_80pct_floor": _target(fp32.get("vision_frac_of_floor"), 0.80),
         "decode_fp32_ge_85pct_floor": _target(fp32.get("decode_frac_of_floor"), 0.85),
         "decode_int4_ge_30_tok_s": _target(None if "error" in int4 else
                                            (int4.get("decode_tok_s_warm") or int4.get("decode_tok_s_cold")), 30.0),
@@ -804,7 +711,7 @@ class ComparisonTable:
         self.have_hf = "hf" in engines and "error" not in engines["hf"]
         head = [first]
         for k, t in cols:
-            head.append(t + (" (error)" if "error" in engines[k] else ""))
+            head.append(t + (f" (failed: {engines[k]['error']})" if "error" in engines[k] else ""))
             if k != "hf" and self.have_hf:
                 head.append(f"{k.split('-')[1]}/HF")
         self.lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -838,23 +745,25 @@ def tables(spec, machine, engines, convs, derived, args) -> str:
         return lambda k, e: (dx.get(k, {}).get(key) * scale) if dx.get(k, {}).get(key) is not None else None
 
     row("load (s)", ev("load_s"), ratio_key="load_s")
-    row("preprocess, warm (s)", ev("preprocess_s_warm"), ratio_key="preprocess_s_warm")
-    row("vision, cold (s)", ev("vision_s_cold"), ratio_key="vision_s_cold")
-    row("vision, warm (s)", ev("vision_s_warm"), ratio_key="vision_s_warm")
-    row("prefill, cold (s)", ev("prefill_s_cold"), ratio_key="prefill_s_cold")
-    row("prefill, warm (s)", ev("prefill_s_warm"), ratio_key="prefill_s_warm")
-    row("first token, warm (s)", ev("first_token_s_warm"), ratio_key="first_token_s_warm")
-    row("decode, cold (ms/token)", lambda k, e: e.get("decode_s_per_token_cold") and 1e3 * e["decode_s_per_token_cold"],
-        ".1f", ratio_key="decode_s_per_token_cold")
-    row("decode, warm (ms/token)", lambda k, e: e.get("decode_s_per_token_warm") and 1e3 * e["decode_s_per_token_warm"],
-        ".1f", ratio_key="decode_s_per_token_warm")
-    row("decode, warm (tok/s)", ev("decode_tok_s_warm"), ".2f")
+    w = "warm" if args.runs > 1 else "cold"  # with --runs 1 there is no warm run: show cold only
+    temps = ("cold", "warm") if args.runs > 1 else ("cold",)
+    row(f"preprocess, {w} (s)", ev(f"preprocess_s_{w}"), ratio_key=f"preprocess_s_{w}")
+    for stage in ("vision", "prefill"):
+        for t in temps:
+            row(f"{stage}, {t} (s)", ev(f"{stage}_s_{t}"), ratio_key=f"{stage}_s_{t}")
+    row(f"first token, {w} (s)", ev(f"first_token_s_{w}"), ratio_key=f"first_token_s_{w}")
+    for t in temps:
+        row(f"decode, {t} (ms/token)", lambda k, e, t=t: e.get(f"decode_s_per_token_{t}") and
+            1e3 * e[f"decode_s_per_token_{t}"], ".1f", ratio_key=f"decode_s_per_token_{t}")
+    row(f"decode, {w} (tok/s)", ev(f"decode_tok_s_{w}"), ".2f")
     row("peak RSS (GB)", ev("peak_rss_gb"), ".2f", ratio_key="peak_rss_gb")
     row("RSS after load (GB)", ev("rss_after_load_gb"), ".2f")
     row("vision GFLOP/s", dv("vision_gflops"), ".1f")
-    row("vision % of MatMul peak", dv("vision_frac_of_matmul", 100), ".1f", "%")
+    row("vision floor (s)", dv("vision_floor_s"))
+    row("vision % of floor", dv("vision_frac_of_floor", 100), ".1f", "%")
     row("prefill GFLOP/s", dv("prefill_gflops"), ".1f")
-    row("prefill % of MatMul peak", dv("prefill_frac_of_matmul", 100), ".1f", "%")
+    row("prefill floor (s)", dv("prefill_floor_s"))
+    row("prefill % of floor", dv("prefill_frac_of_floor", 100), ".1f", "%")
     row("decode bytes/token (MB)", dv("decode_bytes_per_token", 1e-6), ".2f")
     row("decode floor (tok/s)", dv("decode_floor_tok_s"), ".2f")
     row("decode % of floor", dv("decode_frac_of_floor", 100), ".1f", "%")
@@ -864,57 +773,83 @@ def tables(spec, machine, engines, convs, derived, args) -> str:
     row("prompt ids == HF", lambda k, e: None if k == "hf" else dx.get(k, {}).get("prompt_ids_equal_hf"))
 
     e0 = next((engines[k] for k, _ in cols if "error" not in engines[k]), {})
-    out = [f"### Qwen2-VL benchmark: {spec.name}, {args.threads} thread(s), {args.new_tokens} new tokens", "",
-           f"Image {PAGE_SIZE[0]}x{PAGE_SIZE[1]} -> grid {e0.get('grid_thw')} "
-           f"({math.prod(e0.get('grid_thw') or [0])} patches), prompt {e0.get('prompt_tokens')} tokens. "
-           f"Cold = first run in a fresh process; warm = best of runs 2..{args.runs}. "
-           f"GFLOP/s, floors and targets use the warm numbers (cold with --runs 1). "
-           f"Ratio columns: ragvl time / transformers time (below 1 = ragvl faster)."
-           + (f" transformers attention: {engines['hf'].get('attn_implementation')}." if table.have_hf else ""), "",
-           *lines, ""]
+    main = [f"Qwen2-VL, {spec.name} shape (random weights, init std {args.init_std}), {args.threads} thread(s), "
+            f"{args.new_tokens} new tokens, {args.runs} run(s) per engine. "
+            f"Image {PAGE_SIZE[0]}x{PAGE_SIZE[1]} -> grid {e0.get('grid_thw')} "
+            f"({math.prod(e0.get('grid_thw') or [0])} patches), prompt {e0.get('prompt_tokens')} tokens. "
+            + (f"Cold = first run in a fresh process; warm = best of runs 2..{args.runs}. "
+               f"GFLOP/s, floors and targets use the warm numbers. " if args.runs > 1 else
+               "Cold only (--runs 1: the first run in a fresh process); GFLOP/s, floors and targets use it. ")
+            + "Ratio columns: ragvl time / transformers time (below 1 = ragvl faster); transformers is "
+            "compared with the fp32 floors."
+            + (f" transformers attention: {engines['hf'].get('attn_implementation')}." if table.have_hf else ""), "",
+            *lines]
+    return {"main": "\n".join(main), "stages": stages_md(spec, e0, dx), "floors": floors_md(machine),
+            "conversion": conversion_md(convs, args.dtypes),
+            "targets": targets_md(derived["targets"], (
+                ("vision_fp32_ge_80pct_floor", "ragvl fp32 vision, fraction of its MatMul floor", 100, "%", ".1f"),
+                ("decode_fp32_ge_85pct_floor", "ragvl fp32 decode, fraction of the bandwidth floor", 100, "%", ".1f"),
+                ("decode_int4_ge_30_tok_s", "ragvl int4 decode tok/s", 1, "", ".1f"),
+                ("greedy_fp32_equals_hf", "ragvl fp32 greedy tokens == transformers", None, "", ""),
+            ))}
 
-    mm = machine.get("matmul") or {}
+
+def stages_md(spec, e0: dict, dx: dict) -> str:
+    """FLOPs of every group of matmuls and its floor in each format: where the time must go."""
+    if not e0:
+        return "No engine ran."
+    flops = {"vision": vision_flops(spec, e0["grid_thw"]), "prefill": prefill_flops(spec, e0["prompt_tokens"])}
+    engines = [k for k in dx if k.startswith("ragvl-") and dx[k].get("vision_floor_by_group_s")]
+    out = ["| " + " | ".join(["stage: matmul group", "GFLOP"] + [f"floor {k[6:]} (s)" for k in engines]) + " |",
+           "|---|---|" + "---|" * len(engines)]
+    for stage, groups in flops.items():
+        for g, v in groups.items():
+            if g == "total":
+                continue
+            cells = [fmt((dx[k].get(f"{stage}_floor_by_group_s") or {}).get(g), ".3f") for k in engines]
+            out.append("| " + " | ".join([f"{stage}: {g}", f"{v / 1e9:.1f}"] + cells) + " |")
+        cells = [fmt(dx[k].get(f"{stage}_floor_s"), ".3f") for k in engines]
+        out.append("| " + " | ".join([f"**{stage}: total**", f"**{groups['total'] / 1e9:.1f}**"] + cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def floors_md(machine: dict) -> str:
+    from machine import floors_tables
+
     if not machine:
-        out += ["Machine limits not measured (--skip-machine): no fractions of peak, no floors.", ""]
-    elif "error" in machine:
-        out += [f"Machine measurement failed ({machine['error']}): no fractions of peak, no floors.", ""]
-    else:
-        out += ["| machine | value |", "|---|---|",
-                f"| ORT fp32 MatMul {mm.get('n')}^3, best (GFLOP/s) | {fmt(mm.get('gflops'), '.1f')} |",
-                f"| memory read, numpy sum 1 thread (GB/s) | {fmt(machine.get('numpy_sum_1t_gbs'), '.2f')} |",
-                f"| memory read, numpy sum {args.threads} threads (GB/s) | {fmt(machine.get('numpy_sum_mt_gbs'), '.2f')} |",
-                f"| memory read, ORT ReduceSum (GB/s) | {fmt(machine.get('ort_reducesum_gbs'), '.2f')} |",
-                f"| ORT fp32 GEMV 1x4096 @ 4096xN (GB/s, reference only) | {fmt(machine.get('ort_gemv_gbs'), '.2f')} |",
-                f"| **memory read used for floors (GB/s)** | {fmt(machine.get('mem_read_gbs'), '.2f')} |", ""]
+        return "Machine floors not measured (--skip-machine): no fractions of floor.\n"
+    return floors_tables(machine)
 
-    out += ["| conversion | convert() (s) | process (s) | peak RSS (GB) | vision (MB) | embed (MB) | decoder (MB) "
-            "| LM = embed+decoder (MB) | folder (MB) |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for dt in args.dtypes:
+
+def conversion_md(convs: dict, dtypes: list[str]) -> str:
+    out = ["| conversion | convert() (s) | process (s) | peak RSS (GB) | vision (MB) | embed (MB) | decoder (MB) "
+           "| encoder (MB) | LM (MB) | folder (MB) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for dt in dtypes:
         c = convs.get(dt, {})
         if "error" in c or not c:
-            out.append(f"| {dt} | error | | | | | | | |")
+            out.append(f"| {dt} | error | | | | | | | | |")
             continue
         s = c["sizes"]
         out.append(f"| {dt}{' (cached)' if c.get('cached') else ''} | {fmt(c.get('convert_s'), '.2f')} | "
                    f"{fmt(c.get('process_wall_s'), '.2f')} | {fmt(c.get('peak_rss_gb'), '.2f')} | "
                    f"{s['vision'] / 1e6:.2f} | {s['embed'] / 1e6:.2f} | {s['decoder'] / 1e6:.2f} | "
-                   f"{s['lm'] / 1e6:.2f} | {s['total'] / 1e6:.2f} |")
-    out.append("")
+                   f"{s.get('encoder', 0) / 1e6:.2f} | {s['lm'] / 1e6:.2f} | {s['total'] / 1e6:.2f} |")
+    return "\n".join(out) + "\n"
 
-    out += ["| target | value | threshold | met |", "|---|---|---|---|"]
-    t = derived["targets"]
-    for key, label, scale, unit in (("vision_fp32_ge_80pct_matmul", "ragvl fp32 vision, fraction of MatMul GFLOP/s", 100, "%"),
-                                    ("decode_fp32_ge_85pct_floor", "ragvl fp32 decode, fraction of bandwidth floor", 100, "%"),
-                                    ("decode_int4_ge_30_tok_s", "ragvl int4 decode tok/s", 1, "")):
-        v = t.get(key)
-        if v is None:
+
+def targets_md(targets: dict, rows) -> str:
+    """rows: (key, label, scale, unit, format); scale None: a yes/no target."""
+    out = ["| target | value | threshold | met |", "|---|---|---|---|"]
+    for key, label, scale, unit, f in rows:
+        v = targets.get(key)
+        if scale is None:
+            out.append(f"| {label} | {fmt(v)} | yes | {fmt(v)} |")
+        elif v is None:
             out.append(f"| {label} | — | | |")
         else:
-            out.append(f"| {label} | {v['value'] * scale:.1f}{unit} | {v['threshold'] * scale:.0f}{unit} | "
+            out.append(f"| {label} | {v['value'] * scale:{f}}{unit} | {v['threshold'] * scale:g}{unit} | "
                        f"{'yes' if v['met'] else 'NO'} |")
-    out.append(f"| ragvl fp32 greedy tokens == transformers | {fmt(t.get('greedy_fp32_equals_hf'))} | equal | "
-               f"{fmt(t.get('greedy_fp32_equals_hf'))} |")
     return "\n".join(out) + "\n"
 
 
@@ -925,12 +860,18 @@ def tables(spec, machine, engines, convs, derived, args) -> str:
 
 def add_shared_args(p: argparse.ArgumentParser) -> None:
     """The options every bench script takes: outputs, formats, threads, microbenchmarks, weights."""
-    p.add_argument("--work", type=Path, default=HERE / "out", help="cache and results folder (default bench/out)")
+    p.add_argument("--work", type=Path, default=HERE / "out", help="checkpoint and conversion cache (git-ignored)")
     p.add_argument("--dtypes", default="fp32,int8,int4", help="ragvl weight formats, comma-separated")
-    p.add_argument("--threads", type=int, default=_cores(), help="intra-op threads (default: all usable cores)")
-    p.add_argument("--skip-machine", action="store_true", help="do not measure the machine's MatMul / memory limits")
-    p.add_argument("--matmul-n", type=int, default=4096, help="size of the square MatMul microbenchmark")
-    p.add_argument("--reps", type=int, default=5, help="repetitions of each microbenchmark (best is kept)")
+    p.add_argument("--threads", type=int, default=usable_cores(), help="intra-op threads (default: all usable cores)")
+    p.add_argument("--skip-machine", action="store_true",
+                   help="do not measure the floors (MatMul rates at the engines' shapes, memory bandwidth)")
+    p.add_argument("--reps", type=int, default=5, help="repetitions of each floor microbenchmark (best is kept)")
+    p.add_argument("--mem-gb", type=float, default=2.0,
+                   help="GB streamed by the memory-bandwidth measurement (>> the last-level cache; "
+                        "bench_colqwen2.py measures no bandwidth: its embedder never decodes)")
+    p.add_argument("--results", type=Path, default=None,
+                   help="folder for the results .md/.json (default bench/results for the 2B shape, "
+                        "<work>/results otherwise)")
     p.add_argument("--init-std", type=float, default=None,
                    help="std of the random matrices (default 0.2 for the tiny configs, as tests/tiny_checkpoints: "
                         "peaked logits; 0.02 at the 2B shape, where 0.2 makes every attention row one-hot and "
@@ -942,16 +883,32 @@ def add_shared_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--child-out", help=argparse.SUPPRESS)
 
 
-def write_results(work: Path, name: str, results: dict, md: str) -> int:
-    """Write results JSON to work/name, print the Markdown table; the scripts' exit status."""
-    path = work / name
-    path.write_text(json.dumps(results, indent=2, default=list) + "\n")
-    print(md, flush=True)
-    log(f"results: {path}")
+def run_floors(work: Path, args, item_lists: list[list[dict]], mem_gb: float | None = None) -> dict:
+    """Measure the floors in a child (bench/machine.py): every (shape, format) the engines' stages
+    use, at args.threads, and the streaming bandwidth (mem_gb 0: skip it)."""
+    from machine import shapes_to_measure
+
+    if args.skip_machine:
+        return {}
+    shapes = shapes_to_measure(item_lists, args.dtypes)
+    log(f"machine: {len(shapes)} matmul shapes, memory bandwidth")
+    return run_child("machine", {"threads": args.threads, "shapes": shapes, "dtypes": args.dtypes, "reps": args.reps,
+                                 "mem_gb": args.mem_gb if mem_gb is None else mem_gb}, work,
+                     script=HERE / "bench_qwen2vl.py")
+
+
+def save_results(run, tables: dict[str, str], raw: dict, args) -> int:
+    """Write the named tables and the raw numbers to the results folder; the script's exit status."""
+    from results import default_results_dir
+
+    for name, md in tables.items():
+        run.add(name, md)
+    run.save(raw, args.results or default_results_dir(args.config, args.work))
     return 0
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (bench/assemble.py documents it from here)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="2b",
@@ -967,10 +924,14 @@ def parse_args(argv=None):
     p.add_argument("--skip-hf", action="store_true", help="do not run transformers")
     p.add_argument("--hf-attn", default="sdpa", choices=("sdpa", "eager"),
                    help="transformers attention implementation (default sdpa, transformers' default)")
-    p.add_argument("--mem-gb", type=float, default=2.0, help="GB of float32 for the memory-read microbenchmark")
     p.add_argument("--dry-run", action="store_true",
                    help="print the shape, parameter count, FLOPs and bytes per token, then exit")
     add_shared_args(p)
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.child:
         args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -982,13 +943,18 @@ def parse_args(argv=None):
     return args
 
 
-def dry_run(spec, args) -> None:
+def dry_shape(spec, args) -> tuple[list[int], int]:
+    """The page's patch grid and an approximate prompt length, without running a model."""
     from ragvl.models.runtime.preprocess import ImageConfig, smart_resize
 
     cfg = ImageConfig(max_pixels=args.max_pixels)
     h, w = smart_resize(PAGE_SIZE[1], PAGE_SIZE[0], cfg.factor, cfg.min_pixels, cfg.max_pixels)
     grid = [1, h // 14, w // 14]
-    seq = grid[1] * grid[2] // 4 + 22  # image tokens + the template and question (approximate)
+    return grid, grid[1] * grid[2] // 4 + 22  # image tokens + the template and question (approximate)
+
+
+def dry_run(spec, args) -> None:
+    grid, seq = dry_shape(spec, args)
     vf, pf = vision_flops(spec, grid), prefill_flops(spec, seq)
     print(json.dumps({"spec": dataclasses.asdict(spec), "vocab_size": spec.vocab_size, "grid_thw": grid,
                       "vision_gflop": {k: round(v / 1e9, 1) for k, v in vf.items()},
@@ -1008,7 +974,10 @@ def main(argv=None) -> int:
     if args.dry_run:
         dry_run(spec, args)
         return 0
-    work = args.work.resolve()
+    from results import Run
+
+    run = Run("bench_qwen2vl.py", "qwen2vl" if args.config == "2b" else f"qwen2vl-{spec.name}", threads=args.threads)
+    work = args.work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     log(f"shape {spec.name}: hidden {spec.hidden_size}, {spec.num_layers} layers, vocab {spec.vocab_size}, "
         f"vision {spec.vision_depth}x{spec.vision_embed_dim}; threads {args.threads}; work {work}")
@@ -1017,12 +986,6 @@ def main(argv=None) -> int:
     convs, folders = {}, {}
     for dt in args.dtypes:
         folders[dt], convs[dt] = ensure_converted(work, ckpt, dt, args.reconvert)
-
-    machine: dict[str, Any] = {}
-    if not args.skip_machine:
-        log("machine: MatMul and memory bandwidth")
-        machine = run_child("machine", {"threads": args.threads, "matmul_n": args.matmul_n,
-                                        "mem_gb": args.mem_gb, "reps": args.reps}, work)
 
     engines: dict[str, dict] = {}
     if not args.skip_hf:
@@ -1038,13 +1001,16 @@ def main(argv=None) -> int:
         engines[name] = run_child("ragvl", {"folder": str(folders[dt]), "threads": args.threads,
                                             "new_tokens": args.new_tokens, "runs": args.runs}, work)
 
+    # The floors at the shapes the engines actually ran (grid and prompt length from their results).
+    from machine import prefill_items, vision_items
+
+    e0 = next((e for e in engines.values() if "error" not in e), None)
+    grid, seq = (e0["grid_thw"], e0["prompt_tokens"]) if e0 else dry_shape(spec, args)
+    machine = run_floors(work, args, [vision_items(spec, grid), prefill_items(spec, seq)])
+
     derived = derive(spec, machine, engines, convs, args.new_tokens)
     md = tables(spec, machine, engines, convs, derived, args)
     results = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "argv": sys.argv[1:],
-        "host": {"platform": platform.platform(), "python": platform.python_version(),
-                 "cpu_count": os.cpu_count(), "processor": _cpu_name()},
         "spec": {**dataclasses.asdict(spec), "vocab_size": spec.vocab_size, "head_dim": spec.head_dim},
         "image": {"size": list(PAGE_SIZE), "max_pixels": args.max_pixels, "question": QUESTION},
         "settings": {"threads": args.threads, "new_tokens": args.new_tokens, "runs": args.runs,
@@ -1054,26 +1020,8 @@ def main(argv=None) -> int:
         "machine": machine,
         "engines": engines,
         "derived": derived,
-        "table_md": md,
     }
-    return write_results(work, "results_qwen2vl.json", results, md)
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    return save_results(run, md, results, args)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@
 For each size: build time of the float16 PageMatrix and of the centroid first stage, exact
 search p50/p95 (float16 and float32 storage), first-stage search p50/p95 and its recall@5
 against exact, memory and bytes per page on disk; plus LanceDB's native multivector flat search
-at 1,000 pages as a reference row. Prints a Markdown table (progress on stderr) and writes
-bench/out/results_search.json.
+at 1,000 pages as a reference row. Prints Markdown tables (progress on stderr) and writes them with the
+raw numbers to bench/results/search.md / search.json (bench/assemble.py puts them in bench/README.md).
 
 The synthetic data (:func:`make_corpus`, :func:`make_queries`) is meant to behave like
 ColQwen2's, which matters for the first stage's recall (the exact path does not care):
@@ -30,7 +30,6 @@ tests/test_maxsim.py imports these generators, so tests and bench use the same d
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -40,8 +39,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "bench"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 from ragvl.index.maxsim import PageMatrix  # noqa: E402
 
@@ -205,7 +205,7 @@ def run_size(n_pages: int, n_queries: int, args, work: Path) -> dict:
 
     m32 = PageMatrix(X, offsets)                         # float32 storage (no copy of X)
     nq32 = queries[:max(5, n_queries // 5)]
-    ex32, res["exact_f32"] = _lat(lambda q: m32.exact(q, k)[0], nq32)
+    ex32, res["exact_f32"] = _lat(lambda q, m32=m32: m32.exact(q, k)[0], nq32)
     res["exact_f16_vs_f32_recall5"] = _recall(ex32, ex[:len(nq32)], k)
     _log(f"[{n_pages}] exact f32 p50 {res['exact_f32']['p50_ms']:.0f} ms")
     del m32
@@ -245,46 +245,69 @@ def run_lancedb(n_pages: int, n_queries: int, args, work: Path) -> dict:
     return res
 
 
-def _ms(lat: dict) -> str:
-    return f"{lat['p50_ms']:.0f}/{lat['p95_ms']:.0f} ({lat['min_ms']:.0f})"
-
-
-def table(results: dict) -> str:
-    rows = ["| pages | vectors | build matrix s | build stage s (K) | append 1% s | exact f16 p50/p95 (min) ms "
-            "| exact f32 p50/p95 (min) ms | first stage + rescoring p50/p95 (min) ms, recall@5 vs exact "
-            "| matrix MB | stage MB | KB/page on disk (vectors / all) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+def tables(results: dict) -> dict[str, str]:
+    """Named Markdown tables: "build" (one row per size) and "latency" (one row per size and method)."""
+    n_q = results["args"]["queries"]
+    build = ["| pages | vectors | build matrix (s) | build first stage (s) | centroids K | append 1% (s) "
+             "| matrix in RAM (MB) | first stage in RAM (MB) | on disk per page: vectors / all (KB) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results["sizes"]:
-        stages = "; ".join(f"c={key[7:]}: {v['p50_ms']:.1f}/{v['p95_ms']:.1f} ({v['min_ms']:.1f}), {v['recall5']:.3f}"
-                           for key, v in r.items() if key.startswith("stage_c"))
-        rows.append(
-            f"| {r['n_pages']:,} | {r['n_vectors']:,} | {r['build_matrix_s']:.1f} "
-            f"| {r['build_stage_s']:.1f} ({r['n_centroids']}) | {r['append_1pct_s']:.1f} "
-            f"| {_ms(r['exact_f16'])} | {_ms(r['exact_f32'])} | {stages} "
-            f"| {r['matrix_mem_bytes'] / 2**20:.0f} | {r['stage_mem_bytes'] / 2**20:.1f} "
-            f"| {r['vector_bytes_per_page'] / 1000:.0f} / {r['total_bytes_per_page'] / 1000:.0f} |")
+        build.append(f"| {r['n_pages']:,} | {r['n_vectors']:,} | {r['build_matrix_s']:.1f} | {r['build_stage_s']:.1f} "
+                     f"| {r['n_centroids']} | {r['append_1pct_s']:.1f} | {r['matrix_mem_bytes'] / 2**20:.0f} "
+                     f"| {r['stage_mem_bytes'] / 2**20:.1f} "
+                     f"| {r['vector_bytes_per_page'] / 1000:.0f} / {r['total_bytes_per_page'] / 1000:.0f} |")
+    lat = ["| pages | search | queries | p50 (ms) | p95 (ms) | min (ms) | recall@5 vs exact float16 "
+           "| cpu/wall | load avg |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def line(pages, label, v, recall):
+        lat.append(f"| {pages:,} | {label} | {v['n']} | {v['p50_ms']:.1f} | {v['p95_ms']:.1f} | {v['min_ms']:.1f} "
+                   f"| {recall} | {v['cpu_per_wall']:.2f} | {v['loadavg_1min']:.1f} |")
+
+    for r in results["sizes"]:
+        n = r["n_pages"]
+        line(n, "exact, float16 storage", r["exact_f16"], "1 (reference)")
+        line(n, "exact, float32 storage", r["exact_f32"], f"{r['exact_f16_vs_f32_recall5']:.3f}")
+        for key, v in r.items():
+            if key.startswith("stage_c"):
+                line(n, f"first stage + exact rescoring of {key[7:]} candidates", v, f"{v['recall5']:.3f}")
     lr = results.get("lancedb")
     if lr:
-        rows.append(f"| {lr['n_pages']:,}: LanceDB flat (reference) | | write {lr['write_s']:.1f} | - | - "
-                    f"| {_ms(lr['flat'])}, recall@5 vs exact {lr['flat']['recall5_vs_exact']:.2f} | | | | | |")
-    return "\n".join(rows)
+        line(lr["n_pages"], f"LanceDB multivector flat search (reference; write {lr['write_s']:.1f} s)", lr["flat"],
+             f"{lr['flat']['recall5_vs_exact']:.3f}")
+    head = (f"Synthetic ColQwen2-like pages (600-900 unit 128-d vectors a page) and {n_q} synthetic queries "
+            f"(see bench_search.py): recall here is measured on synthetic data, not on real embeddings. "
+            f"Threads: {results['machine']['threads']}. cpu/wall = this process's CPU time over wall time "
+            f"during the phase (2 = both cores ours; near 1 = another process held a core: compare min).")
+    return {"build": head + "\n\n" + "\n".join(build), "latency": "\n".join(lat)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (bench/assemble.py documents it from here)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pages", default="1000,10000", help="comma-separated page counts")
+    ap.add_argument("--queries", type=int, default=50, help="synthetic queries per size")
+    ap.add_argument("--candidates", default="128,256", help="first-stage candidate counts to measure")
+    ap.add_argument("--centroids", type=int, default=0, help="0: default_n_centroids (~sqrt of vectors)")
+    ap.add_argument("--lancedb-pages", type=int, default=1000, help="pages of the LanceDB reference row")
+    ap.add_argument("--lancedb-queries", type=int, default=5, help="queries of the LanceDB reference row (it is slow)")
+    ap.add_argument("--skip-lancedb", action="store_true", help="no LanceDB reference row")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus and queries")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="folder for search.md / search.json (default bench/results for the default sizes, "
+                         "bench/out/results otherwise)")
+    return ap
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--pages", default="1000,10000", help="comma-separated page counts")
-    ap.add_argument("--queries", type=int, default=50)
-    ap.add_argument("--candidates", default="128,256", help="first-stage candidate counts to measure")
-    ap.add_argument("--centroids", type=int, default=0, help="0: default_n_centroids (~sqrt of vectors)")
-    ap.add_argument("--lancedb-pages", type=int, default=1000)
-    ap.add_argument("--lancedb-queries", type=int, default=5)
-    ap.add_argument("--skip-lancedb", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "results_search.json"))
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    from results import RESULTS, Run
+
+    from ragvl.fsutil import cpu_threads
+
+    run = Run("bench_search.py", "search", threads=cpu_threads())
     args.candidates = [int(c) for c in args.candidates.split(",")]
 
-    results = {"machine": {"cpus": os.cpu_count(), "threads": os.environ.get("RAGVL_THREADS") or "ort default"},
+    results = {"machine": {"cpus": os.cpu_count(), "threads": cpu_threads()},
                "args": {k: v for k, v in vars(args).items()}, "sizes": []}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_search_") as tmp:
@@ -297,17 +320,13 @@ def main(argv=None) -> int:
             results["lancedb"] = run_lancedb(args.lancedb_pages, args.lancedb_queries, args, work)
     results["total_s"] = time.perf_counter() - t_all
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(table(results))
-    for r in results["sizes"]:                           # how contended each measurement was
-        parts = [f"{name} {r[key]['cpu_per_wall']:.2f}" for key, name in
-                 [("exact_f16", "exact f16"), ("exact_f32", "exact f32")] + [(k, k[6:]) for k in r if k.startswith("stage_c")]]
-        print(f"\n{r['n_pages']:,} pages: cpu/wall (2 = both cores ours) {', '.join(parts)}; "
-              f"load avg {r['exact_f16']['loadavg_1min']:.1f}", end="")
-    print()
-    print(f"\n{results['total_s']:.0f} s in all; JSON: {out}")
+    results["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in results["args"].items()}
+    default = args.pages == "1000,10000" and args.queries == 50
+    out = args.results or (RESULTS if default else ROOT / "bench" / "out" / "results")
+    for name, md in tables(results).items():
+        run.add(name, md)
+    run.save(results, out)
+    _log(f"{results['total_s']:.0f} s in all")
     return 0
 
 
