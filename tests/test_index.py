@@ -82,7 +82,7 @@ def test_incremental_runs(tmp_path, embedder):
 def test_float16_storage_keeps_the_embeddings(tmp_path, embedder):
     doc = make_pdf(tmp_path / "d.pdf", 1, seed=4)
     index_paths([doc], PageStore(tmp_path / "db", create=True), embedder, progress=False)
-    from ragvl.pdf import DEFAULT_DPI, open_pdf
+    from ragvl.ingest import DEFAULT_DPI, open_pdf
 
     with open_pdf(doc) as d:
         fp32 = embedder.embed_images([d.render_page(0, DEFAULT_DPI)])[0]
