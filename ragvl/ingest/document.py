@@ -262,20 +262,24 @@ class ImageDocument(PdfDocument):
             if count <= 0:
                 raise RagvlError(f"{name}: corrupt image ({sniff(head)}; MuPDF finds no picture in it)")
             self.page_count = count
-            self._native = self._native_zoom(doc)
+            try:  # MuPDF opens any file named .png; it looks at the bytes when a page is loaded
+                first = doc.load_page(0)
+            except Exception as e:
+                detail = first_detail(take_mupdf_messages()) or short(e)
+                raise RagvlError(f"{name}: not an image MuPDF can read ({sniff(head)}; {detail})") from None
+            self._native = self._native_zoom(first.rect)
             self.warnings.extend(take_mupdf_messages())
         except BaseException:
             self.close()
             raise
 
-    def _native_zoom(self, doc: pymupdf.Document) -> float:
-        """Pixels per point at which page 1 renders at the image's own pixel size.
+    def _native_zoom(self, rect: pymupdf.Rect) -> float:
+        """Pixels per point at which page 1 (`rect`) renders at the image's own pixel size.
 
         MuPDF sizes an image page from the file's resolution (72 * pixels / dpi, 96 dpi when the
         file has none); PIL reads the pixel size from the header without decoding the picture.
         """
         try:
-            rect = doc.load_page(0).rect
             with Image.open(self.path) as im:
                 width = im.size[0]
             return width / rect.width if rect.width > 0 and width > 0 else 1.0

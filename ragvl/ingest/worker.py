@@ -10,8 +10,8 @@ the cause, and a fresh worker reopens the document for the next page.
 `Renderer.pages` keeps one request in flight: the worker renders page n+1 while the caller
 embeds page n.
 
-The worker is `python -m ragvl.ingest.worker FD` (started with subprocess, not multiprocessing,
-so it never re-imports the caller's __main__), talking over an inherited socket; its stdout and
+The worker is `python -c _BOOT FD` (started with subprocess, not multiprocessing, so it never
+re-imports the caller's __main__), talking over an inherited socket; its stdout and
 stderr go to /dev/null (MuPDF may print there) unless RAGVL_DEBUG=1.
 
 Test hooks (environment, read by the worker): RAGVL_TEST_RENDER_HANG=3,7 makes it sleep on
@@ -37,6 +37,12 @@ from .pages import DocumentInfo, PageResult, SkippedPage, describe, render_resul
 PAGE_TIMEOUT = 60.0  # seconds for one page (or one open); RAGVL_PAGE_TIMEOUT overrides it
 START_TIMEOUT = 120.0  # seconds for a fresh worker to import PyMuPDF and say it is ready
 _HANG_ENV, _CRASH_ENV = "RAGVL_TEST_RENDER_HANG", "RAGVL_TEST_RENDER_CRASH"
+# The worker's entry point. PyMuPDF 2 imports its optional `pymupdf.layout` (an ONNX layout model
+# for pymupdf4llm) unconditionally, which is most of its import time (2.5 of 4 s on a busy
+# machine); rendering and get_text() do not use it (same pixels and text on sample_pdfs/), so
+# the worker blocks that import and starts in a fraction of the time.
+_BOOT = ("import sys; sys.modules['pymupdf.layout'] = None; "
+         "from ragvl.ingest.worker import serve_fd; serve_fd(int(sys.argv[1]))")
 
 
 def page_timeout() -> float:
@@ -78,7 +84,7 @@ class Renderer:
         fd = child.fileno()
         sink = None if os.environ.get("RAGVL_DEBUG") == "1" else subprocess.DEVNULL
         try:
-            self._proc = subprocess.Popen([sys.executable, "-m", "ragvl.ingest.worker", str(fd)], pass_fds=(fd,),
+            self._proc = subprocess.Popen([sys.executable, "-c", _BOOT, str(fd)], pass_fds=(fd,),
                                           stdin=subprocess.DEVNULL, stdout=sink, stderr=sink)
         except OSError as e:
             parent.close()
@@ -268,5 +274,6 @@ def _serve(conn: Connection) -> None:
         conn.send(reply)
 
 
-if __name__ == "__main__":
-    _serve(Connection(int(sys.argv[1])))
+def serve_fd(fd: int) -> None:
+    """The worker's main loop on the inherited socket `fd` (see `_BOOT`)."""
+    _serve(Connection(fd))
