@@ -103,7 +103,8 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
                     raise RagvlError(f"{key}: changed while being indexed; run again")
                 rows = []
                 bar.note = Path(key).name
-                for page in renderer.pages(renderer.open(key), dpi):
+                info = renderer.open(key)  # ingest.DocumentInfo: page count, kind, metadata (title, dates)
+                for page in renderer.pages(info, dpi):  # RenderedPage (png, size, text) or SkippedPage
                     if page.skipped:
                         summary.skipped_pages.append((key, page.number, page.reason))
                         log(f"skipped: {page.message(key)}")

@@ -16,6 +16,7 @@ What MuPDF (1.28) does with damaged files, and what ragvl does about it:
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 from pathlib import Path
@@ -49,6 +50,12 @@ DEFAULT_DPI = 120
 # rasterizing, so memory never grows with the page size. 1600 px keeps a square page at 2.56 Mpx,
 # still ~2.5x what the answer model reads, and what is embedded, stored and read is one image.
 MAX_SIDE = 1600
+
+# Qwen2-VL's smart_resize (so the embedder and the answer model) refuses images whose long side
+# is over 200 times the short one; such a page is skipped here, named, rather than failing its
+# document at embedding. Real pages never come close (a 200-inch banner 1 inch high); damaged
+# MediaBoxes (billions of points wide) do.
+MAX_ASPECT_RATIO = 200
 
 
 class PageError(RagvlError):
@@ -179,8 +186,11 @@ class PdfDocument:
         page = self._load(index)
         try:
             zoom = fit_zoom(page.rect, self._zoom(dpi), max_side)
+            _check_shape(self.path, index + 1, page.rect, zoom)
             pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
             image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples, "raw", "RGB", pix.stride)
+        except PageError:
+            raise
         except Exception as e:
             detail = first_detail(take_mupdf_messages()) or short(e)
             raise PageError(self.path, index + 1, f"cannot render ({detail})") from None
@@ -311,12 +321,23 @@ def fit_zoom(rect: pymupdf.Rect, zoom: float, max_side: int | None) -> float:
         r = (rect * pymupdf.Matrix(z, z)).irect
         return max(r.width, r.height)
 
-    if side(zoom) <= max_side:
-        return zoom
-    z = max_side / max(rect.width, rect.height, 1e-9)
+    # Computed in floats first: a damaged MediaBox can be billions of points wide, and its
+    # rect at the full zoom would not even fit MuPDF's integer pixel coordinates.
+    z = min(zoom, max_side / max(rect.width, rect.height, 1e-9))
     while side(z) > max_side and z > 1e-9:  # rounding outwards can add a row or column
         z *= 0.999
     return z
+
+
+def _check_shape(path: Path, number: int, rect: pymupdf.Rect, zoom: float) -> None:
+    """PageError unless the page renders to a non-empty image that the embedder can read."""
+    w, h = rect.width, rect.height
+    if not (math.isfinite(w) and math.isfinite(h) and w > 0 and h > 0):
+        raise PageError(path, number, f"invalid page size ({short(w)} x {short(h)} pt)")
+    px = (rect * pymupdf.Matrix(zoom, zoom)).irect
+    if px.width < 1 or px.height < 1 or max(px.width, px.height) / min(px.width, px.height) > MAX_ASPECT_RATIO:
+        raise PageError(path, number, f"page is {w:.6g} x {h:.6g} pt, an aspect ratio over {MAX_ASPECT_RATIO} "
+                                      "(a damaged page size? the models cannot read such a strip)")
 
 
 def open_pdf(path: str | os.PathLike) -> PdfDocument:
