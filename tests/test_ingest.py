@@ -203,3 +203,11 @@ def test_bad_timeout_setting_is_one_line(monkeypatch):
     with pytest.raises(RagvlError, match=r"RAGVL_PAGE_TIMEOUT='soon': not a number"):
         Renderer()
     assert os.environ["RAGVL_PAGE_TIMEOUT"] == "soon"
+
+
+def test_hanging_open_is_a_one_line_refusal(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAGVL_TEST_RENDER_HANG", "0")
+    path = make_pdf(tmp_path / "r.pdf", 1)
+    with Renderer(timeout=1.5) as r:
+        with pytest.raises(RagvlError, match=r"r\.pdf: opening it took longer than 1\.5 s$"):
+            r.open(path)

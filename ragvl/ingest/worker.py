@@ -15,7 +15,8 @@ re-imports the caller's __main__), talking over an inherited socket; its stdout 
 stderr go to /dev/null (MuPDF may print there) unless RAGVL_DEBUG=1.
 
 Test hooks (environment, read by the worker): RAGVL_TEST_RENDER_HANG=3,7 makes it sleep on
-pages 3 and 7 of every document; RAGVL_TEST_RENDER_CRASH=2 makes it die by SIGSEGV on page 2.
+pages 3 and 7 of every document (0: when opening one); RAGVL_TEST_RENDER_CRASH=2 makes it die by
+SIGSEGV on page 2.
 """
 
 from __future__ import annotations
@@ -92,10 +93,14 @@ class Renderer:
         finally:
             child.close()
         self._conn, self._pending, self._open_path = parent, 0, None
+        hint = "run with RAGVL_DEBUG=1 to see its errors"
+        if not parent.poll(START_TIMEOUT):
+            self._kill()
+            raise RagvlError(f"the page renderer did not start within {START_TIMEOUT:g} s; {hint}")
         try:
-            self._receive(START_TIMEOUT)
-        except _WorkerLost as e:
-            raise RagvlError(f"the page renderer did not start ({e})") from None
+            parent.recv()  # ("ready", None)
+        except (EOFError, OSError):
+            raise RagvlError(f"the page renderer did not start ({self._kill()}); {hint}") from None
 
     def _kill(self) -> str:
         """Kill the worker; the cause of its death for messages."""
@@ -144,19 +149,18 @@ class Renderer:
             raise _WorkerLost(f"the renderer died ({self._kill()})") from None
         self._pending += 1
 
-    def _receive(self, timeout: float | None = None):
-        timeout = self.timeout if timeout is None else timeout
-        if not self._conn.poll(timeout):
+    def _receive(self, doing: str = "rendering"):
+        if not self._conn.poll(self.timeout):
             self._kill()
             self.restarts += 1
-            raise _WorkerLost(f"rendering took longer than {timeout:g} s")
+            raise _WorkerLost(f"{doing} took longer than {self.timeout:g} s")
         try:
             reply = self._conn.recv()
         except (EOFError, OSError):
             why = self._kill()
             self.restarts += 1
-            raise _WorkerLost(f"MuPDF crashed while rendering ({why})") from None
-        self._pending = max(0, self._pending - 1)
+            raise _WorkerLost(f"MuPDF crashed while {doing} ({why})") from None
+        self._pending -= 1
         return reply
 
     def _drain(self) -> None:
@@ -172,9 +176,9 @@ class Renderer:
         self._drain()
         try:
             self._send(("open", str(path)))
-            status, value = self._receive()
+            status, value = self._receive("opening it")
         except _WorkerLost as e:
-            raise RagvlError(f"{path}: cannot be opened: {e}") from None
+            raise RagvlError(f"{path}: {e}") from None
         if status != "ok":
             self._open_path = None
             raise RagvlError(value)
@@ -187,26 +191,28 @@ class Renderer:
         hung past the time limit or crashed the worker. The next page renders while the caller
         works on this one."""
         self._drain()
-        n = info.page_count
-        if n and self._open_path != info.path:
-            self.open(info.path)
-        if n:
-            self._send(("render", 0, dpi, max_side))
+        n, in_flight, lost = info.page_count, False, None
         for index in range(n):
             try:
-                status, result = self._receive()
+                if lost is not None:  # the document could not be reopened after a worker restart
+                    raise lost
+                if not in_flight:
+                    if self._open_path != info.path:
+                        self.open(info.path)
+                    self._send(("render", index, dpi, max_side))
+                _, result = self._receive()
             except _WorkerLost as e:
                 result = SkippedPage(index + 1, str(e))
-                if index + 1 < n:
-                    try:
-                        self.open(info.path)  # a fresh worker, the same document
-                    except RagvlError as err:
-                        yield result
-                        for rest in range(index + 1, n):
-                            yield SkippedPage(rest + 1, f"the document could not be reopened ({short(err)})")
-                        return
-            if index + 1 < n:
-                self._send(("render", index + 1, dpi, max_side))
+            except RagvlError as e:
+                lost = lost or e
+                result = SkippedPage(index + 1, f"the document could not be reopened ({short(e)})")
+            in_flight = False
+            if index + 1 < n and self._proc is not None and self._open_path == info.path:
+                try:  # the worker renders the next page while the caller works on this one
+                    self._send(("render", index + 1, dpi, max_side))
+                    in_flight = True
+                except _WorkerLost:
+                    pass  # a fresh worker reopens the document at the top of the loop
             yield result
 
 
@@ -254,6 +260,8 @@ def _serve(conn: Connection) -> None:
             if doc is not None:
                 doc.close()
                 doc = None
+            if 0 in hang:
+                time.sleep(3600)
             try:
                 doc = open_document(message[1])
                 reply = ("ok", describe(doc))
