@@ -45,7 +45,8 @@ def _child(conn, workdir: str) -> None:
         path = Path(workdir) / f"fuzz-{name}"
         path.write_bytes(data)
         try:
-            conn.send(("ok", check_file(path)))
+            causes: list[str] = []
+            conn.send(("ok", (check_file(path, causes=causes), causes)))
         except BaseException:  # noqa: BLE001 - every escape is the finding
             conn.send(("bug", traceback.format_exc()))
 
@@ -68,7 +69,7 @@ class Child:
             self.restart()
             return "hang", f"no answer within {timeout} s"
         try:
-            return self.conn.recv()
+            return self.conn.recv()  # ("ok", (outcome, causes)) or ("bug", traceback)
         except EOFError:
             code = self.restart()
             return "crash", f"child died (exit code {code})"
@@ -93,6 +94,7 @@ def main() -> None:
     seeds = seed_corpus(ROOT)
     rng = random.Random(args.seed)
     counts: Counter[str] = Counter()
+    causes: Counter[str] = Counter()  # files per cause of a refusal or a skipped page
     findings = []
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as workdir:
@@ -103,6 +105,9 @@ def main() -> None:
             mutations = draw_mutations(rng)
             status, detail = child.run(name, apply_mutations(data, mutations), args.timeout)
             n += 1
+            if status == "ok":
+                detail, found = detail
+                causes.update(set(found))
             counts[detail if status == "ok" else status] += 1
             if status != "ok":
                 args.out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +122,7 @@ def main() -> None:
                 print(f"{n} executions, {time.monotonic() - t0:.0f} s: {dict(counts)}", file=sys.stderr, flush=True)
         child.proc.kill()
     print(json.dumps({"executions": n, "seconds": round(time.monotonic() - t0, 1), "seed": args.seed,
-                      "outcomes": dict(counts), "findings": findings}))
+                      "outcomes": dict(counts), "causes": dict(causes.most_common()), "findings": findings}))
 
 
 if __name__ == "__main__":

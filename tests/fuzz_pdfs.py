@@ -86,11 +86,13 @@ def seed_corpus(root: Path) -> list[tuple[str, bytes]]:
     return seeds
 
 
-def check_file(path: Path, *, dpi: float = 20, max_side: int = 256) -> str:
+def check_file(path: Path, *, dpi: float = 20, max_side: int = 256, causes: list | None = None) -> str:
     """Validate and render `path` in-process; the outcome ("rendered", "refused", "pages skipped").
 
-    Raises AssertionError (a bug) for anything outside the rule in the module docstring.
+    Raises AssertionError (a bug) for anything outside the rule in the module docstring. The
+    causes of a refusal or of skipped pages are appended to `causes`, as `cause_kind` words.
     """
+    causes = [] if causes is None else causes
     from ragvl.errors import RagvlError
     from ragvl.ingest import RenderedPage, SkippedPage, describe, open_document, render_result
 
@@ -100,12 +102,14 @@ def check_file(path: Path, *, dpi: float = 20, max_side: int = 256) -> str:
             results = [render_result(doc, i, dpi, max_side=max_side) for i in range(info.page_count)]
     except RagvlError as e:
         _one_line(str(e), path)
+        causes.append(cause_kind(str(e).removeprefix(f"{path}: ")))
         return "refused"
     assert info.page_count >= 1
     for number, r in enumerate(results, 1):
         assert r.number == number
         if isinstance(r, SkippedPage):
             _one_line(r.message(str(path)), path)
+            causes.append("page: " + cause_kind(r.reason))
         else:
             assert isinstance(r, RenderedPage) and r.png.startswith(b"\x89PNG")
             assert 1 <= r.width <= max_side and 1 <= r.height <= max_side, (r.width, r.height)
@@ -116,3 +120,8 @@ def check_file(path: Path, *, dpi: float = 20, max_side: int = 256) -> str:
 def _one_line(message: str, path: Path) -> None:
     assert "\n" not in message and "\r" not in message, message
     assert str(path) in message, message
+
+
+def cause_kind(message: str) -> str:
+    """A message's kind for counting: its words before any parenthesis, colon or number."""
+    return re.split(r"[(:;0-9]", message, maxsplit=1)[0].strip()
