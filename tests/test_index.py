@@ -188,7 +188,7 @@ def test_bad_pages_are_skipped_and_named_images_are_documents(tmp_path, tiny_emb
     poster.new_page(width=5000, height=2500).insert_text((100, 1000), "Poster", fontsize=400)
     poster.save(docs / "poster.pdf")
     r = ragvl("index", docs, "--db", tmp_path / "db", "--embedder", tiny_embedder, "--json", "-q",
-              env={"RAGVL_TEST_RENDER_HANG": "4", "RAGVL_PAGE_TIMEOUT": "3"})
+              env={"RAGVL_TEST_RENDER_HANG": "4", "RAGVL_PAGE_TIMEOUT": "5"})
     assert r.returncode == 1, r.stderr  # skipped pages make the run exit 1, so that scripts notice
     summary = json.loads(r.stdout)
     assert summary["failed"] == []
@@ -196,9 +196,9 @@ def test_bad_pages_are_skipped_and_named_images_are_documents(tmp_path, tiny_emb
     skipped = {(Path(s["path"]).name, s["page"]): s["reason"] for s in summary["skipped_pages"]}
     assert list(skipped) == [("broken.pdf", 2), ("slow.pdf", 4)]
     assert "corrupt page" in skipped[("broken.pdf", 2)]
-    assert skipped[("slow.pdf", 4)] == "rendering took longer than 3 s"
+    assert skipped[("slow.pdf", 4)] == "rendering took longer than 5 s"
     assert f"skipped: {broken}: page 2: corrupt page" in r.stderr
-    assert f"skipped: {slow}: page 4: rendering took longer than 3 s" in r.stderr
+    assert f"skipped: {slow}: page 4: rendering took longer than 5 s" in r.stderr
     assert "2 skipped" in r.stderr.splitlines()[-1]
     stored = rows(tmp_path / "db")
     assert sorted((Path(p).name, n) for p, n in stored) == [

@@ -155,12 +155,13 @@ def test_hanging_page_is_skipped_with_its_name(tmp_path, monkeypatch):
     monkeypatch.setenv("RAGVL_TEST_RENDER_HANG", "2")
     path = make_pdf(tmp_path / "r.pdf", 3)
     t0 = time.monotonic()
-    with Renderer(timeout=1.5) as r:
+    # 5 s: the other pages must render within it even on a loaded machine (they take ~20 ms of CPU)
+    with Renderer(timeout=5) as r:
         pages = _pages(r, path)
         assert r.restarts == 1
-    assert time.monotonic() - t0 < 30
+    assert time.monotonic() - t0 < 60
     assert [p.skipped for p in pages] == [False, True, False]
-    assert pages[1] == SkippedPage(2, "rendering took longer than 1.5 s")
+    assert pages[1] == SkippedPage(2, "rendering took longer than 5 s")
 
 
 def test_crashing_page_is_skipped_and_the_run_goes_on(tmp_path, monkeypatch):
