@@ -67,7 +67,7 @@ def answer_cases() -> list[dict]:
 
 def _case_pages(cases: list[dict]) -> dict[tuple[str, int], tuple[str, bytes]]:
     """{(file name, page): (path, PNG bytes)} of every page the cases use, as the index stores them."""
-    from ragvl.pdf import png_bytes
+    from ragvl.ingest import png_bytes
 
     want = list(dict.fromkeys((f, p) for c in cases for f, p in c["pages"]))
     return {(name, page): (path, png_bytes(image)) for name, page, path, image in render_pages(only=want)}

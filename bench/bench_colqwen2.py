@@ -70,7 +70,7 @@ CKPT_FORMAT = 2  # bump when the ColQwen2 derivation changes
 
 def sample_pdfs() -> list[Path]:
     """The sample PDFs in the order ragvl's indexer walks them (sorted resolved paths)."""
-    from ragvl.pdf import find_pdfs
+    from ragvl.ingest import find_pdfs
 
     return find_pdfs([SAMPLES])
 
@@ -78,7 +78,7 @@ def sample_pdfs() -> list[Path]:
 def render_pages(limit: int | None = None, only: list[tuple[str, int]] | None = None):
     """[(file name, 1-based page, path, RGB PIL image)] of the sample pages at DEFAULT_DPI, as the
     indexer renders them. `only`: just these (file name, page) pairs, in that order."""
-    from ragvl.pdf import DEFAULT_DPI, open_pdf
+    from ragvl.ingest import DEFAULT_DPI, open_pdf
 
     pages = []
     for pdf in sample_pdfs():

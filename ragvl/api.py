@@ -28,7 +28,7 @@ from .models.runtime.generation import GenerationSettings
 from .models.contract.manifest import KIND_EMBEDDER, KIND_ANSWERER
 from .models.runtime.qwen2vl import Qwen2VL
 from .models.contract.registry import resolve_model
-from .pdf import DEFAULT_DPI
+from .ingest import DEFAULT_DPI
 
 
 class Index:
@@ -68,11 +68,11 @@ class Index:
 
     # -- the three jobs -------------------------------------------------------------------
     def index(self, paths: Iterable[str | Path], dpi: int = DEFAULT_DPI, progress: bool = True) -> IndexSummary:
-        """Bring the index up to date with the PDFs under `paths` (files or folders)."""
-        from .pdf import find_pdfs
+        """Bring the index up to date with the PDFs and image files under `paths` (files or folders)."""
+        from .ingest import find_documents
 
         paths = list(paths)
-        find_pdfs(paths)  # a missing path fails before the model loads
+        find_documents(paths)  # a missing path fails before the model loads
         embedder = self.embedder  # a missing model fails before the index folder is created
         store = PageStore(self.db, create=True)
         summary = index_paths(paths, store, embedder, dpi=dpi, log=self.log, progress=progress)

@@ -17,7 +17,7 @@ from ragvl.errors import RagvlError
 from ragvl.index.indexer import index_paths
 from ragvl.index.store import PageStore, vectors_from_column
 from ragvl.models.runtime.colqwen2 import ColQwen2
-from tiny_pdfs import make_pdf
+from tiny_pdfs import break_page_content, make_image, make_pdf
 
 
 class CountingEmbedder:
@@ -79,7 +79,7 @@ def test_incremental_runs(tmp_path, embedder):
 def test_float16_storage_keeps_the_embeddings(tmp_path, embedder):
     doc = make_pdf(tmp_path / "d.pdf", 1, seed=4)
     index_paths([doc], PageStore(tmp_path / "db", create=True), embedder, progress=False)
-    from ragvl.pdf import DEFAULT_DPI, open_pdf
+    from ragvl.ingest import DEFAULT_DPI, open_pdf
 
     with open_pdf(doc) as d:
         fp32 = embedder.embed_images([d.render_page(0, DEFAULT_DPI)])[0]
@@ -187,3 +187,47 @@ def test_killed_run_then_rerun_gives_the_same_rows(tmp_path, tiny_embedder):
     assert ragvl(*args, "--db", db).returncode == 0
     assert rows(db) == expected
     shutil.rmtree(db)
+
+
+def test_bad_pages_are_skipped_and_named_images_are_documents(tmp_path, tiny_embedder, embedder):
+    """One corrupt page and one hanging page cost those pages only; an image file is a one-page
+    document; a poster page is stored downscaled and embedded from exactly the stored image."""
+    import io
+
+    import pymupdf
+    from PIL import Image
+
+    docs = tmp_path / "docs"
+    broken = break_page_content(make_pdf(docs / "broken.pdf", 3, seed=1), [2])
+    slow = make_pdf(docs / "slow.pdf", 4, seed=2)  # its page 4 hangs (the test hook below)
+    scan = make_image(docs / "scans" / "receipt.png", size=(420, 300))
+    poster = pymupdf.open()
+    poster.new_page(width=5000, height=2500).insert_text((100, 1000), "Poster", fontsize=400)
+    poster.save(docs / "poster.pdf")
+    r = ragvl("index", docs, "--db", tmp_path / "db", "--embedder", tiny_embedder, "--json", "-q",
+              env={"RAGVL_TEST_RENDER_HANG": "4", "RAGVL_PAGE_TIMEOUT": "5"})
+    assert r.returncode == 1, r.stderr  # skipped pages make the run exit 1, so that scripts notice
+    summary = json.loads(r.stdout)
+    assert summary["failed"] == []
+    assert sorted(Path(p).name for p in summary["new"]) == ["broken.pdf", "poster.pdf", "receipt.png", "slow.pdf"]
+    skipped = {(Path(s["path"]).name, s["page"]): s["reason"] for s in summary["skipped_pages"]}
+    assert list(skipped) == [("broken.pdf", 2), ("slow.pdf", 4)]
+    assert "corrupt page" in skipped[("broken.pdf", 2)]
+    assert skipped[("slow.pdf", 4)] == "rendering took longer than 5 s"
+    assert f"skipped: {broken}: page 2: corrupt page" in r.stderr
+    assert f"skipped: {slow}: page 4: rendering took longer than 5 s" in r.stderr
+    assert "2 skipped" in r.stderr.splitlines()[-1]
+    stored = rows(tmp_path / "db")
+    assert sorted((Path(p).name, n) for p, n in stored) == [
+        ("broken.pdf", 1), ("broken.pdf", 3), ("poster.pdf", 1), ("receipt.png", 1),
+        ("slow.pdf", 1), ("slow.pdf", 2), ("slow.pdf", 3)]
+
+    store = PageStore(tmp_path / "db")
+    image = Image.open(io.BytesIO(store.page_image(str(scan), 1)))
+    assert image.size == (420, 300)  # an image file keeps its own pixel size
+    big = Image.open(io.BytesIO(store.page_image(str((docs / "poster.pdf").resolve()), 1))).convert("RGB")
+    assert big.size == (1600, 800)
+    # what was embedded is exactly the stored image
+    want = embedder.embed_images([big])[0]
+    got = np.frombuffer(stored[(str((docs / "poster.pdf").resolve()), 1)][1], np.float16).reshape(-1, 128)
+    np.testing.assert_allclose(got.astype(np.float32), want, atol=1e-3)

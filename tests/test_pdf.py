@@ -1,4 +1,4 @@
-"""ragvl.pdf: finding PDFs, rejecting bad files with one-line errors, rendering pages.
+"""ragvl.ingest: finding documents, rejecting bad files with one-line errors, rendering pages.
 
 Every PDF here is built in a tmp folder with PyMuPDF (text, a drawn chart, an embedded image),
 then broken in each way a user's folder can hold: encrypted, truncated, garbage, empty, another
@@ -19,11 +19,14 @@ import pymupdf
 import pytest
 from PIL import Image
 
-import ragvl.pdf as rpdf
+import ragvl.ingest as ingest
+import ragvl.ingest.document as rdoc
+import ragvl.ingest.files as rfiles
+import ragvl.ingest.validate as rvalidate
 from ragvl.errors import RagvlError
 from ragvl import fsutil
 from ragvl.fsutil import sha256_file
-from ragvl.pdf import DEFAULT_DPI, MAX_PAGE_PIXELS, find_pdfs, open_pdf, png_bytes
+from ragvl.ingest import DEFAULT_DPI, MAX_SIDE, find_pdfs, open_pdf, png_bytes
 
 A4 = (595, 842)
 LETTER = (612, 792)
@@ -112,7 +115,7 @@ def _expected_size(w_pt, h_pt, dpi):
 @pytest.mark.parametrize("dpi", [DEFAULT_DPI, 72, 150, 97.5])
 def test_render_size_is_points_times_dpi_over_72(good, dpi):
     with open_pdf(good) as doc:
-        sizes = [doc.render_page(i, dpi).size for i in range(doc.page_count)]
+        sizes = [doc.render_page(i, dpi, max_side=None).size for i in range(doc.page_count)]
         assert doc.page_size(0) == A4 and doc.page_size(2) == LETTER
     assert sizes == [_expected_size(*A4, dpi), _expected_size(*A4, dpi), _expected_size(*LETTER, dpi)]
 
@@ -124,7 +127,8 @@ def test_render_size_numbers(good):
         assert doc.render_page(0).size == (992, 1404)
         assert doc.render_page(2).size == (1020, 1320)  # Letter: exact
         assert doc.render_page(0, 72).size == A4
-        assert doc.render_page(0, 144).size == (1190, 1684)
+        assert doc.render_page(0, 144, max_side=None).size == (1190, 1684)
+        assert doc.render_page(0, 144).size == (1131, 1600)  # the stored-image bound, MAX_SIDE
         # enough for Qwen2-VL's ~1280-token budget (smart_resize keeps 840x1176 of an A4 page)
         w, h = doc.render_page(0).size
         assert w >= 840 and h >= 1176 and w * h > 1280 * 28 * 28
@@ -145,20 +149,23 @@ def test_huge_page_is_capped(tmp_path):
     doc.new_page(width=A4[0], height=A4[1])
     doc.save(tmp_path / "poster.pdf")
     with open_pdf(tmp_path / "poster.pdf") as pdf:
-        w, h = pdf.render_page(0, max_pixels=200_000).size
-        assert w * h <= 200_000 and w * h > 190_000 and abs(w / h - 2) < 0.01
-        assert pdf.render_page(1, max_pixels=200_000).size == (376, 531)  # A4 at ~45.5 DPI
-        assert pdf.render_page(1, max_pixels=None).size == (992, 1404)
-        assert rpdf._fit_zoom(pdf._load(0).rect, DEFAULT_DPI / 72, MAX_PAGE_PIXELS) < DEFAULT_DPI / 72
-        z = rpdf._fit_zoom(pdf._load(0).rect, DEFAULT_DPI / 72, MAX_PAGE_PIXELS)
-        irect = (pdf._load(0).rect * pymupdf.Matrix(z, z)).irect
-        assert irect.width * irect.height <= MAX_PAGE_PIXELS
+        assert MAX_SIDE == 1600
+        assert pdf.render_page(0).size == (1600, 800)  # the default bound: 8 DPI
+        w, h = pdf.render_page(0, max_side=500).size
+        assert max(w, h) == 500 and abs(w / h - 2) < 0.01
+        assert pdf.render_page(1, max_side=500).size == (354, 500)  # A4 at ~42.8 DPI
+        assert pdf.render_page(1, max_side=None).size == (992, 1404)
+        assert pdf.render_page(1).size == (992, 1404)  # ordinary pages are not touched by the bound
+        for side in (1600, 999, 37):
+            z = ingest.fit_zoom(pdf._load(0).rect, DEFAULT_DPI / 72, side)
+            irect = (pdf._load(0).rect * pymupdf.Matrix(z, z)).irect
+            assert side - 2 <= max(irect.width, irect.height) <= side
 
 
 def test_page_conventions_are_documented(good):
-    assert "0-based" in rpdf.PdfDocument.render_page.__doc__
-    assert "1-based" in rpdf.PdfDocument.iter_pages.__doc__
-    assert "0-based" in rpdf.__doc__ and "1-based" in rpdf.__doc__
+    assert "0-based" in ingest.PdfDocument.render_page.__doc__
+    assert "1-based" in ingest.PdfDocument.iter_pages.__doc__
+    assert "0-based" in ingest.__doc__ and "1-based" in ingest.__doc__
     with open_pdf(good) as doc:
         with pytest.raises(IndexError, match="0-based"):
             doc.render_page(3)
@@ -332,7 +339,7 @@ def test_permission_denied(tmp_path, good, monkeypatch):
             def denied(path, *a, **k):
                 raise PermissionError(13, "Permission denied", str(path))
 
-            monkeypatch.setattr(rpdf, "open", denied, raising=False)
+            monkeypatch.setattr(rvalidate, "open", denied, raising=False)
             monkeypatch.setattr(fsutil, "open", denied, raising=False)
         _one_line_error(good, r"permission denied")
         with pytest.raises(RagvlError, match=r"report\.pdf: permission denied"):
@@ -348,7 +355,7 @@ def test_unreadable_folder(tmp_path, monkeypatch):
         onerror(PermissionError(13, "Permission denied", str(top)))
         return iter(())
 
-    monkeypatch.setattr(rpdf.os, "walk", walk)
+    monkeypatch.setattr(rfiles.os, "walk", walk)
     with pytest.raises(RagvlError, match=r"locked: cannot read folder \(permission denied\)"):
         find_pdfs([tmp_path / "locked"])
 
@@ -385,7 +392,7 @@ def test_render_exception_names_file_and_page(good, monkeypatch):
 _QUIET_SCRIPT = """
 import sys, pymupdf
 from ragvl.errors import RagvlError
-from ragvl.pdf import open_pdf
+from ragvl.ingest import open_pdf
 # PyMuPDF prints "MuPDF error: ..." / "MuPDF warning: ..." when these are on (the default of
 # older versions); ragvl turns them off again on every open.
 pymupdf.TOOLS.mupdf_display_errors(True)
@@ -409,7 +416,7 @@ def test_mupdf_stays_quiet(tmp_path, good_bytes):
                        ("tail.pdf", good_bytes + b" " * 2000)]:
         (tmp_path / name).write_bytes(data)
         paths.append(str(tmp_path / name))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(rpdf.__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(ingest.__file__))))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("PYMUPDF_MESSAGE", None)
     proc = subprocess.run([sys.executable, "-c", _QUIET_SCRIPT, *paths], capture_output=True, text=True,
@@ -507,8 +514,18 @@ def test_png_bytes_roundtrip(good):
     assert np.array_equal(np.asarray(back), np.asarray(image))
 
 
-def test_module_imports_only_errors_and_fsutil_from_ragvl():
-    src = open(rpdf.__file__).read()
-    imports = re.findall(r"^\s*(?:from|import)\s+(\.\S*|ragvl\S*)", src, re.MULTILINE)
-    assert set(imports) <= {".errors", ".fsutil"}, imports
-    assert sys.modules["ragvl.pdf"] is rpdf
+def test_ingest_imports_only_errors_and_fsutil_from_ragvl():
+    # ingest is the bottom layer: nothing above it (models, index, answer, api, cli) is imported.
+    folder = os.path.dirname(ingest.__file__)
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            src = open(os.path.join(folder, name)).read()
+            imports = re.findall(r"^\s*(?:from|import)\s+(\.\S*|ragvl\S*)", src, re.MULTILINE)
+            outside = {i for i in imports if i.startswith("..") or i.startswith("ragvl")}
+            assert outside <= {"..errors", "..fsutil"}, (name, imports)
+
+
+def test_old_import_path_still_works():
+    import ragvl.pdf
+
+    assert ragvl.pdf.open_pdf is open_pdf and ragvl.pdf.find_documents is ingest.find_documents

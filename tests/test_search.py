@@ -36,7 +36,7 @@ def indexed(tmp_path_factory, tiny_embedder):
 def test_search_scores_and_ranking_match_colpali(indexed, tiny_embedder):
     import tiny_colqwen2 as tq
 
-    from ragvl.pdf import DEFAULT_DPI, find_pdfs, open_pdf
+    from ragvl.ingest import DEFAULT_DPI, find_pdfs, open_pdf
 
     db, docs = indexed
     pages, labels = [], []

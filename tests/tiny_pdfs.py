@@ -21,3 +21,29 @@ def make_pdf(path, n_pages: int = 2, seed: int = 0, title: str = "Report"):
     doc.save(path)
     doc.close()
     return path
+
+
+def break_page_content(path, numbers):
+    """Rewrite the PDF at `path` so that the pages `numbers` (1-based) lose their content stream
+    (it points at the catalog, not a stream): MuPDF draws nothing for them and warns."""
+    import pymupdf
+
+    doc = pymupdf.open(path)
+    for number in numbers:
+        doc.xref_set_key(doc[number - 1].xref, "Contents", f"{doc.pdf_catalog()} 0 R")
+    data = doc.tobytes()
+    doc.close()
+    path.write_bytes(data)
+    return path
+
+
+def make_image(path, size=(300, 200), color=(10, 200, 30), **save):
+    """A small real image file; the format follows the suffix (.png, .jpg, .tif, ...)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.new("RGB", size, color)
+    for x in range(0, size[0], 40):  # some structure, so the picture is not flat
+        image.paste((255, 255, 255), (x, 0, x + 10, size[1]))
+    image.save(path, **save)
+    return path

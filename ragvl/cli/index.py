@@ -13,7 +13,7 @@ from ._common import DB, DEVICE, EMBEDDER, fail, log
 
 
 def index(
-    paths: List[Path] = typer.Argument(..., help="PDF files or folders (searched recursively for *.pdf)."),
+    paths: List[Path] = typer.Argument(..., help="PDF or image files, or folders (searched recursively for PDFs and images)."),
     db: Optional[Path] = DB,
     embedder: Optional[Path] = EMBEDDER,
     dpi: Optional[int] = typer.Option(None, "--dpi", help="Rasterization DPI (default 120)."),
@@ -21,9 +21,9 @@ def index(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Index PDFs: rasterize every page, embed it with ColQwen2, store it in LanceDB (incrementally)."""
+    """Index PDFs and images: rasterize every page, embed it with ColQwen2, store it in LanceDB (incrementally)."""
     from ..api import Index
-    from ..pdf import DEFAULT_DPI
+    from ..ingest import DEFAULT_DPI
 
     idx = Index(db, embedder=embedder, device=device, log=log)
     try:
@@ -34,5 +34,5 @@ def index(
     if as_json:
         print(json.dumps({**summary.as_dict(), "db": str(idx.db)}, ensure_ascii=False))
     log(summary.line())
-    if summary.failed:
+    if summary.failed or summary.skipped_pages:  # exit 1 so that scripts notice what is missing
         raise typer.Exit(1)

@@ -1,9 +1,10 @@
-"""`ragvl index`: PDFs -> page images -> ColQwen2 multi-vectors -> the LanceDB page table.
+"""`ragvl index`: PDFs and image files -> page images -> ColQwen2 multi-vectors -> the LanceDB page table.
 
 Incremental by content: a document whose sha256 is already indexed under its path is skipped
 with no model work; a changed one has all its pages replaced in one commit; documents gone from
 an indexed folder are removed. A file that cannot be read is reported and skipped, and the
-others are still indexed.
+others are still indexed. A page that cannot be rendered (corrupt, or it hangs or crashes MuPDF)
+is skipped and named; the document's other pages are indexed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from PIL import Image
 
 from ..errors import RagvlError
 from ..fsutil import sha256_file
-from ..pdf import DEFAULT_DPI, find_pdfs, open_pdf, png_bytes
+from ..ingest import DEFAULT_DPI, Renderer, find_documents
 from ..progress import Progress
 from .store import PageRow, PageStore
 
@@ -40,17 +41,19 @@ class IndexSummary:
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    skipped_pages: list[tuple[str, int, str]] = field(default_factory=list)  # (path, page number, reason)
     pages: int = 0  # pages embedded in this run
     seconds: float = 0.0
 
     def line(self) -> str:
         return (f"documents: {len(self.new)} new, {len(self.changed)} changed, {len(self.unchanged)} unchanged, "
-                f"{len(self.removed)} removed, {len(self.failed)} failed; {self.pages} pages embedded "
-                f"in {self.seconds:.1f}s")
+                f"{len(self.removed)} removed, {len(self.failed)} failed; {self.pages} pages embedded, "
+                f"{len(self.skipped_pages)} skipped in {self.seconds:.1f}s")
 
     def as_dict(self) -> dict:
         return {"new": self.new, "changed": self.changed, "unchanged": self.unchanged, "removed": self.removed,
                 "failed": [{"path": p, "reason": r} for p, r in self.failed], "pages": self.pages,
+                "skipped_pages": [{"path": p, "page": n, "reason": r} for p, n, r in self.skipped_pages],
                 "seconds": round(self.seconds, 3)}
 
 
@@ -73,58 +76,65 @@ def _test_pause(pages_seen: int) -> None:
 
 def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmbedder, dpi: int = DEFAULT_DPI,
                 log: Callable[[str], None] | None = None, progress: bool = True) -> IndexSummary:
-    """Bring the index up to date with the PDFs under `paths`; returns what happened."""
+    """Bring the index up to date with the PDFs and image files under `paths`; returns what happened."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
     paths = [Path(p) for p in paths]
-    pdfs = find_pdfs(paths)  # a missing path is an error before any work
+    pdfs = find_documents(paths)  # a missing path is an error before any work
     store.check_embedder(embedder.id)
     if not store.embedder:
         store.write_meta(embedder=embedder.id, dpi=dpi)
     indexed = store.documents()
     summary = IndexSummary()
 
-    # Plan: hash every file, open the ones that need work (page counts give the progress total).
-    todo = []
-    for pdf in pdfs:
-        key = str(pdf)
-        try:
-            sha = sha256_file(pdf)
-            if key in indexed and indexed[key][0] == sha:
-                summary.unchanged.append(key)
+    # Rendering happens in ragvl.ingest's worker process (a time limit per page; a page that hangs
+    # or crashes MuPDF is skipped and named, never the run).
+    with Renderer() as renderer:
+        # Plan: hash every file, open the ones that need work (page counts give the progress total).
+        todo = []
+        for pdf in pdfs:
+            key = str(pdf)
+            try:
+                sha = sha256_file(pdf)
+                if key in indexed and indexed[key][0] == sha:
+                    summary.unchanged.append(key)
+                    continue
+                n_pages = renderer.open(pdf).page_count  # validated now; reopened when rendered
+            except RagvlError as e:
+                summary.failed.append((key, str(e)))
+                log(f"skipped: {e}")
                 continue
-            with open_pdf(pdf) as doc:  # validated now; reopened when rendered (file handles are finite)
-                n_pages = doc.page_count
-        except RagvlError as e:
-            summary.failed.append((key, str(e)))
-            log(f"skipped: {e}")
-            continue
-        todo.append((key, sha, n_pages, key in indexed))
+            todo.append((key, sha, n_pages, key in indexed))
 
-    bar = Progress(sum(n for _, _, n, _ in todo), enabled=progress)
-    pages_seen = 0
-    for key, sha, _, was_indexed in todo:
-        try:
-            if sha256_file(Path(key)) != sha:
-                raise RagvlError(f"{key}: changed while being indexed; run again")
-            with open_pdf(Path(key)) as doc:
+        bar = Progress(sum(n for _, _, n, _ in todo), enabled=progress)
+        pages_seen = 0
+        for key, sha, _, was_indexed in todo:
+            try:
+                if sha256_file(Path(key)) != sha:
+                    raise RagvlError(f"{key}: changed while being indexed; run again")
                 rows = []
-                for i in range(doc.page_count):
-                    bar.note = Path(key).name
-                    image = doc.render_page(i, dpi)
-                    vectors = embedder.embed_images([image])[0]
-                    rows.append(PageRow(i + 1, image.width, image.height, png_bytes(image), vectors))
+                bar.note = Path(key).name
+                info = renderer.open(key)  # ingest.DocumentInfo: page count, kind, metadata (title, dates)
+                for page in renderer.pages(info, dpi):  # RenderedPage (png, size, text) or SkippedPage
+                    if page.skipped:
+                        summary.skipped_pages.append((key, page.number, page.reason))
+                        log(f"skipped: {page.message(key)}")
+                    else:  # embed exactly the stored image
+                        vectors = embedder.embed_images([page.image()])[0]
+                        rows.append(PageRow(page.number, page.width, page.height, page.png, vectors))
                     bar.update()
                     pages_seen += 1
                     _test_pause(pages_seen)
-            store.put_document(key, sha, rows, embedder.id)  # the commit point for this document
-        except RagvlError as e:
-            summary.failed.append((key, str(e)))
-            log(f"skipped: {e}")
-            continue
-        summary.pages += len(rows)
-        (summary.changed if was_indexed else summary.new).append(key)
-    bar.close()
+                if not rows:
+                    raise RagvlError(f"{key}: no page could be rendered")
+                store.put_document(key, sha, rows, embedder.id)  # the commit point for this document
+            except RagvlError as e:
+                summary.failed.append((key, str(e)))
+                log(f"skipped: {e}")
+                continue
+            summary.pages += len(rows)
+            (summary.changed if was_indexed else summary.new).append(key)
+        bar.close()
 
     # Documents that vanished from a folder we were asked to index.
     found = {str(p) for p in pdfs}
