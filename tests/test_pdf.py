@@ -20,7 +20,6 @@ import pytest
 from PIL import Image
 
 import ragvl.ingest as ingest
-import ragvl.ingest.document as rdoc
 import ragvl.ingest.files as rfiles
 import ragvl.ingest.validate as rvalidate
 from ragvl.errors import RagvlError
