@@ -14,8 +14,8 @@ What is here (one module per job):
 
 In more detail:
 
-* :func:`maxsim_scores` - the reference: simple, slow, exactly colpali-engine's
-  ``BaseVisualRetrieverProcessor.score_multi_vector`` (including its zero-padding quirk, below).
+* :func:`maxsim_scores` - the reference: simple, slow, colpali-engine's
+  ``BaseVisualRetrieverProcessor.score_multi_vector`` of each page scored alone (below).
 * :class:`PageMatrix` - every page's vectors in ONE contiguous ``(N, 128)`` matrix plus page
   offsets, stored as float16 (default) or float32, saved to / memory-mapped from a cache
   directory, with
@@ -31,20 +31,13 @@ Exact search costs ``2 * nq * 128 * N`` flops: 48 GFLOP for 25 query tokens agai
 out of the 2 dev-machine cores, so ~0.3-0.4 s a query at 10k pages is the floor for exact
 scoring there, and the first stage is what makes large indexes interactive.
 
-Colpali's zero-padding quirk, mirrored on purpose
--------------------------------------------------
-``score_multi_vector`` scores pages in batches of ``batch_size`` (128) and zero-pads every page
-of a batch to the batch's longest page (``pad_sequence(padding_value=0)``), with no mask. A
-padding row dots to exactly 0 with every query token, so for a page that is SHORTER than the
-longest page of its batch, each query token's max is ``max(true max, 0)``; a page that is the
-longest of its batch has no padding and keeps a negative max. The score of a page therefore
-depends on which pages share its batch. It only shows when all of a page's tokens have a
-negative dot with some query token - essentially never for real ColQwen2 pages (hundreds of
-tokens, a strong common direction), but easy to hit in tests. We reproduce it exactly so that
-scores and rankings equal colpali-engine's for the same page order: page ``i`` is "clamped"
-iff ``n_i < max(n_j for j in the same block of 128 consecutive pages)``
-(:func:`colpali_clamp_mask`). The query side pads too, but a zero query row adds
-``max_j 0 = 0``, so it never changes a score.
+Exact means pure MaxSim
+-----------------------
+A page's score is computed from that page alone (:mod:`.reference`): equal to colpali-engine's
+``score_multi_vector`` for the page scored by itself. Scored in batches, colpali-engine
+zero-pads shorter pages without a mask, which clamps a query token's best match at 0 and makes
+a page's score depend on its batch neighbours; that is not reproduced, so scores never depend
+on what else is in the index, on filters, caches or compaction.
 
 Precision
 ---------
@@ -66,10 +59,10 @@ from __future__ import annotations
 from ...models.contract.names import VECTOR_DIM as DIM
 from .kernels import Kernels
 from .matrix import CHUNK_VECTORS, EXACT_BELOW, PageMatrix
-from .reference import COLPALI_BATCH, colpali_clamp_mask, maxsim_scores
+from .reference import maxsim_scores
 from .stage import CentroidStage, default_n_centroids
 
 __all__ = [
-    "maxsim_scores", "colpali_clamp_mask", "PageMatrix", "CentroidStage", "default_n_centroids", "Kernels",
-    "DIM", "COLPALI_BATCH", "EXACT_BELOW", "CHUNK_VECTORS",
+    "maxsim_scores", "PageMatrix", "CentroidStage", "default_n_centroids", "Kernels",
+    "DIM", "EXACT_BELOW", "CHUNK_VECTORS",
 ]

@@ -12,7 +12,7 @@ from ...fsutil import cpu_threads
 from ...models.contract.names import VECTOR_DIM as DIM
 from .kernels import Kernels
 from .pool import parallel
-from .reference import check_query, colpali_clamp_mask
+from .reference import check_query
 
 if TYPE_CHECKING:
     from .stage import CentroidStage
@@ -51,8 +51,6 @@ class PageMatrix:
         if stage is not None:
             if stage.n_pages != len(offsets) - 1:
                 raise ValueError(f"stage: indexes {stage.n_pages} pages, the matrix has {len(offsets) - 1}")
-        lengths = np.diff(offsets)                                  # (n_pages,)
-        self._clamp = colpali_clamp_mask(lengths)                   # (n_pages,) bool
         self._chunks = page_chunks(offsets, CHUNK_VECTORS)         # page-aligned chunk bounds
         self._tls = threading.local()                               # per-thread rescoring buffer
 
@@ -132,7 +130,7 @@ class PageMatrix:
         q = check_query(query, self.dim)                           # (nq, D)
         out = np.empty(self.n_pages, dtype=np.float32)
         if self.n_pages:
-            self._score_range(q, self.vectors, self.offsets, self._clamp, self._chunks, out)
+            self._score_range(q, self.vectors, self.offsets, self._chunks, out)
         return out
 
     def exact(self, query: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +158,7 @@ class PageMatrix:
         for j, p in enumerate(sel):                                 # a memcpy per page
             block[sub_off[j]:sub_off[j + 1]] = self.vectors[self.offsets[p]:self.offsets[p + 1]]
         sub = np.empty(len(sel), dtype=np.float32)
-        self._score_range(q, block, sub_off, self._clamp[sel], page_chunks(sub_off, CHUNK_VECTORS), sub)
+        self._score_range(q, block, sub_off, page_chunks(sub_off, CHUNK_VECTORS), sub)
         out[order] = sub
         return out
 
@@ -172,7 +170,7 @@ class PageMatrix:
             buf = self._tls.buf = np.empty((max(rows, 1 << 16), self.dim), dtype=self.dtype)
         return buf[:rows]
 
-    def _score_range(self, q, vectors, offsets, clamp, chunks, out) -> None:
+    def _score_range(self, q, vectors, offsets, chunks, out) -> None:
         """MaxSim of q against the pages described by (vectors, offsets), chunk by chunk.
 
         Never materialises (nq, N): each chunk is a whole number of pages, its (nq, rows)
@@ -185,9 +183,6 @@ class PageMatrix:
             r0, r1 = int(offsets[p0]), int(offsets[p1])
             s = kern.scores(vectors[r0:r1], q)                      # (nq, rows) float32
             seg = np.maximum.reduceat(s, offsets[p0:p1] - r0, axis=1)   # (nq, pages): max per page
-            c = clamp[p0:p1]
-            if c.any():
-                seg[:, c] = np.maximum(seg[:, c], 0.0)              # colpali's zero padding rows
             out[p0:p1] = seg.sum(axis=0, dtype=np.float32)          # (pages,); chunks never overlap
 
         parallel(chunk, chunks, self.threads)
