@@ -398,6 +398,17 @@ class PdfDocument:
         for index in range(self.page_count):
             yield index + 1, self.render_page(index, dpi, max_pixels)
 
+    def page_text(self, index: int) -> str | None:
+        """The page's text layer (PyMuPDF ``get_text``), whitespace-trimmed; None when it has
+        none (a scanned page). 0-based `index`, like render_page."""
+        try:
+            text = self._load(index).get_text().strip()
+        except RagvlError:
+            return None
+        finally:
+            _take_mupdf_messages()
+        return text or None
+
     def _load(self, index: int) -> pymupdf.Page:
         if self._doc is None:
             raise ValueError(f"{self.path}: document is closed")

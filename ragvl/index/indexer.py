@@ -102,7 +102,8 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
                     bar.note = Path(key).name
                     image = doc.render_page(i, dpi)
                     vectors = embedder.embed_images([image])[0]
-                    rows.append(PageRow(i + 1, image.width, image.height, png_bytes(image), vectors))
+                    rows.append(PageRow(i + 1, image.width, image.height, png_bytes(image), vectors,
+                                        text=doc.page_text(i)))
                     bar.update()
             store.put_document(key, sha, rows, embedder.id)  # the commit point for this document
         except RagvlError as e:
@@ -118,6 +119,10 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
     folders = [p.resolve() for p in paths if p.is_dir()]
     gone = sorted(p for p in indexed if p not in found and any(_under(p, f) for f in folders))
     store.remove_documents(gone)
+    if summary.new or summary.changed or gone:
+        from .maintain import maintain
+
+        maintain(store)  # compact, drop old versions, text index, trim the search cache
     summary.removed = gone
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -30,7 +30,13 @@ def save_matrix(matrix, path: str | Path) -> Path:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_npy(path / "vectors.npy", matrix.vectors)
+    v = matrix.vectors
+    in_place = isinstance(v, np.memmap) and v.filename and Path(v.filename).resolve() == (path / "vectors.npy").resolve()
+    if in_place:                                            # filled in place (a big segment): just flush
+        if v.mode != "r":
+            v.flush()
+    else:
+        save_npy(path / "vectors.npy", v)
     save_npy(path / "offsets.npy", matrix.offsets)
     meta = {"format": FORMAT_VERSION, "dtype": matrix.dtype.name, "dim": matrix.dim,
             "n_pages": matrix.n_pages, "n_vectors": matrix.n_vectors, "stage": None}
