@@ -391,22 +391,30 @@ def main(argv=None) -> int:
     results = {"machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()[0]},
                "args": dict(vars(args)), "sizes": []}
     t_all = time.perf_counter()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write():                                         # after every part: a stopped run keeps what it measured
+        results["extrapolated"] = extrapolate(results["sizes"])
+        results["total_s"] = time.perf_counter() - t_all
+        out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+        out.with_suffix(".md").write_text(markdown(results))
+
     with tempfile.TemporaryDirectory(prefix="bench_search_", dir=args.work) as tmp:
         work = Path(tmp)
         if args.inc_pages:
             results["incremental"] = run_incremental(args.inc_pages, args, work)
+            write()
+            import shutil
+            shutil.rmtree(work / "inc_db")
+            shutil.rmtree(work / "fresh_cache", ignore_errors=True)
         for n in [int(p) for p in args.pages.split(",") if p]:
             results["sizes"].append(run_scale(n, args, work))
+            write()
             import shutil
             shutil.rmtree(work / f"seg_{n}")             # free the disk before the next size
-    results["extrapolated"] = extrapolate(results["sizes"])
-    results["total_s"] = time.perf_counter() - t_all
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    md = markdown(results)
-    out.with_suffix(".md").write_text(md)
-    print(md)
+    write()
+    print(out.with_suffix(".md").read_text())
     _log(f"{results['total_s']:.0f} s in all; {out}.md / .json")
     return 0
 

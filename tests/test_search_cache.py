@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from ragvl.index import cache as cache_mod
-from ragvl.index.cache import cache_root, cleanup, open_view
+from ragvl.index.cache import cache_root, open_view
+from ragvl.index.cache_cleanup import cleanup
 from ragvl.index.maintain import maintain
 from ragvl.index.maxsim import maxsim_scores
 from ragvl.index.search import PageSearch
@@ -272,3 +273,24 @@ def test_maintain_compacts_and_bounds_the_folder(tmp_path):
 
 def _du(path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def test_concurrent_builders_and_readers(tmp_path, docs):
+    """Processes building the same cache at once all succeed and agree (unique temp names,
+    whole-folder renames); none deletes what the others use."""
+    import json
+    import subprocess
+    import sys
+
+    store = new_store(tmp_path / "db", docs)
+    code = ("import json, sys, numpy as np; from ragvl.index.store import PageStore; "
+            "from ragvl.index.search import PageSearch; s = PageSearch(PageStore(sys.argv[1])); "
+            "q = np.ones((4, 128), np.float32) / np.sqrt(128); "
+            "print(json.dumps([[h.path, h.page, h.score] for h in s.search(q, 5)]))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(store.path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert len({o for o in outs}) == 1 and len(json.loads(outs[0])) == 5
+    root = cache_root(store)
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]

@@ -44,7 +44,7 @@ import pyarrow as pa
 from ..fsutil import atomic_write_with
 from ..models.contract.names import VECTOR_DIM as DIM
 from .maxsim import EXACT_BELOW, CentroidStage, PageMatrix
-from .segments import (SEG_PREFIX, TMP_PREFIX, Segment, load_segment, merged_stage, page_key, relink_segment,
+from .segments import (TMP_PREFIX, Segment, load_segment, merged_stage, page_key, relink_segment,
                        write_segment)
 from .store import PageStore, vectors_from_column
 
@@ -56,7 +56,7 @@ SCAN_BATCH = 256           # rows per batch when reading vectors (bounded memory
 
 _UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)  # a missing or damaged cache file
 
-__all__ = ["View", "open_view", "cache_root", "cleanup", "GRACE_S"]
+__all__ = ["View", "open_view", "cache_root", "GRACE_S", "view_segments"]
 
 
 @dataclass
@@ -125,6 +125,8 @@ def open_view(store: PageStore, *, root: Path | None = None, version: int | None
     except _UNREADABLE:
         pass                                                   # absent, or lost a cleanup race: build
     view = _build_view(store, root, idkey, version, log)
+    from .cache_cleanup import cleanup
+
     try:
         cleanup(root, keep=path)
     except OSError:
@@ -334,53 +336,7 @@ def _maybe_merge(root: Path, segs: list[Segment], live: np.ndarray, row_unit: np
     return [new], np.ones(new.n_pages, dtype=bool), remap[row_unit]
 
 
-# -------------------------------------------------------------------------------------------
-# cleanup
-
-
-def cleanup(root: Path, *, keep: Path | None = None, grace_s: float = GRACE_S) -> None:
-    """Delete cache files no process can still be using, judged by age (see the module docstring).
-
-    Views older than `grace_s` go, except the newest of each index and `keep`; then segments
-    that no remaining view references and that are older than `grace_s`; then stale temp folders.
-    """
-    import shutil
-
-    now = time.time()
-    views = root / "views"
-    newest: dict[str, tuple[int, Path]] = {}
-    all_views = list(views.glob("*.npz")) if views.is_dir() else []
-    for p in all_views:
-        try:
-            idkey, v = p.stem.rsplit("-v", 1)
-            v = int(v)
-        except ValueError:
-            continue
-        if idkey not in newest or v > newest[idkey][0]:
-            newest[idkey] = (v, p)
-    keep_set = {p for _, p in newest.values()} | ({keep} if keep else set())
-    referenced: set[str] = set()
-    for p in all_views:
-        if p not in keep_set and _age(p, now) > grace_s:
-            p.unlink(missing_ok=True)
-            continue
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                referenced.update(json.loads(str(z["meta"]))["segments"])
-        except _UNREADABLE:
-            continue
-    for d in root.iterdir() if root.is_dir() else []:
-        if d.name.startswith(SEG_PREFIX) and d.name[len(SEG_PREFIX):] not in referenced and _age(d, now) > grace_s:
-            shutil.rmtree(d, ignore_errors=True)
-        elif d.name.startswith(TMP_PREFIX) and _age(d, now) > grace_s:
-            shutil.rmtree(d, ignore_errors=True)
-    for old in root.parent.glob("v[0-9]*"):                    # the previous cache layout (cache/v{N}/)
-        if _age(old, now) > grace_s:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _age(p: Path, now: float) -> float:
-    try:
-        return now - p.stat().st_mtime
-    except OSError:
-        return 0.0
+def view_segments(path: Path) -> list[str]:
+    """The segment ids a view file references (for cleanup)."""
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["meta"]))["segments"]

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from .cache import GRACE_S, cache_root, cleanup
+from .cache import GRACE_S, cache_root
+from .cache_cleanup import cleanup
 from .store import PageStore
 from .textsearch import ensure_text_index
 
