@@ -87,8 +87,10 @@ class PageSearch:
         return [self._hit(r, row, s, "hybrid", visual_rank=ranks.get("visual"), text_rank=ranks.get("text"))
                 for r, (row, s, ranks) in enumerate(fused, start=1)]
 
-    def visual(self, query: np.ndarray, k: int, *, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
-        """Exact-MaxSim top-k rows ``[(row, score)]``, best first (ties: lower row)."""
+    def visual(self, query: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
+               exhaustive: bool = False) -> list[tuple[int, float]]:
+        """Exact-MaxSim top-k rows ``[(row, score)]``, best first (ties: lower row).
+        `exhaustive`: score every allowed page, never the first stage (slow; for checks)."""
         if query is None:
             raise ValueError("visual search needs the query's multi-vector")
         v = self.view
@@ -101,7 +103,7 @@ class PageSearch:
         q = np.asarray(query, dtype=np.float32)
         n_cand = max(CANDIDATES, int(k))
         staged = all(s.matrix.stage is not None for s in v.segments)
-        if staged and n_ok >= EXACT_BELOW and n_ok > n_cand:
+        if staged and not exhaustive and n_ok >= EXACT_BELOW and n_ok > n_cand:
             approx = np.concatenate([s.matrix.stage.approx_scores(q) for s in v.segments])   # (n_units,)
             approx[~ok] = -np.inf                             # filter before ranking
             units = np.argpartition(-approx, n_cand - 1)[:n_cand]
