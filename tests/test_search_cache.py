@@ -234,6 +234,9 @@ def test_first_stage_is_extended_for_new_pages_and_filters_stay_exact(tmp_path):
                    reverse=True)
     assert len(hits) == 55
     np.testing.assert_allclose([h.score for h in hits], [e for e, _ in exact], atol=1e-4)
+    # exhaustive: every page scored, equal to the reference top 5 over the whole index
+    best = sorted((float(maxsim_scores(q, [v])[0]) for v in ref.values()), reverse=True)[:5]
+    np.testing.assert_allclose([sc for _, sc in s.visual(q, 5, exhaustive=True)], best, atol=1e-4)
 
 
 def test_text_and_hybrid_modes(tmp_path):
