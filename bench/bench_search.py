@@ -357,22 +357,37 @@ def run_stage_only(n_pages: int, args, pairs_per_page: int = 200) -> dict:
     return res
 
 
-def extrapolate(sizes: list[dict], target: int = 100_000) -> dict | None:
-    """Power-law fit through the two largest sizes, evaluated at `target` pages."""
+def extrapolate(sizes: list[dict], target: int = 100_000, stage_only: list[dict] | None = None) -> dict | None:
+    """Estimates at `target` pages from the two largest sizes run.
+
+    Exact search and disk grow linearly by construction (every vector is read). Build time and
+    RSS: a power law fitted through the two sizes. Staged search: the measured time at the
+    largest size, minus its first stage, plus the first stage measured at `target` without
+    vectors (``--stage-only``), when that was run; else the fitted power law, its exponent
+    clamped at 0 (on a loaded machine a smaller size can measure slower: noise, not speed-up).
+    """
     if len(sizes) < 2 or sizes[-1]["n_pages"] >= target:
         return None
     a, b = sizes[-2], sizes[-1]
+    scale = target / b["n_pages"]
 
-    def fit(get):
+    def fit(get, *, exponent=None, floor=None):
         ya, yb = get(a), get(b)
-        e = np.log(yb / ya) / np.log(b["n_pages"] / a["n_pages"])
-        return float(yb * (target / b["n_pages"]) ** e), float(e)
+        e = exponent if exponent is not None else np.log(yb / ya) / np.log(b["n_pages"] / a["n_pages"])
+        e = max(e, floor) if floor is not None else e
+        return float(yb * scale ** e), float(e)
 
     out = {"n_pages": target}
-    for name, get in (("staged_p50_ms", lambda r: r["staged"]["p50_ms"]), ("exact_p50_ms", lambda r: r["exact"]["p50_ms"]),
-                      ("build_stage_s", lambda r: r["build_stage_s"]), ("search_rss_mb", lambda r: r["search_rss_mb"]),
-                      ("disk_gb", lambda r: r["disk_bytes"] / 1e9)):
-        out[name], out[name + "_exponent"] = fit(get)
+    for name, get, kw in (("exact_p50_ms", lambda r: r["exact"]["p50_ms"], {"exponent": 1.0}),
+                          ("disk_gb", lambda r: r["disk_bytes"] / 1e9, {"exponent": 1.0}),
+                          ("build_stage_s", lambda r: r["build_stage_s"], {}),
+                          ("search_rss_mb", lambda r: r["search_rss_mb"], {}),
+                          ("staged_p50_ms", lambda r: r["staged"]["p50_ms"], {"floor": 0.0})):
+        out[name], out[name + "_exponent"] = fit(get, **kw)
+    so = {r["n_pages"]: r for r in stage_only or []}
+    if b["n_pages"] in so and target in so:
+        out["staged_p50_ms"] = b["staged"]["p50_ms"] - so[b["n_pages"]]["p50_ms"] + so[target]["p50_ms"]
+        out["staged_from_stage_only"] = True
     return out
 
 
@@ -405,9 +420,12 @@ def markdown(results: dict) -> str:
         lines.append(f"| {ex['n_pages']:,} (extrapolated, not run) | ~{int(ex['n_pages'] * 750):,} "
                      f"| ~{ex['build_stage_s']:.0f} | ~{ex['staged_p50_ms']:.0f} / - | (measured above: flat in size) "
                      f"| ~{ex['exact_p50_ms']:.0f} | ~{ex['search_rss_mb']:.0f} | ~{ex['disk_gb']:.1f} |")
-        lines += ["", f"Extrapolation: power law through the two largest sizes run (exponents: staged p50 "
-                  f"{ex['staged_p50_ms_exponent']:.2f}, build {ex['build_stage_s_exponent']:.2f}, RSS "
-                  f"{ex['search_rss_mb_exponent']:.2f}, disk {ex['disk_gb_exponent']:.2f})."]
+        staged = ("the largest size's staged time with its first stage replaced by the one measured at "
+                  f"{ex['n_pages']:,} pages (below)" if ex.get("staged_from_stage_only") else
+                  f"power law, exponent {ex['staged_p50_ms_exponent']:.2f} (clamped at 0)")
+        lines += ["", f"Extrapolation from the two largest sizes run: exact search and disk linear in pages; "
+                  f"build time and RSS a fitted power law (exponents {ex['build_stage_s_exponent']:.2f} and "
+                  f"{ex['search_rss_mb_exponent']:.2f}); staged search: {staged}."]
     so = results.get("stage_only")
     if so:
         lines += ["", "### The first stage alone at sizes whose vectors were not built (no vectors: random "
@@ -448,6 +466,8 @@ def main(argv=None) -> int:
     ap.add_argument("--centroids", type=int, default=0, help="0: default_n_centroids (~sqrt of vectors)")
     ap.add_argument("--stage-only", default="", help="comma-separated page counts for the vector-free first-stage "
                     "measurement (e.g. 10000,100000)")
+    ap.add_argument("--resume", default=None, help="a results JSON of an earlier (possibly stopped) run: its parts "
+                    "are kept, only the parts it lacks are measured")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "search"), help="writes OUT.md and OUT.json")
@@ -455,28 +475,33 @@ def main(argv=None) -> int:
 
     results = {"machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()[0]},
                "args": dict(vars(args)), "sizes": []}
-    t_all = time.perf_counter()
+    if args.resume:
+        prev = json.loads(Path(args.resume).read_text())
+        results = {**prev, "resumed_with": dict(vars(args))}
+    have_sizes = {r["n_pages"] for r in results["sizes"]}
+    have_stage = {r["n_pages"] for r in results.get("stage_only", [])}
+    t_all = time.perf_counter() - results.get("total_s", 0.0)   # resumed: count the earlier run's time too
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def write():                                         # after every part: a stopped run keeps what it measured
-        results["extrapolated"] = extrapolate(results["sizes"])
+        results["extrapolated"] = extrapolate(results["sizes"], stage_only=results.get("stage_only"))
         results["total_s"] = time.perf_counter() - t_all
         out.with_suffix(".json").write_text(json.dumps(results, indent=1))
         out.with_suffix(".md").write_text(markdown(results))
 
     with tempfile.TemporaryDirectory(prefix="bench_search_", dir=args.work) as tmp:
         work = Path(tmp)
-        if args.inc_pages:
+        if args.inc_pages and "incremental" not in results:
             results["incremental"] = run_incremental(args.inc_pages, args, work)
             write()
             import shutil
             shutil.rmtree(work / "inc_db")
             shutil.rmtree(work / "fresh_cache", ignore_errors=True)
-        for n in [int(p) for p in args.stage_only.split(",") if p]:
+        for n in [int(p) for p in args.stage_only.split(",") if p and int(p) not in have_stage]:
             results.setdefault("stage_only", []).append(run_stage_only(n, args))
             write()
-        for n in [int(p) for p in args.pages.split(",") if p]:
+        for n in [int(p) for p in args.pages.split(",") if p and int(p) not in have_sizes]:
             results["sizes"].append(run_scale(n, args, work))
             write()
             import shutil
