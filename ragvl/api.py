@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 from .answer.answering import ANSWER_MAX_PIXELS, Answer, answer_question
 from .errors import RagvlError
 from .index.indexer import IndexSummary, index_paths
-from .index.search import Hit, PageSearch
+from .index.search import MODES, Hit, PageSearch
 from .index.store import PageStore, default_db
 from .models.runtime.colqwen2 import ColQwen2
 from .models.runtime.generation import GenerationSettings
@@ -85,22 +85,38 @@ class Index:
             raise RagvlError(f"{self.db}: the index is empty; add PDFs with `ragvl index PATH`")
         return store
 
-    def search(self, query: str, k: int = 5) -> list[Hit]:
-        """The k pages that best match `query`, best first, with exact MaxSim scores."""
+    def search(self, query: str, k: int = 5, *, mode: str = "visual", allowed=None) -> list[Hit]:
+        """The k pages that best match `query`, best first.
+
+        `mode`: "visual" (the model's MaxSim ranking, exact scores), "text" (BM25 over the
+        pages' text layer) or "hybrid" (reciprocal rank fusion of both); each Hit says which
+        mode ranked it and its rank in each ranking. `allowed`: a filter, one bool per row of
+        ``searcher().rows()``, applied before ranking.
+        """
+        if mode not in MODES:
+            raise RagvlError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+        searcher = self.searcher()
+        if k > len(searcher):
+            self.log(f"note: -k {k} is more than the {len(searcher)} pages in the index; returning all")
+        q = None
+        if mode != "text":  # the model's ranking: the index's vectors must be this embedder's
+            searcher.store.check_embedder(self.embedder.id)
+            q = self.embedder.embed_queries([query])[0]
+        return searcher.search(q, k, allowed=allowed, mode=mode, text=query)
+
+    def searcher(self) -> PageSearch:
+        """The search over the index's current version (cached until the index changes)."""
         store = self._store()
         if self._search is None or self._search.version != store.version:
-            store.check_embedder(self.embedder.id)
-            self._search = PageSearch(store)
-        if k > len(self._search):
-            self.log(f"note: -k {k} is more than the {len(self._search)} pages in the index; returning all")
-        q = self.embedder.embed_queries([query])[0]
-        return self._search.search(q, k)
+            self._search = PageSearch(store, log=self.log)
+        return self._search
 
     def ask(self, question: str, k: int = 3, settings: GenerationSettings | None = None,
-            max_pixels: int = ANSWER_MAX_PIXELS) -> Answer:
-        """Retrieve the top-k pages and answer over their images; iterate the result to stream."""
+            max_pixels: int = ANSWER_MAX_PIXELS, *, mode: str = "visual", allowed=None) -> Answer:
+        """Retrieve the top-k pages (`mode` as in :meth:`search`) and answer over their images;
+        iterate the result to stream."""
         t0 = time.perf_counter()
-        hits = self.search(question, k)
+        hits = self.search(question, k, mode=mode, allowed=allowed)
         store = self._search.store
         return answer_question(self.answerer, store, question, hits, settings or self.answerer.defaults, max_pixels,
                       retrieval_s=time.perf_counter() - t0)

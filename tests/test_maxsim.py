@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from ragvl.index import maxsim
-from ragvl.index.maxsim import (EXACT_BELOW, CentroidStage, PageMatrix, colpali_clamp_mask,
-                                default_n_centroids, maxsim_scores)
+from ragvl.index.maxsim import EXACT_BELOW, CentroidStage, PageMatrix, default_n_centroids, maxsim_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 D = 128
@@ -22,8 +21,8 @@ def _unit(x):
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def _colpali(query: np.ndarray, pages: list[np.ndarray]) -> np.ndarray:
-    """colpali-engine's reference scores of one query, float32 ``(n_pages,)``."""
+def _colpali_batch(query: np.ndarray, pages: list[np.ndarray]) -> np.ndarray:
+    """colpali-engine's score_multi_vector of one query over `pages` in its batches: ``(n_pages,)``."""
     import colpali_engine.utils.processing_utils as proc
     import torch
     s = proc.BaseVisualRetrieverProcessor.score_multi_vector(
@@ -32,13 +31,18 @@ def _colpali(query: np.ndarray, pages: list[np.ndarray]) -> np.ndarray:
     return s[0].numpy()
 
 
+def _colpali(query: np.ndarray, pages: list[np.ndarray]) -> np.ndarray:
+    """colpali-engine's reference score of each page scored alone, float32 ``(n_pages,)``."""
+    return np.array([_colpali_batch(query, [p])[0] for p in pages], dtype=np.float32)
+
+
 @pytest.fixture(scope="module")
 def ragged():
     """300 random pages of 1..60 vectors (3 colpali batches) with all-negative cases planted.
 
     Query token 0 is ``e``; pages built from ``-e`` plus noise dot negatively with it on every
-    vector. Page 5 (short, padded in its batch: clamped by colpali) and page 140 (made the
-    longest page of batch 1: no padding, keeps its negative max) both carry it.
+    vector. Page 5 (short, padded in its batch: colpali's batch scoring clamps it at 0) and page 140
+    (the longest page of batch 1: no padding) both carry it.
     """
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 61, size=300)
@@ -53,19 +57,19 @@ def ragged():
 
 
 @pytest.mark.reference
-def test_reference_quirk_is_real_and_mirrored(ragged):
-    """colpali clamps a padded page's per-token max at 0; an unpadded page keeps its negative max."""
+def test_scores_are_pure_maxsim_not_colpalis_batch_padding(ragged):
+    """A page's score is its own: colpali scored alone, never clamped by a neighbour's padding."""
     pages, queries = ragged
     q = queries[0]
-    clamp = colpali_clamp_mask([len(p) for p in pages])
-    assert clamp[5] and clamp[3] and not clamp[140]
     # Token 0 has only negative dots on pages 5 and 140.
     assert (q[:1] @ pages[5].T).max() < 0 and (q[:1] @ pages[140].T).max() < 0
-    ref = _colpali(q, pages)
-    no_pad = np.array([(q @ p.T).max(axis=1).sum() for p in pages], dtype=np.float32)
-    assert ref[5] > no_pad[5] + 0.5                             # the padding row won for token 0
-    assert ref[140] == pytest.approx(no_pad[140], abs=1e-5)     # no padding: true negative max
-    np.testing.assert_allclose(maxsim_scores(q, pages), ref, rtol=0, atol=1e-5)
+    alone = _colpali(q, pages)
+    batched = _colpali_batch(q, pages)
+    pure = np.array([(q @ p.T).max(axis=1).sum() for p in pages], dtype=np.float32)
+    assert batched[5] > alone[5] + 0.5                          # colpali's batch padding: not reproduced
+    np.testing.assert_allclose(alone, pure, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(maxsim_scores(q, pages), alone, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(PageMatrix.from_pages(pages, dtype=np.float32).scores(q), alone, rtol=0, atol=1e-5)
 
 
 @pytest.mark.reference
@@ -76,7 +80,7 @@ def test_exact_equals_colpali(ragged, dtype, monkeypatch):
     pages, queries = ragged
     stored = [p.astype(dtype).astype(np.float32) for p in pages]
     for chunk in (maxsim.CHUNK_VECTORS, 50):                    # one chunk; many (pages > chunk too)
-        monkeypatch.setattr(maxsim, "CHUNK_VECTORS", chunk)
+        monkeypatch.setattr(maxsim.matrix, "CHUNK_VECTORS", chunk)
         m = PageMatrix.from_pages(pages, dtype=dtype)
         assert m.dtype == dtype and m.n_pages == len(pages)
         if chunk == 50:
@@ -183,7 +187,7 @@ def test_append_is_incremental():
     np.testing.assert_array_equal(grown.stage.inv_offsets, ref.inv_offsets)
     np.testing.assert_array_equal(grown.stage.inv_pages, ref.inv_pages)
     q = _unit(rng.standard_normal((25, D)))
-    np.testing.assert_array_equal(grown.scores(q), full.scores(q))    # clamp mask follows the new order
+    np.testing.assert_array_equal(grown.scores(q), full.scores(q))
     np.testing.assert_array_equal(grown.stage.approx_scores(q), ref.approx_scores(q))
     assert PageMatrix.from_pages([]).append(pages[:3]).n_pages == 3
     assert m.append([]).n_pages == 170
@@ -216,5 +220,5 @@ def test_first_stage_recall():
 
 
 def test_runtime_does_not_import_torch():
-    code = "import sys, ragvl.index.maxsim as m; m._Kernels.get(m.np.float16); assert 'torch' not in sys.modules"
+    code = "import sys, numpy as np, ragvl.index.maxsim as m; m.Kernels.get(np.dtype('float16')); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

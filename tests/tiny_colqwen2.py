@@ -395,12 +395,15 @@ def colpali_embed_queries(model, processor, queries, batch_size: int = 2) -> lis
 
 
 def colpali_scores(processor, qs, ps) -> np.ndarray:
-    """MaxSim scores (n_queries, n_docs) float32 via processor.score_multi_vector on CPU."""
+    """MaxSim scores (n_queries, n_docs) float32 via processor.score_multi_vector on CPU, each
+    document scored alone (in a batch, colpali's zero padding would make a score depend on its
+    neighbours; ragvl's scores are pure MaxSim)."""
     import torch
 
     q = [torch.from_numpy(np.asarray(x, dtype=np.float32)) for x in qs]
-    p = [torch.from_numpy(np.asarray(x, dtype=np.float32)) for x in ps]
-    return processor.score_multi_vector(q, p, device="cpu").numpy().astype(np.float32)
+    cols = [processor.score_multi_vector(q, [torch.from_numpy(np.asarray(x, dtype=np.float32))], device="cpu")
+            for x in ps]                                               # each (n_queries, 1)
+    return torch.cat(cols, dim=1).numpy().astype(np.float32) if cols else np.zeros((len(qs), 0), np.float32)
 
 
 def document_prompt_ids(processor, n_image_tokens: int) -> list[int]:

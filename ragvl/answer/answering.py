@@ -56,6 +56,8 @@ def low_score_notes(hits: Sequence[Hit]) -> list[str]:
     """Flag retrieved pages that score far below the best one."""
     if not hits:
         return []
+    if hits[0].mode != "visual":  # BM25 and fused (RRF) scores are not MaxSim: no common scale
+        return []
     best = hits[0].score
     return [f"[{h.rank}] {h.path} page {h.page} scores {h.score:.2f}, far below the best page ({best:.2f}); "
             f"it may not be relevant" for h in hits[1:] if best > 0 and h.score < LOW_SCORE_RATIO * best]

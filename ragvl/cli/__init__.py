@@ -10,6 +10,7 @@ import typer
 
 from .ask import ask
 from .chat import chat
+from .eval import eval_cmd
 from .index import index
 from .models import models_app
 from .search import search
@@ -21,6 +22,7 @@ app.command("chat")(chat)
 app.command("index")(index)
 app.command("search")(search)
 app.command("ask")(ask)
+app.command("eval")(eval_cmd)
 
 
 def main() -> None:

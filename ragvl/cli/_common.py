@@ -63,3 +63,15 @@ def display_path(path: str) -> str:
         return path
 
 
+
+
+MODE = typer.Option("visual", "--mode", help="Ranking: visual (the model's MaxSim), text (BM25 over the PDF "
+                    "text layer) or hybrid (reciprocal rank fusion of both).")
+
+
+def hit_ranks(h) -> str:
+    """A hybrid hit's ranks in each ranking, e.g. ``visual 2, text 1``; empty for other modes."""
+    if h.mode != "hybrid":
+        return ""
+    parts = [f"{n} {r}" for n, r in (("visual", h.visual_rank), ("text", h.text_rank)) if r is not None]
+    return "  (" + ", ".join(parts) + ")"

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from ..errors import RagvlError
-from ._common import (ANSWERER, DB, DEVICE, EMBEDDER, GREEDY, MAX_NEW_TOKENS, REPETITION_PENALTY, SEED,
+from ._common import (ANSWERER, DB, DEVICE, EMBEDDER, GREEDY, MODE, MAX_NEW_TOKENS, REPETITION_PENALTY, SEED,
                       TEMPERATURE, TOP_K_SAMPLING, TOP_P, display_path, fail, generation_settings, log,
                       timings_line)
 
@@ -31,6 +31,7 @@ def ask(
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Each page image's resolution for the "
                                              "answer, in pixels (default 602112: 768 visual tokens)."),
     device: Optional[str] = DEVICE,
+    mode: str = MODE,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: answer, sources, timings."),
 ) -> None:
     """Answer a question from the indexed PDFs: retrieve pages, let Qwen2-VL read them, cite them."""
@@ -42,7 +43,7 @@ def ask(
         idx.answerer  # fail on a missing answer model before any retrieval work
         settings = generation_settings(idx.answerer.defaults, max_new_tokens, temperature, top_p, top_k_sampling,
                                        repetition_penalty, seed, greedy)
-        result = idx.ask(question, k, settings, max_pixels or ANSWER_MAX_PIXELS)
+        result = idx.ask(question, k, settings, max_pixels or ANSWER_MAX_PIXELS, mode=mode)
         if as_json:
             result.consume()
             print(json.dumps(result.as_dict(), ensure_ascii=False))

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..errors import RagvlError
-from ._common import DB, DEVICE, EMBEDDER, display_path, fail, log
+from ._common import DB, DEVICE, EMBEDDER, MODE, display_path, fail, hit_ranks, log
 
 
 def search(
@@ -18,13 +18,15 @@ def search(
     db: Optional[Path] = DB,
     embedder: Optional[Path] = EMBEDDER,
     device: Optional[str] = DEVICE,
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {rank, path, page, score}."),
+    mode: str = MODE,
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {rank, path, page, score, id, mode, "
+                                 "visual_rank, text_rank}."),
 ) -> None:
     """Find the pages that best match QUERY (ColQwen2 late interaction)."""
     from ..api import Index
 
     try:
-        hits = Index(db, embedder=embedder, device=device, log=log).search(query, k)
+        hits = Index(db, embedder=embedder, device=device, log=log).search(query, k, mode=mode)
     except RagvlError as e:
         fail(str(e))
         return
@@ -32,4 +34,4 @@ def search(
         print(json.dumps([h.as_dict() for h in hits], ensure_ascii=False))
         return
     for h in hits:
-        print(f"{h.rank:>3}  {h.score:8.3f}  {display_path(h.path)}  page {h.page}")
+        print(f"{h.rank:>3}  {h.score:8.3f}  {display_path(h.path)}  page {h.page}{hit_ranks(h)}")

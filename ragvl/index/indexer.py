@@ -121,7 +121,8 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
                         log(f"skipped: {page.message(key)}")
                     else:  # embed exactly the stored image
                         vectors = embedder.embed_images([page.image()])[0]
-                        rows.append(PageRow(page.number, page.width, page.height, page.png, vectors))
+                        rows.append(PageRow(page.number, page.width, page.height, page.png, vectors,
+                                            text=page.text or None))
                     bar.update()
                     pages_seen += 1
                     _test_pause(pages_seen)
@@ -141,6 +142,10 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
     folders = [p.resolve() for p in paths if p.is_dir()]
     gone = sorted(p for p in indexed if p not in found and any(_under(p, f) for f in folders))
     store.remove_documents(gone)
+    if summary.new or summary.changed or gone:
+        from .maintain import maintain
+
+        maintain(store)  # compact, drop old versions, text index, trim the search cache
     summary.removed = gone
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -1,36 +1,49 @@
-"""`ragvl search`: late-interaction (MaxSim) search over the page index.
+"""`ragvl search`: rank pages by the model's MaxSim (visual), the text layer (text) or both.
 
-The page vectors are read from LanceDB once per table version into one contiguous float16
-matrix, cached next to the table (`cache/v{version}/`) and memory-mapped by later searches, so a
-query never re-reads the table. Large indexes get the centroid first stage; the scores returned
-are always exact MaxSim sums, the numbers colpali-engine's score_multi_vector gives.
+Visual search reads a cached view of the table version (:mod:`ragvl.index.cache`: segments
+memory-mapped, built incrementally), so a query never re-reads the table. Scores are always
+exact MaxSim sums of the page alone; large indexes first take candidates from the centroid
+first stage. Filters (`allowed`, one bool per row of :meth:`PageSearch.rows`) restrict the
+search BEFORE ranking: a small allowed subset is scored exactly, and the first stage only
+proposes allowed pages, so a search returns min(k, allowed pages) hits.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 
-from ..fsutil import atomic_write
-from .maxsim import EXACT_BELOW, PageMatrix
-from .store import PageStore, page_id, vectors_from_column
+from ..errors import RagvlError
+from .cache import View, open_view
+from .fusion import DEPTH, rrf
+from .maxsim import EXACT_BELOW
+from .maxsim.matrix import top_k
+from .store import PageStore, page_id
+from .textsearch import text_ranking
 
-CACHE = "cache"
+MODES = ("visual", "text", "hybrid")
+CANDIDATES = 128          # pages the first stage proposes for exact rescoring
+
+__all__ = ["Hit", "PageSearch", "MODES"]
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One retrieved page: 1-based rank and page number, and the MaxSim score."""
+    """One retrieved page: 1-based rank and page number, and the score of the ranking mode
+    (visual: MaxSim; text: BM25; hybrid: reciprocal-rank-fusion score)."""
 
     rank: int
     path: str
     page: int
     score: float
     id: str = ""  # the page's stable id (store.page_id): survives re-indexing and compaction
+    mode: str = "visual"  # the mode that ranked this hit
+    visual_rank: int | None = None  # its rank in the visual ranking, if it is in it
+    text_rank: int | None = None  # its rank in the text ranking, if it has a text match
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -39,42 +52,118 @@ class Hit:
 class PageSearch:
     """Search over one version of a PageStore; build it again after the index changes."""
 
-    def __init__(self, store: PageStore):
+    def __init__(self, store: PageStore, *, cache_root: Path | None = None,
+                 log: Callable[[str], None] | None = None):
         self.store = store
-        self.version = store.version
-        root = store.path / CACHE
-        cache = root / f"v{self.version}"
-        try:
-            self.matrix = PageMatrix.load(cache)
-            self.labels = [tuple(x) for x in json.loads((cache / "labels.json").read_text())]
-            if len(self.labels) != self.matrix.n_pages or any(len(x) != 3 for x in self.labels[:1]):
-                raise ValueError("labels and matrix disagree")
-        except (OSError, ValueError):
-            self.matrix, self.labels = self._build(cache)
-            for old in root.iterdir():  # caches of older versions are never read again
-                if old.name != cache.name:
-                    shutil.rmtree(old, ignore_errors=True)
-
-    def _build(self, cache: Path) -> tuple[PageMatrix, list[tuple[str, int]]]:
-        t = self.store.scan(["doc_path", "doc_sha256", "page", "vectors"])
-        flat, offsets = vectors_from_column(t["vectors"])
-        labels = list(zip(t["doc_path"].to_pylist(), t["page"].to_pylist(), t["doc_sha256"].to_pylist()))
-        matrix = PageMatrix(flat, offsets)
-        if matrix.n_pages >= EXACT_BELOW:
-            matrix.build_first_stage()
-        cache.mkdir(parents=True, exist_ok=True)
-        atomic_write(cache / "labels.json", json.dumps(labels))
-        matrix.save(cache)  # meta.json last: a torn cache is rebuilt, never read
-        return PageMatrix.load(cache), labels
+        self.view: View = open_view(store, root=cache_root, log=log)
+        self.version = self.view.version
+        self._row_of: dict[tuple[str, int], int] | None = None
 
     def __len__(self) -> int:
-        return self.matrix.n_pages
+        return self.view.n_rows
 
-    def search(self, query: np.ndarray, k: int = 5) -> list[Hit]:
-        """The top-k pages for one query's multi-vector (nq, 128), best first."""
-        idx, scores = self.matrix.search(np.asarray(query, np.float32), k)
+    def rows(self) -> pa.Table:
+        """This version's rows (doc_path, doc_sha256, page): the order of `allowed` masks."""
+        return self.view.rows()
+
+    # -- the modes ----------------------------------------------------------------------------
+    def search(self, query: np.ndarray | None, k: int = 5, *, allowed: np.ndarray | None = None,
+               mode: str = "visual", text: str | None = None) -> list[Hit]:
+        """The top-k pages, best first. `query`: the query's multi-vector (nq, 128) (visual and
+        hybrid); `text`: the query string (text and hybrid); `allowed`: (n_rows,) bool or None."""
+        if mode not in MODES:
+            raise RagvlError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+        allowed = self._check_allowed(allowed)
+        if mode == "visual":
+            return [self._hit(r, row, s, "visual", visual_rank=r) for r, (row, s) in
+                    enumerate(self.visual(query, k, allowed=allowed), start=1)]
+        if mode == "text":
+            return [self._hit(r, row, s, "text", text_rank=r) for r, (row, s) in
+                    enumerate(self.text(text or "", k, allowed=allowed), start=1)]
+        depth = max(k, DEPTH)
+        vis = [row for row, _ in self.visual(query, depth, allowed=allowed)]
+        txt = [row for row, _ in self.text(text or "", depth, allowed=allowed)]
+        fused = rrf({"visual": vis, "text": txt})[:k]
+        return [self._hit(r, row, s, "hybrid", visual_rank=ranks.get("visual"), text_rank=ranks.get("text"))
+                for r, (row, s, ranks) in enumerate(fused, start=1)]
+
+    def visual(self, query: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
+               exhaustive: bool = False) -> list[tuple[int, float]]:
+        """Exact-MaxSim top-k rows ``[(row, score)]``, best first (ties: lower row).
+        `exhaustive`: score every allowed page, never the first stage (slow; for checks)."""
+        if query is None:
+            raise ValueError("visual search needs the query's multi-vector")
+        v = self.view
+        ok = v.live.copy() if allowed is None else np.zeros(len(v.live), dtype=bool)
+        if allowed is not None:
+            ok[v.row_unit[allowed]] = True                    # (n_units,) units of allowed rows
+        n_ok = int(ok.sum())
+        if n_ok == 0 or k <= 0:
+            return []
+        q = np.asarray(query, dtype=np.float32)
+        n_cand = max(CANDIDATES, int(k))
+        staged = all(s.matrix.stage is not None for s in v.segments)
+        if staged and not exhaustive and n_ok >= EXACT_BELOW and n_ok > n_cand:
+            approx = np.concatenate([s.matrix.stage.approx_scores(q) for s in v.segments])   # (n_units,)
+            approx[~ok] = -np.inf                             # filter before ranking
+            units = np.argpartition(-approx, n_cand - 1)[:n_cand]
+        else:
+            units = np.flatnonzero(ok)                        # small (or filtered) set: all, exactly
+        scores = self._score_units(q, np.sort(units))
+        unit_score = dict(zip(np.sort(units).tolist(), scores.tolist()))
+        rows = np.flatnonzero(np.isin(v.row_unit, units) & (True if allowed is None else allowed))
+        rs = np.array([unit_score[u] for u in v.row_unit[rows].tolist()], dtype=np.float32)
+        idx, sc = top_k(rs, k, tiebreak=rows)
+        return list(zip(rows[idx].tolist(), sc.tolist()))
+
+    def text(self, text: str, k: int, *, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """BM25 top-k rows ``[(row, score)]`` from the full-text index; pages without a text
+        layer never appear."""
+        table = self.store.at_version(self.version)
+        hits = text_ranking(self.store, table, text, None if allowed is not None else k)
+        row_of = self._rows_by_label()
         out = []
-        for r, (i, s) in enumerate(zip(idx, scores)):
-            path, page, sha = self.labels[i]
-            out.append(Hit(r + 1, path, int(page), float(s), page_id(sha, int(page))))
+        for path, page, score in hits:
+            row = row_of.get((path, int(page)))
+            if row is None or (allowed is not None and not allowed[row]):
+                continue
+            out.append((row, float(score)))
+            if len(out) == k:
+                break
         return out
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _score_units(self, q: np.ndarray, units: np.ndarray) -> np.ndarray:
+        """Exact MaxSim of sorted `units`, segment by segment: ``(len(units),)`` float32."""
+        v = self.view
+        out = np.empty(len(units), dtype=np.float32)
+        seg_of = np.searchsorted(v.unit_offsets, units, side="right") - 1
+        for si, seg in enumerate(v.segments):
+            sel = np.flatnonzero(seg_of == si)
+            if len(sel) == 0:
+                continue
+            local = units[sel] - v.unit_offsets[si]
+            if len(local) == seg.n_pages:
+                out[sel] = seg.matrix.scores(q)
+            else:
+                out[sel] = seg.matrix.score_pages(q, local)
+        return out
+
+    def _check_allowed(self, allowed):
+        if allowed is None:
+            return None
+        allowed = np.asarray(allowed, dtype=bool)
+        if allowed.shape != (self.view.n_rows,):
+            raise ValueError(f"allowed: expected ({self.view.n_rows},) bool, one per row of rows(); got {allowed.shape}")
+        return allowed
+
+    def _rows_by_label(self) -> dict[tuple[str, int], int]:
+        if self._row_of is None:
+            v = self.view
+            self._row_of = {(p, int(n)): i for i, (p, n) in enumerate(zip(v.doc_path.tolist(), v.page.tolist()))}
+        return self._row_of
+
+    def _hit(self, rank: int, row: int, score: float, mode: str, **ranks) -> Hit:
+        v = self.view
+        sha, page = str(v.doc_sha256[row]), int(v.page[row])
+        return Hit(rank, str(v.doc_path[row]), page, float(score), page_id(sha, page), mode, **ranks)

@@ -38,7 +38,9 @@ SCHEMA = pa.schema([
     pa.field("n_vectors", pa.int32()),
     pa.field("vectors", pa.list_(pa.list_(pa.float16(), DIM))),
     pa.field("embedder", pa.string()),
+    pa.field("text", pa.string()),  # the page's text layer (PyMuPDF get_text); null: none (a scan)
 ])
+TABLE_ID_KEY = b"ragvl.table_id"  # schema metadata: a uuid minted when the table is created
 
 
 def default_db() -> Path:
@@ -54,6 +56,7 @@ class PageRow:
     height: int
     image_png: bytes
     vectors: np.ndarray  # (n, 128)
+    text: str | None = None  # the text layer; None: the page has none
 
 
 def vectors_array(mats: list[np.ndarray]) -> pa.ListArray:
@@ -103,7 +106,12 @@ class PageStore:
         except (ValueError, FileNotFoundError):
             if not create:
                 raise RagvlError(f"{self.path}: the index has no pages table (run `ragvl index PATH`)") from None
-            self.table = self._db.create_table(TABLE, schema=SCHEMA, exist_ok=True)
+            import uuid
+
+            # The table's identity travels with it: a table deleted and recreated gets a new one
+            # (its version numbers restart), so caches keyed by (identity, version) never collide.
+            schema = SCHEMA.with_metadata({TABLE_ID_KEY: uuid.uuid4().hex.encode()})
+            self.table = self._db.create_table(TABLE, schema=schema, exist_ok=True)
         self.meta = self._read_meta()
 
     # -- metadata ---------------------------------------------------------------------------
@@ -133,6 +141,25 @@ class PageStore:
     @property
     def version(self) -> int:
         return int(self.table.version)
+
+    @property
+    def table_id(self) -> str:
+        """The table's identity: the uuid minted at creation, or, for a table created before
+        ragvl recorded one, the time its oldest remaining version was written."""
+        md = self.table.schema.metadata or {}
+        if TABLE_ID_KEY in md:
+            return md[TABLE_ID_KEY].decode()
+        versions = self.table.list_versions()
+        return "created-" + (str(min(v["timestamp"] for v in versions)) if versions else "?")
+
+    def at_version(self, version: int):
+        """A LanceDB table handle pinned to `version` (later commits by others are not seen)."""
+        t = self._db.open_table(TABLE)
+        t.checkout(int(version))
+        return t
+
+    def has_column(self, name: str) -> bool:
+        return name in self.table.schema.names
 
     def count(self) -> int:
         return int(self.table.count_rows())
@@ -173,7 +200,10 @@ class PageStore:
             "n_vectors": [len(p.vectors) for p in pages],
             "vectors": vectors_array([p.vectors for p in pages]),
             "embedder": [embedder_id] * len(pages),
+            "text": [p.text for p in pages],
         }, schema=SCHEMA)
+        if not self.has_column("text"):  # an index made before the text layer column
+            rows = rows.drop_columns(["text"])
         (self.table.merge_insert("key").when_matched_update_all().when_not_matched_insert_all()
          .when_not_matched_by_source_delete(f"doc_path = {_quote(doc_path)}").execute(rows))
 
