@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .answer.answering import ANSWER_MAX_PIXELS, Answer, answer_question
 from .errors import RagvlError
@@ -29,6 +29,9 @@ from .models.contract.manifest import KIND_EMBEDDER, KIND_ANSWERER
 from .models.runtime.qwen2vl import Qwen2VL
 from .models.contract.registry import resolve_model
 from .pdf import DEFAULT_DPI
+
+if TYPE_CHECKING:
+    from .index.explain import SimilarityMap
 
 
 class Index:
@@ -104,3 +107,38 @@ class Index:
         store = self._search.store
         return answer_question(self.answerer, store, question, hits, settings or self.answerer.defaults, max_pixels,
                       retrieval_s=time.perf_counter() - t0)
+
+    # -- pages, maps and documents (the web page, HTTP API and MCP server use these) ------------
+    def page_image(self, page_id: str) -> bytes:
+        """The stored PNG of the page `page_id` (Hit.id)."""
+        from .index.pages import page_row
+
+        return page_row(self._store(), page_id, ["image_png"])["image_png"]
+
+    def explain(self, query: str, page_ids: Iterable[str]) -> list["SimilarityMap"]:
+        """Similarity maps of `query` on the given pages (Hit.id): `.grid` is the array, `.image()` the PIL picture."""
+        from .index.explain import explain_page
+
+        store = self._store()
+        store.check_embedder(self.embedder.id)
+        q = self.embedder.embed_queries([query])[0]
+        ids = self.embedder.query_ids(query)
+        return [explain_page(store, self.embedder, q, ids, pid) for pid in page_ids]
+
+    def documents(self) -> list[dict]:
+        """Every indexed document: path, sha256, pages. (A thin listing until `ragvl ls` lands in the API.)"""
+        try:
+            store = PageStore(self.db)
+        except RagvlError:
+            return []
+        return [{"path": p, "sha256": sha, "pages": n} for p, (sha, n) in sorted(store.documents().items())]
+
+    def remove(self, paths: Iterable[str]) -> list[str]:
+        """Remove the documents indexed under exactly these paths (one commit); returns those removed.
+        (A thin version through PageStore.remove_documents until `ragvl rm` lands in the API.)"""
+        store = PageStore(self.db)
+        known = store.documents()
+        gone = [p for p in paths if p in known]
+        store.remove_documents(gone)
+        self._search = None
+        return gone
