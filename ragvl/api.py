@@ -29,6 +29,7 @@ from .models.contract.manifest import KIND_EMBEDDER, KIND_ANSWERER
 from .models.runtime.qwen2vl import Qwen2VL
 from .models.contract.registry import resolve_model
 from .pdf import DEFAULT_DPI
+from .progress import Progress
 
 if TYPE_CHECKING:
     from .index.explain import SimilarityMap
@@ -43,10 +44,11 @@ class Index:
 
     def __init__(self, db: str | Path | None = None, embedder: str | Path | None = None,
                  answerer: str | Path | None = None, device: str | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, threads: int | None = None):
         self.db = Path(db) if db is not None else default_db()
         self._embedder_arg, self._answerer_arg = embedder, answerer
         self.device = device
+        self.threads = threads  # onnxruntime threads per session (default: RAGVL_THREADS / all CPUs)
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self._embedder: ColQwen2 | None = None
         self._answerer: Qwen2VL | None = None
@@ -58,7 +60,7 @@ class Index:
         if self._embedder is None:
             folder = resolve_model(KIND_EMBEDDER, self._embedder_arg)
             self.log(f"embedder: {folder}")
-            self._embedder = ColQwen2(folder, device=self.device)
+            self._embedder = ColQwen2(folder, device=self.device, threads=self.threads)
         return self._embedder
 
     @property
@@ -66,19 +68,23 @@ class Index:
         if self._answerer is None:
             folder = resolve_model(KIND_ANSWERER, self._answerer_arg)
             self.log(f"answerer: {folder}")
-            self._answerer = Qwen2VL(folder, device=self.device)
+            self._answerer = Qwen2VL(folder, device=self.device, threads=self.threads)
         return self._answerer
 
     # -- the three jobs -------------------------------------------------------------------
-    def index(self, paths: Iterable[str | Path], dpi: int = DEFAULT_DPI, progress: bool = True) -> IndexSummary:
-        """Bring the index up to date with the PDFs under `paths` (files or folders)."""
+    def index(self, paths: Iterable[str | Path], dpi: int = DEFAULT_DPI, progress: bool = True,
+              on_progress: Callable[[Progress], None] | None = None) -> IndexSummary:
+        """Bring the index up to date with the PDFs under `paths` (files or folders).
+
+        `on_progress(p)` is called after every page with the Progress (done, total, rate(), note)."""
         from .pdf import find_pdfs
 
         paths = list(paths)
         find_pdfs(paths)  # a missing path fails before the model loads
         embedder = self.embedder  # a missing model fails before the index folder is created
         store = PageStore(self.db, create=True)
-        summary = index_paths(paths, store, embedder, dpi=dpi, log=self.log, progress=progress)
+        summary = index_paths(paths, store, embedder, dpi=dpi, log=self.log, progress=progress,
+                              on_progress=on_progress)
         self._search = None
         return summary
 

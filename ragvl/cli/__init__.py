@@ -13,6 +13,7 @@ from .chat import chat
 from .index import index
 from .models import models_app
 from .search import search
+from .serve import serve
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Local visual RAG over PDFs: ColQwen2 retrieval, Qwen2-VL answers, on onnxruntime.")
@@ -21,6 +22,7 @@ app.command("chat")(chat)
 app.command("index")(index)
 app.command("search")(search)
 app.command("ask")(ask)
+app.command("serve")(serve)
 
 
 def main() -> None:

@@ -62,8 +62,11 @@ def _under(path: str, folder: Path) -> bool:
 
 
 def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmbedder, dpi: int = DEFAULT_DPI,
-                log: Callable[[str], None] | None = None, progress: bool = True) -> IndexSummary:
-    """Bring the index up to date with the PDFs under `paths`; returns what happened."""
+                log: Callable[[str], None] | None = None, progress: bool = True,
+                on_progress: Callable[[Progress], None] | None = None) -> IndexSummary:
+    """Bring the index up to date with the PDFs under `paths`; returns what happened.
+
+    `on_progress(bar)` is called once the plan is made and after every page (the web server's jobs)."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
     paths = [Path(p) for p in paths]
@@ -92,6 +95,8 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
         todo.append((key, sha, n_pages, key in indexed))
 
     bar = Progress(sum(n for _, _, n, _ in todo), enabled=progress)
+    report = on_progress or (lambda b: None)
+    report(bar)
     for key, sha, _, was_indexed in todo:
         try:
             if sha256_file(Path(key)) != sha:
@@ -104,6 +109,7 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
                     vectors = embedder.embed_images([image])[0]
                     rows.append(PageRow(i + 1, image.width, image.height, png_bytes(image), vectors))
                     bar.update()
+                    report(bar)
             store.put_document(key, sha, rows, embedder.id)  # the commit point for this document
         except RagvlError as e:
             summary.failed.append((key, str(e)))
