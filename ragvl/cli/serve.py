@@ -82,7 +82,7 @@ def serve(
         fail(f"cannot listen on {host}:{port} ({e.strerror})")
     port = sock.getsockname()[1]  # --port 0 picks a free one
     service = Service(opts, log=log)
-    app = create_app(service, host=host, port=port, token=token, allow_hosts=tuple(allow_hosts))
+    app = create_app(service, host=host, port=port, token=token, allow_hosts=tuple(allow_host))
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
     print(f"ragvl: serving {service.index.db} at http://{shown}:{port}/"
           + (f"?token={token}" if token else ""), flush=True)

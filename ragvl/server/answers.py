@@ -1,7 +1,7 @@
 """The answer queue: one answer generates at a time, the others wait in order and know their place.
 
 `AnswerQueue.stream` is an async generator of (event, data): ("queued", {"position": n}) while
-n answers are ahead, ("started", {}), then the Service's ("token", text)..., ("sources", hits),
+n answers are ahead, ("started", {}), then the Service's ("token", {"text": ...}), ("sources", hits),
 ("done", result), or ("error", {"error": message}). The generation runs in its own thread; when
 the consumer goes away (a client disconnects, a tool call is cancelled), the generator's
 `finally` stops it through onnxruntime's RunOptions.terminate, prefill included, and the next

@@ -114,7 +114,7 @@ class Service:
     # -- answers --------------------------------------------------------------------------
     def answer_events(self, question: str, k: int, on_start: Callable[[object], None] | None = None
                       ) -> Iterator[tuple[str, object]]:
-        """("retrieved", hits) as soon as the pages are found, ("token", text) per piece, then ("sources",
+        """("retrieved", hits) as soon as the pages are found, ("token", {"text": piece}) per piece, then ("sources",
         hits), then ("done", the `ragvl ask --json` object).
 
         Call one at a time (the servers queue them). `on_start(opts)` receives the RunOptions that
@@ -132,7 +132,7 @@ class Service:
             answer = self.index.ask(question, k, self._settings, self.opts.max_pixels or ANSWER_MAX_PIXELS)
             yield "retrieved", [h.as_dict() for h in answer.sources]  # before the slow part: cards show early
             for piece in answer:
-                yield "token", piece
+                yield "token", {"text": piece}
             yield "sources", [h.as_dict() for h in answer.sources]
             yield "done", answer.as_dict()
 
