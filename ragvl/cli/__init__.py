@@ -11,6 +11,7 @@ import typer
 from .ask import ask
 from .chat import chat
 from .index import index
+from .mcp import mcp
 from .models import models_app
 from .search import search
 from .serve import serve
@@ -23,6 +24,7 @@ app.command("index")(index)
 app.command("search")(search)
 app.command("ask")(ask)
 app.command("serve")(serve)
+app.command("mcp")(mcp)
 
 
 def main() -> None:
