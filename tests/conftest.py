@@ -59,3 +59,15 @@ def tiny_embedder(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("embedder")
     return convert(make_colqwen2_checkpoint(tmp / "ckpt", variant="a"), tmp / "colqwen2-tiny", log=lambda m: None)
 
+
+
+@pytest.fixture(scope="session")
+def tiny_answerer(tmp_path_factory):
+    """A converted tiny Qwen2-VL answer model folder (variant "a", seed 4, fp32)."""
+    _require_reference_stack()
+    from tiny_checkpoints import make_checkpoint
+
+    from ragvl.models.converter.convert import convert
+
+    tmp = tmp_path_factory.mktemp("answerer")
+    return convert(make_checkpoint(tmp / "ckpt", variant="a", seed=4), tmp / "qwen2-vl-tiny", log=lambda m: None)

@@ -17,18 +17,13 @@ from tiny_pdfs import make_pdf
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny_embedder):
-    from tiny_checkpoints import make_checkpoint
-
-    from ragvl.models.converter.convert import convert
-
+def setup(tmp_path_factory, tiny_embedder, tiny_answerer):
     tmp = tmp_path_factory.mktemp("mcp")
-    answerer = convert(make_checkpoint(tmp / "ckpt", variant="a", seed=4), tmp / "qwen2-vl-tiny", log=lambda m: None)
     make_pdf(tmp / "docs" / "a.pdf", 2, seed=50)
     r = subprocess.run([sys.executable, "-m", "ragvl.cli", "index", tmp / "docs", "--db", tmp / "db",
                         "--embedder", tiny_embedder, "-q"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    return tmp / "db", tiny_embedder, answerer
+    return tmp / "db", tiny_embedder, tiny_answerer
 
 
 async def _session_run(db, embedder, answerer, body):

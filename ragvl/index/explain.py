@@ -62,19 +62,19 @@ def _colorize(v: np.ndarray) -> np.ndarray:
 def overlay(image: Image.Image, grid: np.ndarray, label: str = "", strength: float = 0.65) -> Image.Image:
     """The page with `grid` (rows, cols) min-max normalised, upsampled bicubically and blended in.
 
-    Hot patches are tinted strongly, cold ones barely, so the page stays readable; `label`
+    Hot patches are tinted strongly, cold ones hardly at all, so the page stays readable; `label`
     (e.g. the score) is drawn in the top-left corner.
     """
     page = np.asarray(image.convert("RGB"), np.float32)  # (H, W, 3)
     lo, hi = float(grid.min()), float(grid.max())
     norm = (grid - lo) / (hi - lo + 1e-10)
-    up = Image.fromarray(norm.astype(np.float32), mode="F").resize(image.size, Image.Resampling.BICUBIC)
+    up = Image.fromarray(norm.astype(np.float32)).resize(image.size, Image.Resampling.BICUBIC)
     v = np.clip(np.asarray(up, np.float32), 0, 1)  # (H, W)
-    alpha = (strength * (0.15 + 0.85 * v))[..., None]
+    alpha = (strength * v)[..., None]  # the worst-matching patches leave the page untouched
     out = Image.fromarray((page * (1 - alpha) + _colorize(v) * alpha).clip(0, 255).astype(np.uint8))
     if label:
         draw = ImageDraw.Draw(out)
-        font = ImageFont.load_default(size=max(12, image.width // 40))
+        font = ImageFont.load_default(size=max(14, image.width // 30))
         x0, y0, x1, y1 = draw.textbbox((8, 8), label, font=font)
         draw.rectangle((x0 - 5, y0 - 4, x1 + 5, y1 + 4), fill=(255, 255, 255), outline=(30, 30, 30))
         draw.text((8, 8), label, fill=(10, 10, 10), font=font)

@@ -67,7 +67,7 @@ function renderCards(hits) {
     const page = `/api/pages/${h.id}.png`;
     const map = `/api/pages/${h.id}/map.png?q=${encodeURIComponent(currentQuestion)}`;
     card.innerHTML = `<img alt="page ${h.page} of ${escapeHtml(baseName(h.path))}" src="${page}">` +
-      `<div class="meta"><div class="doc"><span class="rank">${h.rank}</span>${escapeHtml(baseName(h.path))}</div>` +
+      `<div class="meta"><div class="doc" title="${escapeHtml(h.path)}"><span class="rank">${h.rank}</span>${escapeHtml(baseName(h.path))}</div>` +
       `<div class="row"><span>page ${h.page}</span><span>score ${h.score.toFixed(2)}</span></div>` +
       `<label><input type="checkbox" class="map-toggle"> where it matched</label></div>`;
     const img = card.querySelector("img");
