@@ -14,6 +14,7 @@ The command line is a thin layer over this class.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
@@ -53,6 +54,7 @@ class Index:
         self._embedder: ColQwen2 | None = None
         self._answerer: Qwen2VL | None = None
         self._search: PageSearch | None = None
+        self._search_lock = threading.Lock()  # servers search from many threads: build the matrix once
 
     # -- models ---------------------------------------------------------------------------
     @property
@@ -97,13 +99,15 @@ class Index:
     def search(self, query: str, k: int = 5) -> list[Hit]:
         """The k pages that best match `query`, best first, with exact MaxSim scores."""
         store = self._store()
-        if self._search is None or self._search.version != store.version:
-            store.check_embedder(self.embedder.id)
-            self._search = PageSearch(store)
-        if k > len(self._search):
-            self.log(f"note: -k {k} is more than the {len(self._search)} pages in the index; returning all")
+        with self._search_lock:
+            if self._search is None or self._search.version != store.version:
+                store.check_embedder(self.embedder.id)
+                self._search = PageSearch(store)
+            search = self._search
+        if k > len(search):
+            self.log(f"note: -k {k} is more than the {len(search)} pages in the index; returning all")
         q = self.embedder.embed_queries([query])[0]
-        return self._search.search(q, k)
+        return search.search(q, k)
 
     def ask(self, question: str, k: int = 3, settings: GenerationSettings | None = None,
             max_pixels: int = ANSWER_MAX_PIXELS) -> Answer:

@@ -14,10 +14,10 @@ import httpx
 class Served:
     """A `ragvl serve` subprocess; `url` is what it printed (with ?token= when it has one)."""
 
-    def __init__(self, *args, cwd=None):
+    def __init__(self, *args, cwd=None, env=None):
         self.proc = subprocess.Popen([sys.executable, "-m", "ragvl.cli", "serve", "--port", "0", *map(str, args)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-                                     env=dict(os.environ), start_new_session=True)
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
         line = self.proc.stdout.readline()
         if "http://" not in line:
             raise AssertionError(f"ragvl serve did not start: {line!r} {self.stop()}")

@@ -35,7 +35,8 @@ def served(tmp_path_factory, tiny_embedder, tiny_answerer):
     s = Served("--db", root / "db", "--root", root, "--embedder", tiny_embedder, "--answerer", tiny_answerer,
                "-n", "40", "--token", "browser-test-token")
     yield s, root
-    assert "Traceback" not in s.stop()
+    log = s.stop()
+    assert "Traceback" not in log, log
 
 
 def test_page_ask_map_and_add_document(served, tmp_path):
@@ -46,6 +47,8 @@ def test_page_ask_map_and_add_document(served, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(60_000)
+            sync_api.expect.set_options(timeout=60_000)  # a shared 2-core machine: first requests load LanceDB
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(server.url)  # ?token=..., then the cookie and a clean URL

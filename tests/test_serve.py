@@ -256,3 +256,21 @@ def test_cancellation_stops_prefill_through_run_options(answerer, root):
             gen.consume()  # the vision run (the first of the prefill) is refused
     with cancel.running():
         assert model.chat("Describe.", [image]).consume().token_ids  # the next generation runs normally
+
+
+def test_no_models_and_no_index_say_what_to_run(tmp_path):
+    s = Served("--db", tmp_path / "none", "--root", tmp_path, env={"RAGVL_HOME": str(tmp_path / "models"),
+                                                                  "RAGVL_EMBEDDER": "", "RAGVL_ANSWERER": ""})
+    try:
+        with s.client() as c:
+            st = c.get("/api/status").json()
+            assert st["embedder"] is None and st["answerer"] is None and st["documents"] == 0
+            text = " ".join(st["problems"])
+            assert "ragvl models pull" in text and "ragvl index" in text
+            r = c.post("/api/ask", json={"question": "anything?"})
+            assert r.status_code == 400 and "ragvl models pull" in r.json()["error"]
+            r = c.get("/api/search", params={"q": "x"})
+            assert r.status_code == 400 and "ragvl models pull" in r.json()["error"]  # the embedder is checked first
+            assert c.get("/api/documents").json() == []
+    finally:
+        assert "Traceback" not in s.stop()

@@ -110,6 +110,7 @@ def create_app(service: Service, *, host: str = "127.0.0.1", port: int = 8765, t
         if not isinstance(question, str) or not question.strip():
             raise BadRequest("'question' must be a non-empty string")
         k = _k(body.get("k"), 3)
+        await _call(service.check_can_answer)
 
         async def events():
             async for name, data in answers.stream(question, k):

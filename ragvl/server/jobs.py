@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import queue
 import secrets
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import RagvlError
@@ -20,9 +20,16 @@ class Jobs:
 
     def __init__(self, service: Service):
         self.service = service
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragvl-index")
         self._jobs: dict[str, dict] = {}
         self._lock = threading.Lock()
+        self._todo: queue.Queue = queue.Queue()
+        # A daemon thread: stopping the server does not wait for a job (each document is its own
+        # commit, so an interrupted job leaves a consistent index; indexing again finishes it).
+        threading.Thread(target=self._worker, name="ragvl-index", daemon=True).start()
+
+    def _worker(self) -> None:
+        while True:
+            self._run(*self._todo.get())
 
     def submit(self, paths: list[Path]) -> dict:
         job = {"id": secrets.token_hex(6), "paths": [str(p) for p in paths], "state": "queued", "done": 0,
@@ -32,7 +39,7 @@ class Jobs:
             self._jobs[job["id"]] = job
             for old in [j for j in self._jobs.values() if j["state"] in ("done", "failed")][:-KEEP]:
                 del self._jobs[old["id"]]
-        self._pool.submit(self._run, job, paths)
+        self._todo.put((job, paths))
         return dict(job)
 
     def get(self, job_id: str) -> dict | None:

@@ -112,6 +112,16 @@ class Service:
         return out
 
     # -- answers --------------------------------------------------------------------------
+    def check_can_answer(self) -> None:
+        """Fail now (a 4xx, not an error event later) when a model or the index is missing."""
+        from ..models.contract.manifest import KIND_ANSWERER, KIND_EMBEDDER
+        from ..models.contract.registry import resolve_model
+
+        resolve_model(KIND_EMBEDDER, self.opts.embedder, "--embedder")
+        resolve_model(KIND_ANSWERER, self.opts.answerer, "--answerer")
+        if not self.documents():
+            raise RagvlError(f"{self.index.db}: no documents indexed yet (add some, or run `ragvl index PATH`)")
+
     def answer_events(self, question: str, k: int, on_start: Callable[[object], None] | None = None
                       ) -> Iterator[tuple[str, object]]:
         """("retrieved", hits) as soon as the pages are found, ("token", {"text": piece}) per piece, then ("sources",
