@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -62,7 +63,7 @@ def test_token_grids_equal_colpali_engine(indexed, tiny_embedder):
     store = PageStore(indexed / "db")
     shapes = set()
     for h, m in zip(hits, maps):
-        image = Image.open(__import__("io").BytesIO(page_row(store, h.id, ["image_png"])["image_png"])).convert("RGB")
+        image = Image.open(io.BytesIO(page_row(store, h.id, ["image_png"])["image_png"])).convert("RGB")
         batch = proc.process_images([image])
         with torch.no_grad():
             d_ref = model(**batch)  # (1, S, 128)

@@ -7,7 +7,6 @@ searches and page images keep being served while an answer generates or a job in
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import sys
 import threading
