@@ -64,13 +64,15 @@ class AnswerQueue:
                 opts.terminate = True
 
         def work() -> None:
+            pieces = 0
             try:
                 for event in self.service.answer_events(question, k, on_start=on_start):
                     if stop.is_set():
-                        break
+                        raise Cancelled("generation stopped")
+                    pieces += event[0] == "token"
                     put(event)
             except Cancelled:
-                pass
+                self.service.log(f"answer stopped after {pieces} pieces: its client went away")
             except RagvlError as e:
                 put(("error", {"error": str(e)}))
             except Exception:  # never a traceback to the client; the server log keeps it
