@@ -14,9 +14,10 @@ The command line is a thin layer over this class.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .answer.answering import ANSWER_MAX_PIXELS, Answer, answer_question
 from .errors import RagvlError
@@ -29,6 +30,10 @@ from .models.contract.manifest import KIND_EMBEDDER, KIND_ANSWERER
 from .models.runtime.qwen2vl import Qwen2VL
 from .models.contract.registry import resolve_model
 from .ingest import DEFAULT_DPI
+from .progress import Progress
+
+if TYPE_CHECKING:
+    from .index.explain import SimilarityMap
 
 
 class Index:
@@ -40,14 +45,16 @@ class Index:
 
     def __init__(self, db: str | Path | None = None, embedder: str | Path | None = None,
                  answerer: str | Path | None = None, device: str | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, threads: int | None = None):
         self.db = Path(db) if db is not None else default_db()
         self._embedder_arg, self._answerer_arg = embedder, answerer
         self.device = device
+        self.threads = threads  # onnxruntime threads per session (default: RAGVL_THREADS / all CPUs)
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self._embedder: ColQwen2 | None = None
         self._answerer: Qwen2VL | None = None
         self._search: PageSearch | None = None
+        self._search_lock = threading.Lock()  # servers search from many threads: build the matrix once
 
     # -- models ---------------------------------------------------------------------------
     @property
@@ -55,7 +62,7 @@ class Index:
         if self._embedder is None:
             folder = resolve_model(KIND_EMBEDDER, self._embedder_arg)
             self.log(f"embedder: {folder}")
-            self._embedder = ColQwen2(folder, device=self.device)
+            self._embedder = ColQwen2(folder, device=self.device, threads=self.threads)
         return self._embedder
 
     @property
@@ -63,19 +70,23 @@ class Index:
         if self._answerer is None:
             folder = resolve_model(KIND_ANSWERER, self._answerer_arg)
             self.log(f"answerer: {folder}")
-            self._answerer = Qwen2VL(folder, device=self.device)
+            self._answerer = Qwen2VL(folder, device=self.device, threads=self.threads)
         return self._answerer
 
     # -- the three jobs -------------------------------------------------------------------
-    def index(self, paths: Iterable[str | Path], dpi: int = DEFAULT_DPI, progress: bool = True) -> IndexSummary:
-        """Bring the index up to date with the PDFs and image files under `paths` (files or folders)."""
+    def index(self, paths: Iterable[str | Path], dpi: int = DEFAULT_DPI, progress: bool = True,
+              on_progress: Callable[[Progress], None] | None = None) -> IndexSummary:
+        """Bring the index up to date with the PDFs and image files under `paths` (files or folders).
+
+        `on_progress(p)` is called after every page with the Progress (done, total, rate(), note)."""
         from .ingest import find_documents
 
         paths = list(paths)
         find_documents(paths)  # a missing path fails before the model loads
         embedder = self.embedder  # a missing model fails before the index folder is created
         store = PageStore(self.db, create=True)
-        summary = index_paths(paths, store, embedder, dpi=dpi, log=self.log, progress=progress)
+        summary = index_paths(paths, store, embedder, dpi=dpi, log=self.log, progress=progress,
+                              on_progress=on_progress)
         self._search = None
         return summary
 
@@ -107,9 +118,10 @@ class Index:
     def searcher(self) -> PageSearch:
         """The search over the index's current version (cached until the index changes)."""
         store = self._store()
-        if self._search is None or self._search.version != store.version:
-            self._search = PageSearch(store, log=self.log)
-        return self._search
+        with self._search_lock:
+            if self._search is None or self._search.version != store.version:
+                self._search = PageSearch(store, log=self.log)
+            return self._search
 
     def ask(self, question: str, k: int = 3, settings: GenerationSettings | None = None,
             max_pixels: int = ANSWER_MAX_PIXELS, *, mode: str = "visual", allowed=None) -> Answer:
@@ -120,3 +132,38 @@ class Index:
         store = self._search.store
         return answer_question(self.answerer, store, question, hits, settings or self.answerer.defaults, max_pixels,
                       retrieval_s=time.perf_counter() - t0)
+
+    # -- pages, maps and documents (the web page, HTTP API and MCP server use these) ------------
+    def page_image(self, page_id: str) -> bytes:
+        """The stored PNG of the page `page_id` (Hit.id)."""
+        from .index.pages import page_row
+
+        return page_row(self._store(), page_id, ["image_png"])["image_png"]
+
+    def explain(self, query: str, page_ids: Iterable[str]) -> list["SimilarityMap"]:
+        """Similarity maps of `query` on the given pages (Hit.id): `.grid` is the array, `.image()` the PIL picture."""
+        from .index.explain import explain_page
+
+        store = self._store()
+        store.check_embedder(self.embedder.id)
+        q = self.embedder.embed_queries([query])[0]
+        ids = self.embedder.query_ids(query)
+        return [explain_page(store, self.embedder, q, ids, pid) for pid in page_ids]
+
+    def documents(self) -> list[dict]:
+        """Every indexed document: path, sha256, pages. (A thin listing until `ragvl ls` lands in the API.)"""
+        try:
+            store = PageStore(self.db)
+        except RagvlError:
+            return []
+        return [{"path": p, "sha256": sha, "pages": n} for p, (sha, n) in sorted(store.documents().items())]
+
+    def remove(self, paths: Iterable[str]) -> list[str]:
+        """Remove the documents indexed under exactly these paths (one commit); returns those removed.
+        (A thin version through PageStore.remove_documents until `ragvl rm` lands in the API.)"""
+        store = PageStore(self.db)
+        known = store.documents()
+        gone = [p for p in paths if p in known]
+        store.remove_documents(gone)
+        self._search = None
+        return gone

@@ -71,6 +71,12 @@ def tiny_embedder(np_embedder) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_answerer(np_answerer) -> Path:
+    """The converted tiny answer model the CLI, server and API tests use (numpy-built, no torch)."""
+    return np_answerer
+
+
+@pytest.fixture(scope="session")
 def np_answerer(tmp_path_factory) -> Path:
     """A converted tiny Qwen2-VL (variant "a", fp32, seed 4) from a numpy-built checkpoint; that
     checkpoint is `np_answerer.parent / "ckpt"`."""

@@ -12,8 +12,10 @@ from .ask import ask
 from .chat import chat
 from .eval import eval_cmd
 from .index import index
+from .mcp import mcp
 from .models import models_app
 from .search import search
+from .serve import serve
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Local visual RAG over PDFs: ColQwen2 retrieval, Qwen2-VL answers, on onnxruntime.")
@@ -23,6 +25,8 @@ app.command("index")(index)
 app.command("search")(search)
 app.command("ask")(ask)
 app.command("eval")(eval_cmd)
+app.command("serve")(serve)
+app.command("mcp")(mcp)
 
 
 def main() -> None:

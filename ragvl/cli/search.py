@@ -21,12 +21,21 @@ def search(
     mode: str = MODE,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {rank, path, page, score, id, mode, "
                                  "visual_rank, text_rank}."),
+    explain: Optional[Path] = typer.Option(None, "--explain", help="Write a similarity map PNG per hit "
+                                           "into this folder: where on the page the query matched."),
+    explain_tokens: bool = typer.Option(False, "--explain-tokens", help="With --explain: also one map per "
+                                        "query token."),
 ) -> None:
     """Find the pages that best match QUERY (ColQwen2 late interaction)."""
     from ..api import Index
 
+    if explain_tokens and explain is None:
+        fail("--explain-tokens needs --explain DIR")
     try:
-        hits = Index(db, embedder=embedder, device=device, log=log).search(query, k, mode=mode)
+        idx = Index(db, embedder=embedder, device=device, log=log)
+        hits = idx.search(query, k, mode=mode)
+        if explain is not None:
+            write_maps(idx, query, hits, explain, explain_tokens)
     except RagvlError as e:
         fail(str(e))
         return
@@ -35,3 +44,21 @@ def search(
         return
     for h in hits:
         print(f"{h.rank:>3}  {h.score:8.3f}  {display_path(h.path)}  page {h.page}{hit_ranks(h)}")
+
+
+def write_maps(idx, query: str, hits, folder: Path, tokens: bool) -> None:
+    """One `{rank}-{doc}-p{page}.png` per hit (plus `...-t{i}.png` per query token), logged on stderr."""
+    from ..errors import os_error_cause
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for h, m in zip(hits, idx.explain(query, [h.id for h in hits])):
+            m.score = h.score  # label with the number search printed
+            stem = f"{h.rank:02d}-{Path(h.path).stem}-p{h.page}"
+            m.image().save(folder / f"{stem}.png")
+            if tokens:
+                for i in range(len(m.tokens)):
+                    m.token_image(i).save(folder / f"{stem}-t{i:02d}.png")
+        log(f"similarity maps: {folder}")
+    except OSError as e:
+        raise RagvlError(f"{folder}: {os_error_cause(e)}") from None

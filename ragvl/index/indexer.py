@@ -75,8 +75,11 @@ def _test_pause(pages_seen: int) -> None:
 
 
 def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmbedder, dpi: int = DEFAULT_DPI,
-                log: Callable[[str], None] | None = None, progress: bool = True) -> IndexSummary:
-    """Bring the index up to date with the PDFs and image files under `paths`; returns what happened."""
+                log: Callable[[str], None] | None = None, progress: bool = True,
+                on_progress: Callable[[Progress], None] | None = None) -> IndexSummary:
+    """Bring the index up to date with the PDFs and image files under `paths`; returns what happened.
+
+    `on_progress(bar)` is called once the plan is made and after every page (the web server's jobs)."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
     paths = [Path(p) for p in paths]
@@ -108,6 +111,8 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
 
         bar = Progress(sum(n for _, _, n, _ in todo), enabled=progress)
         pages_seen = 0
+        report = on_progress or (lambda b: None)
+        report(bar)
         for key, sha, _, was_indexed in todo:
             try:
                 if sha256_file(Path(key)) != sha:
@@ -124,6 +129,7 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
                         rows.append(PageRow(page.number, page.width, page.height, page.png, vectors,
                                             text=page.text or None))
                     bar.update()
+                    report(bar)
                     pages_seen += 1
                     _test_pause(pages_seen)
                 if not rows:

@@ -63,9 +63,13 @@ class ColQwen2(VisionLanguageModel):
         """One (n_tokens, 128) float32 matrix per query."""
         out: list[np.ndarray] = []
         for i in range(0, len(queries), batch_size):
-            ids = [self.tokenizer.encode_prompt(QUERY_PREFIX + q + QUERY_SUFFIX, []) for q in queries[i:i + batch_size]]
+            ids = [self.query_ids(q) for q in queries[i:i + batch_size]]
             out += self._encode(ids, self.vision_features([], []), [])
         return out
+
+    def query_ids(self, query: str) -> np.ndarray:
+        """The token ids a query is embedded from: one output row per id."""
+        return self.tokenizer.encode_prompt(QUERY_PREFIX + query + QUERY_SUFFIX, [])
 
     def _encode(self, ids: list[np.ndarray], feats: np.ndarray, grids: list[tuple[int, int, int]]) -> list[np.ndarray]:
         """Run a left-padded batch through the encoder; return each item's real rows."""

@@ -1,0 +1,181 @@
+"""What the web server and the MCP server share: one Index, its models loaded once, lazily.
+
+Every method is synchronous and thread-safe: the servers call them from worker threads, so
+searches and page images keep being served while an answer generates or a job indexes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..api import Index
+from ..errors import RagvlError
+from ..fsutil import cpu_threads
+from ..models.runtime.cancel import Cancellation
+from ..models.runtime.generation import GenerationSettings
+
+
+@dataclass
+class ServeOptions:
+    """`ragvl serve` / `ragvl mcp` options: the index, the models (as `ragvl ask`), the add-documents roots."""
+
+    db: Path | None = None
+    embedder: Path | None = None
+    answerer: Path | None = None
+    device: str | None = None
+    roots: list[Path] = field(default_factory=lambda: [Path.cwd()])
+    overrides: dict = field(default_factory=dict)  # generation overrides, as `ragvl ask` takes them
+    max_pixels: int | None = None
+
+
+def writer_lock(db: Path):
+    """The index writer lock: one writer at a time across processes (ragvl.index.lock)."""
+    try:
+        from ..index.lock import writer_lock as lock
+    except ImportError:  # TODO(issue 8): ragvl.index.lock.writer_lock(db) lands with the store rewrite
+        return contextlib.nullcontext()
+    return lock(db)
+
+
+class Service:
+    """The Index behind both servers, with the locks that make sharing it across threads safe."""
+
+    def __init__(self, opts: ServeOptions, log: Callable[[str], None] | None = None):
+        self.opts = opts
+        self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.index = Index(opts.db, embedder=opts.embedder, answerer=opts.answerer, device=opts.device, log=self.log)
+        self.roots = [Path(r).expanduser().resolve() for r in opts.roots]
+        self._load = threading.Lock()
+        self._cancel: Cancellation | None = None
+        self._settings: GenerationSettings | None = None
+
+    # -- models, loaded once --------------------------------------------------------------
+    def embedder(self):
+        with self._load:
+            return self.index.embedder
+
+    def answerer(self):
+        with self._load:
+            model = self.index.answerer
+            if self._cancel is None:
+                self._cancel = Cancellation(model)
+                self._settings = model.defaults.with_overrides(**self.opts.overrides)
+            return model
+
+    # -- reads ----------------------------------------------------------------------------
+    def search(self, query: str, k: int) -> list[dict]:
+        """The same list as `ragvl search --json`: rank, path, page, score, id."""
+        if not query.strip():
+            raise RagvlError("the query is empty")
+        self.embedder()
+        return [h.as_dict() for h in self.index.search(query, k)]
+
+    def page_png(self, page_id: str) -> bytes:
+        return self.index.page_image(page_id)
+
+    def map_png(self, page_id: str, query: str) -> bytes:
+        if not query.strip():
+            raise RagvlError("the query is empty")
+        self.embedder()
+        return self.index.explain(query, [page_id])[0].png()
+
+    def documents(self) -> list[dict]:
+        return self.index.documents()
+
+    def status(self) -> dict:
+        """Models in use, pages, documents, index size; `problems` says what to run when something is missing."""
+        from ..models.contract.manifest import KIND_ANSWERER, KIND_EMBEDDER
+        from ..models.contract.registry import resolve_model
+
+        out: dict = {"db": str(self.index.db), "roots": [str(r) for r in self.roots], "problems": []}
+        for kind, arg, key in ((KIND_EMBEDDER, self.opts.embedder, "embedder"),
+                               (KIND_ANSWERER, self.opts.answerer, "answerer")):
+            try:
+                out[key] = resolve_model(kind, arg, f"--{key}").name
+            except RagvlError as e:
+                out[key] = None
+                out["problems"].append(str(e))
+        docs = self.documents()
+        out["documents"], out["pages"] = len(docs), sum(d["pages"] for d in docs)
+        out["index_bytes"] = sum(f.stat().st_size for f in self.index.db.rglob("*") if f.is_file()) \
+            if self.index.db.is_dir() else 0
+        if not docs:
+            out["problems"].append(f"{self.index.db}: no documents indexed yet: add a file or folder below, "
+                                   f"or run `ragvl index PATH`")
+        return out
+
+    # -- answers --------------------------------------------------------------------------
+    def check_can_answer(self) -> None:
+        """Fail now (a 4xx, not an error event later) when a model or the index is missing."""
+        from ..models.contract.manifest import KIND_ANSWERER, KIND_EMBEDDER
+        from ..models.contract.registry import resolve_model
+
+        resolve_model(KIND_EMBEDDER, self.opts.embedder, "--embedder")
+        resolve_model(KIND_ANSWERER, self.opts.answerer, "--answerer")
+        if not self.documents():
+            raise RagvlError(f"{self.index.db}: no documents indexed yet (add some, or run `ragvl index PATH`)")
+
+    def answer_events(self, question: str, k: int, on_start: Callable[[object], None] | None = None
+                      ) -> Iterator[tuple[str, object]]:
+        """("retrieved", hits) as soon as the pages are found, ("token", {"text": piece}) per piece, then ("sources",
+        hits), then ("done", the `ragvl ask --json` object).
+
+        Call one at a time (the servers queue them). `on_start(opts)` receives the RunOptions that
+        `cancel(opts)` stops, prefill and vision included.
+        """
+        if not question.strip():
+            raise RagvlError("the question is empty")
+        from ..answer.answering import ANSWER_MAX_PIXELS
+
+        self.embedder()
+        self.answerer()
+        with self._cancel.running() as opts:
+            if on_start:
+                on_start(opts)
+            answer = self.index.ask(question, k, self._settings, self.opts.max_pixels or ANSWER_MAX_PIXELS)
+            yield "retrieved", [h.as_dict() for h in answer.sources]  # before the slow part: cards show early
+            for piece in answer:
+                yield "token", {"text": piece}
+            yield "sources", [h.as_dict() for h in answer.sources]
+            yield "done", answer.as_dict()
+
+    def cancel(self, opts) -> None:
+        if self._cancel is not None:
+            self._cancel.cancel(opts)
+
+    # -- documents ------------------------------------------------------------------------
+    def check_under_roots(self, raw_paths: list[str]) -> list[Path]:
+        """Resolve the paths given to "add documents"; each, and every PDF below it, must lie under a root."""
+        from ..pdf import find_pdfs
+
+        if not raw_paths or not all(isinstance(p, str) and p.strip() for p in raw_paths):
+            raise RagvlError("'paths' must be a non-empty list of file or folder paths")
+        out = []
+        for raw in raw_paths:
+            p = Path(os.path.expanduser(raw))
+            p = (p if p.is_absolute() else self.roots[0] / p).resolve()
+            if not any(p.is_relative_to(r) for r in self.roots):
+                raise PermissionError(f"{raw}: outside the folders this server may read "
+                                      f"({', '.join(map(str, self.roots))}; see `ragvl serve --root`)")
+            for pdf in find_pdfs([p]):  # symlinks below a root must not lead out of it either
+                if not any(pdf.resolve().is_relative_to(r) for r in self.roots):
+                    raise PermissionError(f"{pdf}: a link out of the allowed folders")
+            out.append(p)
+        return out
+
+    def index_paths(self, paths: list[Path], on_progress: Callable[[object], None]):
+        """Index `paths` with half the CPU threads (answers stay responsive), under the writer lock."""
+        job = Index(self.index.db, embedder=self.opts.embedder, device=self.opts.device, log=self.log,
+                    threads=max(1, cpu_threads() // 2))
+        with writer_lock(self.index.db):
+            return job.index(paths, progress=False, on_progress=on_progress)
+
+    def remove(self, path: str) -> list[str]:
+        with writer_lock(self.index.db):
+            return self.index.remove([path])
