@@ -16,12 +16,13 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .answer.answering import ANSWER_MAX_PIXELS, Answer, answer_question
 from .errors import RagvlError
 from .index.indexer import IndexSummary, index_paths
 from .index.search import Hit, PageSearch
+from .index.objstore import is_uri, normalize_db, writer_lock
 from .index.store import PageStore, default_db
 from .models.runtime.colqwen2 import ColQwen2
 from .models.runtime.generation import GenerationSettings
@@ -29,6 +30,9 @@ from .models.contract.manifest import KIND_EMBEDDER, KIND_ANSWERER
 from .models.runtime.qwen2vl import Qwen2VL
 from .models.contract.registry import resolve_model
 from .pdf import DEFAULT_DPI
+
+if TYPE_CHECKING:
+    from .distributed.options import RayOptions
 
 
 class Index:
@@ -41,7 +45,7 @@ class Index:
     def __init__(self, db: str | Path | None = None, embedder: str | Path | None = None,
                  answerer: str | Path | None = None, device: str | None = None,
                  log: Callable[[str], None] | None = None):
-        self.db = Path(db) if db is not None else default_db()
+        self.db = normalize_db(db) if db is not None else default_db()  # a Path, or an s3:// URI string
         self._embedder_arg, self._answerer_arg = embedder, answerer
         self.device = device
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -67,15 +71,31 @@ class Index:
         return self._answerer
 
     # -- the three jobs -------------------------------------------------------------------
-    def index(self, paths: Iterable[str | Path], dpi: int = DEFAULT_DPI, progress: bool = True) -> IndexSummary:
-        """Bring the index up to date with the PDFs under `paths` (files or folders)."""
+    def index(self, paths: Iterable[str | Path], dpi: int = DEFAULT_DPI, progress: bool = True,
+              cluster: "RayOptions | None" = None) -> IndexSummary:
+        """Bring the index up to date with the PDFs under `paths` (files or folders).
+
+        `cluster` (ragvl.distributed.RayOptions) embeds on a Ray cluster instead of this process.
+        """
         from .pdf import find_pdfs
 
         paths = list(paths)
         find_pdfs(paths)  # a missing path fails before the model loads
+        if cluster is not None:
+            from .distributed.driver import index_on_ray
+
+            folder = resolve_model(KIND_EMBEDDER, self._embedder_arg)  # workers load it; the driver does not
+            summary = index_on_ray(paths, self.db, folder, cluster, dpi=dpi, log=self.log, progress=progress)
+            self._search = None
+            return summary
         embedder = self.embedder  # a missing model fails before the index folder is created
-        store = PageStore(self.db, create=True)
-        summary = index_paths(paths, store, embedder, dpi=dpi, log=self.log, progress=progress)
+        if is_uri(self.db):  # local folders: the lock is index_paths' own (issue 8)
+            with writer_lock(self.db, log=self.log):
+                summary = index_paths(paths, PageStore(self.db, create=True), embedder, dpi=dpi, log=self.log,
+                                      progress=progress)
+        else:
+            store = PageStore(self.db, create=True)
+            summary = index_paths(paths, store, embedder, dpi=dpi, log=self.log, progress=progress)
         self._search = None
         return summary
 

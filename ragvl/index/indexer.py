@@ -61,20 +61,53 @@ def _under(path: str, folder: Path) -> bool:
         return False
 
 
-def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmbedder, dpi: int = DEFAULT_DPI,
-                log: Callable[[str], None] | None = None, progress: bool = True) -> IndexSummary:
-    """Bring the index up to date with the PDFs under `paths`; returns what happened."""
-    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    t0 = time.perf_counter()
+def embed_page(doc, index: int, dpi: int, embedder: PageEmbedder) -> PageRow:
+    """Render the page at 0-based `index` and embed exactly that image (every indexer's one way)."""
+    image = doc.render_page(index, dpi)
+    vectors = embedder.embed_images([image])[0]  # (n, 128)
+    return PageRow(index + 1, image.width, image.height, png_bytes(image), vectors)
+
+
+@dataclass
+class PlannedDocument:
+    """A document that needs embedding: its stored key, sha256, page count, and whether an older
+    version of it is in the index."""
+
+    key: str
+    sha256: str
+    n_pages: int
+    was_indexed: bool
+
+
+@dataclass
+class IndexPlan:
+    """What a run will do: the documents to embed and the indexed documents to remove at the end.
+
+    The single-process indexer and the Ray driver both plan with `plan_index`, so both decide the
+    same way what is unchanged, changed, new, failed and removed.
+    """
+
+    todo: list[PlannedDocument]
+    gone: list[str]
+    summary: IndexSummary
+
+    @property
+    def total_pages(self) -> int:
+        return sum(d.n_pages for d in self.todo)
+
+
+def plan_index(paths: Iterable[str | Path], store: PageStore, embedder_id: str, dpi: int,
+               log: Callable[[str], None]) -> IndexPlan:
+    """Check the embedder, record the metadata, hash every file and sort the documents."""
     paths = [Path(p) for p in paths]
     pdfs = find_pdfs(paths)  # a missing path is an error before any work
-    store.check_embedder(embedder.id)
+    store.check_embedder(embedder_id)
     if not store.embedder:
-        store.write_meta(embedder=embedder.id, dpi=dpi)
+        store.write_meta(embedder=embedder_id, dpi=dpi)
     indexed = store.documents()
     summary = IndexSummary()
 
-    # Plan: hash every file, open the ones that need work (page counts give the progress total).
+    # Hash every file, open the ones that need work (page counts give the progress total).
     todo = []
     for pdf in pdfs:
         key = str(pdf)
@@ -89,10 +122,32 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
             summary.failed.append((key, str(e)))
             log(f"skipped: {e}")
             continue
-        todo.append((key, sha, n_pages, key in indexed))
+        todo.append(PlannedDocument(key, sha, n_pages, key in indexed))
 
-    bar = Progress(sum(n for _, _, n, _ in todo), enabled=progress)
-    for key, sha, _, was_indexed in todo:
+    # Documents that vanished from a folder we were asked to index.
+    found = {str(p) for p in pdfs}
+    folders = [p.resolve() for p in paths if p.is_dir()]
+    gone = sorted(p for p in indexed if p not in found and any(_under(p, f) for f in folders))
+    return IndexPlan(todo, gone, summary)
+
+
+def finish_index(plan: IndexPlan, store: PageStore) -> None:
+    """Remove the documents that vanished (one commit), after every new page is in."""
+    store.remove_documents(plan.gone)
+    plan.summary.removed = plan.gone
+
+
+def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmbedder, dpi: int = DEFAULT_DPI,
+                log: Callable[[str], None] | None = None, progress: bool = True) -> IndexSummary:
+    """Bring the index up to date with the PDFs under `paths`; returns what happened."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    t0 = time.perf_counter()
+    plan = plan_index(paths, store, embedder.id, dpi, log)
+    summary = plan.summary
+
+    bar = Progress(plan.total_pages, enabled=progress)
+    for d in plan.todo:
+        key, sha = d.key, d.sha256
         try:
             if sha256_file(Path(key)) != sha:
                 raise RagvlError(f"{key}: changed while being indexed; run again")
@@ -100,9 +155,7 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
                 rows = []
                 for i in range(doc.page_count):
                     bar.note = Path(key).name
-                    image = doc.render_page(i, dpi)
-                    vectors = embedder.embed_images([image])[0]
-                    rows.append(PageRow(i + 1, image.width, image.height, png_bytes(image), vectors))
+                    rows.append(embed_page(doc, i, dpi, embedder))
                     bar.update()
             store.put_document(key, sha, rows, embedder.id)  # the commit point for this document
         except RagvlError as e:
@@ -110,14 +163,9 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
             log(f"skipped: {e}")
             continue
         summary.pages += len(rows)
-        (summary.changed if was_indexed else summary.new).append(key)
+        (summary.changed if d.was_indexed else summary.new).append(key)
     bar.close()
 
-    # Documents that vanished from a folder we were asked to index.
-    found = {str(p) for p in pdfs}
-    folders = [p.resolve() for p in paths if p.is_dir()]
-    gone = sorted(p for p in indexed if p not in found and any(_under(p, f) for f in folders))
-    store.remove_documents(gone)
-    summary.removed = gone
+    finish_index(plan, store)
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -42,7 +42,7 @@ class PageSearch:
     def __init__(self, store: PageStore):
         self.store = store
         self.version = store.version
-        root = store.path / CACHE
+        root = store.cache_dir  # store.path / CACHE for a local index
         cache = root / f"v{self.version}"
         try:
             self.matrix = PageMatrix.load(cache)
