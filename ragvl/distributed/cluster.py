@@ -69,7 +69,9 @@ def ray_session(opts: RayOptions, log: Callable[[str], None]) -> Iterator[object
             try:
                 ray.init(address=opts.address, **kwargs)
             except Exception as e:  # ConnectionError: no cluster found for "auto", version mismatch...
-                raise RagvlError(f"Ray cluster {opts.address} cannot be joined ({_short(e)})") from None
+                hint = ("; a cluster with token authentication needs RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN or "
+                        "~/.ray/auth_token)") if not os.environ.get("RAY_AUTH_MODE") else ""
+                raise RagvlError(f"Ray cluster {opts.address} cannot be joined ({_short(e)}){hint}") from None
             log(f"ray: joined cluster {opts.address} ({_resources(ray)})")
         yield ray
     finally:

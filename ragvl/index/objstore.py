@@ -134,12 +134,19 @@ class MetaTable:
     def write(self, meta: dict) -> None:
         """Replace the metadata in one commit (overwrite mode is one new table version)."""
         data = pa.table({"key": ["index"], "json": [json.dumps(meta, sort_keys=True)]}, schema=self.SCHEMA)
-        self.conn.create_table(META_TABLE, data=data, mode="overwrite")
+        self.conn.create_table(META_TABLE, data=data, mode="overwrite" if self.exists() else "create")
 
 
 def _table_names(conn) -> list[str]:
-    names = conn.table_names(limit=1000) if hasattr(conn, "table_names") else []
-    return list(names)
+    if hasattr(conn, "list_tables"):  # lancedb >= 0.30 (table_names is deprecated there)
+        names, token = [], None
+        while True:
+            r = conn.list_tables(page_token=token) if token else conn.list_tables()
+            names += list(r.tables)
+            token = r.page_token
+            if not token:
+                return names
+    return list(conn.table_names())
 
 
 def new_index_id() -> str:
@@ -265,13 +272,18 @@ class ObjectLock:
         self._thread.start()
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.lease_s / 3):
-            try:
-                self.etag = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(),
-                                                   IfMatch=self.etag)["ETag"]
-            except Exception:  # overtaken, or the store is unreachable: stop committing
-                self.lost = True
-                return
+        while not self._stop.wait(self.lease_s / 3) and self.renew():
+            pass
+
+    def renew(self) -> bool:
+        """Extend the lease (a put conditional on our last ETag); False, and `lost`, if overtaken."""
+        try:
+            self.etag = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(),
+                                               IfMatch=self.etag)["ETag"]
+            return True
+        except Exception:  # overtaken, or the store is unreachable: stop committing
+            self.lost = True
+            return False
 
     def check(self) -> None:
         """Raise if the lease was lost (call before each commit)."""
