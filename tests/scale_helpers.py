@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from ragvl.index.store import PageStore
@@ -66,13 +68,19 @@ def s3_server():
         server.stop()
 
 
+@dataclass
+class RayHead:
+    address: str
+    env: dict  # what a driver needs to join (the cluster's auth token)
+    pid: int  # the process group leader
+
+
 @contextmanager
 def ray_head(tmp: Path, hide: Path | None = None):
     """`ray start --head` in its own process group (temp dir under /tmp: socket paths are short).
 
     `hide`: a folder the cluster's processes cannot see (a tmpfs mounted over it in a private
-    mount namespace, as on another machine); needs root and unshare. Yields (address, env) where
-    env carries the cluster's auth token for drivers. Stopped by its pid, never `ray stop` (which
+    mount namespace, as on another machine); needs root and unshare. Yields a RayHead. Stopped by its pid, never `ray stop` (which
     ends every Ray on the machine).
     """
     port = free_port()
@@ -91,12 +99,13 @@ def ray_head(tmp: Path, hide: Path | None = None):
         while b"Ray runtime started" not in (tmp / "ray-head.log").read_bytes():
             assert p.poll() is None and time.time() < deadline, (tmp / "ray-head.log").read_text()[-2000:]
             time.sleep(0.5)
-        yield f"127.0.0.1:{port}", {k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+        yield RayHead(f"127.0.0.1:{port}", {k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}, p.pid)
     finally:
         os.killpg(p.pid, signal.SIGTERM)
         try:
-            p.wait(timeout=30)
+            p.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
         log.close()
+        shutil.rmtree(temp, ignore_errors=True)
