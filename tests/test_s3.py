@@ -127,3 +127,14 @@ def test_lock_object_conditional_put_and_lease(s3):
         b.check()
     c.release()
     assert not [k for k in _keys("locktest/") if k.endswith(LOCK_NAME)]
+
+
+def test_unreachable_object_store_is_one_line(tiny_embedder):
+    from scale_helpers import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    r = ragvl("search", "revenue", "--db", URI, "--embedder", tiny_embedder,
+              env={"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+                   "AWS_REGION": "us-east-1"})
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == f"ragvl: error: {URI}: cannot open (cannot reach the object store at {endpoint})"

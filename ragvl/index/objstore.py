@@ -84,8 +84,21 @@ def connect(db: str):
 
     try:
         return lancedb.connect(db, storage_options=storage_options())
-    except Exception as e:  # bad scheme, missing credentials
-        raise RagvlError(f"{db}: cannot open ({_short(e)})") from None
+    except Exception as e:  # bad scheme, missing credentials, unreachable endpoint
+        raise RagvlError(f"{db}: cannot open ({storage_cause(e)})") from None
+
+
+def storage_cause(e: BaseException) -> str:
+    """A short cause for an object-store failure (object_store's own messages run to many lines)."""
+    msg = str(e)
+    low = msg.lower()
+    if "nosuchbucket" in low or "bucket does not exist" in low:
+        return "no such bucket"
+    if "accessdenied" in low or "forbidden" in low or "invalidaccesskeyid" in low or "signaturedoesnotmatch" in low:
+        return "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+    if "retryerror" in low or "connection refused" in low or "error sending request" in low or "dns" in low:
+        return f"cannot reach the object store at {_endpoint() or 'its default endpoint'}"
+    return _short(e)
 
 
 def _short(e: BaseException, limit: int = 200) -> str:
