@@ -116,8 +116,8 @@ def _run(ray, pool, todo: list[PlannedDocument], store: PageStore, summary: Inde
         if d.error is not None:
             return
         rows = [PageRow(p, w, h, png, vec) for p, w, h, png, vec in (d.rows[k] for k in sorted(d.rows))]
+        check()  # a writer that lost its lease stops: it commits nothing more
         try:
-            check()  # a writer that lost its lease commits nothing more
             store.put_document(d.plan.key, d.plan.sha256, rows, embedder_id)  # the document's one commit
         except RagvlError as e:
             fail(d, str(e))
