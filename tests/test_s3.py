@@ -138,3 +138,22 @@ def test_unreachable_object_store_is_one_line(tiny_embedder):
                    "AWS_REGION": "us-east-1"})
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1] == f"ragvl: error: {URI}: cannot open (cannot reach the object store at {endpoint})"
+
+
+def test_uris_and_storage_options(monkeypatch):
+    from pathlib import Path
+
+    from ragvl.index.objstore import is_uri, normalize_db, storage_options
+
+    assert [is_uri(x) for x in ("s3://b/p", "gs://b/p", "az://c/p", ".ragvl", "/tmp/x", Path("s3:/b"), "file:///x")] \
+        == [True, True, True, False, False, False, False]
+    assert normalize_db("s3://b/p/") == "s3://b/p" and normalize_db(".ragvl") == Path(".ragvl")
+    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT", "AWS_ALLOW_HTTP", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(k, raising=False)
+    assert storage_options() == {}
+    monkeypatch.setenv("AWS_ENDPOINT", "http://127.0.0.1:9000")  # object_store's spelling
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    assert storage_options() == {"aws_endpoint": "http://127.0.0.1:9000", "allow_http": "true",
+                                 "aws_region": "eu-west-1"}
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://s3.example.com")  # boto's spelling wins
+    assert storage_options() == {"aws_endpoint": "https://s3.example.com", "aws_region": "eu-west-1"}
