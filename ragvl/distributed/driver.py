@@ -79,16 +79,28 @@ def _start_workers(ray, embedder_folder: Path, opts: RayOptions, log: Callable[[
 def index_on_ray(paths: Iterable[str | Path], db: str | Path, embedder_folder: Path, opts: RayOptions, *,
                  dpi: int = DEFAULT_DPI, log: Callable[[str], None], progress: bool = True,
                  on_progress: Callable[[int, int], None] | None = None) -> IndexSummary:
-    """Bring the index `db` up to date with the PDFs under `paths`, embedding on Ray workers."""
+    """Bring the index `db` up to date with the PDFs under `paths`, embedding on Ray workers.
+
+    The plan comes first, from the embedder's manifest alone: a run with nothing to embed never
+    starts Ray. The workers then must load an embedder with the planned id.
+    """
+    from ..models.contract.manifest import KIND_EMBEDDER, read_manifest
+    from ..models.runtime.colqwen2 import embedder_id
+
     t0 = time.perf_counter()
-    with ray_session(opts, log) as ray:
-        pool, embedder_id = _start_workers(ray, embedder_folder, opts, log)
-        with writer_lock(db, log=log) as lock:
-            store = PageStore(db, create=True)
-            plan = plan_index(paths, store, embedder_id, dpi, log)
-            _run(ray, pool, plan.todo, store, plan.summary, embedder_id, dpi, opts, log, progress, on_progress,
-                 check=getattr(lock, "check", lambda: None))
-            finish_index(plan, store)
+    planned_id = embedder_id(read_manifest(embedder_folder, kind=KIND_EMBEDDER))
+    with writer_lock(db, log=log) as lock:
+        store = PageStore(db, create=True)
+        plan = plan_index(paths, store, planned_id, dpi, log)
+        if plan.todo:
+            with ray_session(opts, log) as ray:
+                pool, worker_id = _start_workers(ray, embedder_folder, opts, log)
+                if worker_id != planned_id:
+                    raise RagvlError(f"the Ray workers loaded embedder {worker_id}, not {planned_id} (the model at "
+                                     f"{embedder_folder} on this machine): install the same model on every node")
+                _run(ray, pool, plan.todo, store, plan.summary, planned_id, dpi, opts, log, progress, on_progress,
+                     check=getattr(lock, "check", lambda: None))
+        finish_index(plan, store)
     plan.summary.seconds = time.perf_counter() - t0
     return plan.summary
 
