@@ -93,24 +93,24 @@ def test_killed_worker_is_replaced_and_its_pages_redone(head, docs, tiny_embedde
     db = tmp_path / "db"
     driver = subprocess.Popen(_index(head, docs, db, tiny_embedder), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, env={**os.environ, **head.env})
-    killed = None
+    killed, before, after = None, set(), set()
     deadline = time.time() + 300
-    while killed is None and time.time() < deadline and driver.poll() is None:
+    while time.time() < deadline and driver.poll() is None:
         for w in _page_workers(head):
             try:
-                if "PageWorker.embed" in " ".join(w.cmdline()):  # busy embedding a task right now
-                    w.send_signal(signal.SIGKILL)
-                    killed = w.pid
-                    break
+                title = " ".join(w.cmdline())
             except psutil.Error:
-                pass
+                continue
+            (after if killed else before).add(w.pid)
+            if killed is None and "PageWorker.embed" in title:  # the first worker seen embedding a task
+                w.send_signal(signal.SIGKILL)
+                killed = w.pid
         time.sleep(0.05)
-    assert killed is not None, "no worker was seen embedding"
-    assert driver.poll() is None  # killed mid-run
     _, err = driver.communicate(timeout=600)
+    assert killed is not None, f"no worker was seen embedding\n{err}"
     assert driver.returncode == 0, err
-    assert all_rows(db) == expected  # the lost task was redone on a restarted worker, nothing twice
-    assert killed not in {w.pid for w in _page_workers(head)}
+    assert after - before, f"no replacement worker appeared after {killed} was killed\n{err}"
+    assert all_rows(db) == expected  # the lost task was redone on the restarted worker, nothing stored twice
 
 
 def test_killed_driver_leaves_a_consistent_index_that_the_next_run_completes(head, docs, tiny_embedder, expected,
