@@ -41,8 +41,11 @@ SCHEMA = pa.schema([
 ])
 
 
-def default_db() -> Path:
-    return Path(os.environ.get("RAGVL_DB", DEFAULT_DB))
+def default_db() -> Path | str:
+    """RAGVL_DB, else .ragvl: a local folder (Path), or an object-storage URI (str)."""
+    from .objstore import normalize_db
+
+    return normalize_db(os.environ.get("RAGVL_DB", DEFAULT_DB))
 
 
 @dataclass
