@@ -152,6 +152,7 @@ def _run(ray, pool, todo: list[PlannedDocument], store: PageStore, summary: Inde
                         d.ref = ray.put(_read(d.plan))  # local bytes -> the object store, once per document
                     except RagvlError as e:
                         fail(d, str(e))
+                        bar.update(d.plan.n_pages)  # its pages will not come: the total stays true
                         continue
                     docs_open += 1
                     d.waiting = len(ranges)
