@@ -143,10 +143,12 @@ def markdown(res: dict) -> str:
                      f"{r['load_before']} / {r['load_after']} |")
     lines += ["", "\"fixed s\" is the same command on a folder with one 1-page PDF: planning, the model load and, "
               "for Ray, starting a local instance and its worker processes. \"after start-up\" divides the other "
-              "pages by wall s minus fixed s. With the tiny embedder a page costs milliseconds of model time, so these runs "
-              "measure Ray's overhead and PDF rendering; with a real embedder (tens of seconds a page on 2 cores) "
-              "the fixed cost is amortised after a page or two, and on one machine Ray cannot beat one process "
-              "using the same cores: its gain is more machines.", ""]
+              "pages by wall s minus fixed s. With the tiny embedder a page costs milliseconds of model time, so "
+              "these runs measure Ray's overhead and PDF rendering. Rendering is why 2 workers x 1 thread beat one "
+              "process after start-up: one process renders its pages one at a time (MuPDF uses one thread), two "
+              "workers render two at once. With a real embedder (tens of seconds a page on 2 cores, onnxruntime "
+              "using every thread it is given) the fixed cost is amortised after a page or two and one machine's "
+              "cores give about the same pages/min either way: Ray's gain is more machines.", ""]
     s = res["s3_search"]
     lines += ["## First search against an s3:// index (moto on 127.0.0.1)", "",
               f"pages table {s['table_mb']} MB in {s['objects']} objects; local search cache {s['cache_mb']} MB.", "",
@@ -157,6 +159,10 @@ def markdown(res: dict) -> str:
                                  ("s3://, warm cache (new process)", "warm cache"),
                                  ("local folder, cold cache (new process)", "local first search"))],
               "",
+              "\"open\" is mostly importing LanceDB in a fresh process (the same for a local folder). \"fetch + "
+              "cache\" is what object storage adds: the vectors column of every page read from the bucket and "
+              "written to the local cache; a warm cache is memory-mapped instead. The first query's time is the "
+              "MaxSim engine's own start-up, the same for every kind of index. "
               "A cold first search reads the vectors column of every page from object storage into the local "
               "cache (under RAGVL_CACHE, keyed by the URI and index id); later searches, and later processes on "
               "that machine, memory-map the cache and only ask the store for its current version. On a real "
