@@ -29,12 +29,10 @@ class PageWorker:
         self.model = ColQwen2(embedder_folder, device=device, threads=threads)
         self.tmp = Path(tempfile.mkdtemp(prefix="ragvl-worker-"))
         self._open: tuple[str, object] | None = None  # (sha256, PdfDocument) of the last document
-        self.received: list[str] = []  # the type of each document source handed in (for tests)
 
     def info(self) -> dict:
         """The embedder id (all workers must agree with each other), pid and host."""
-        return {"embedder_id": self.model.id, "pid": os.getpid(), "host": socket.gethostname(),
-                "received": list(self.received)}
+        return {"embedder_id": self.model.id, "pid": os.getpid(), "host": socket.gethostname()}
 
     def embed(self, source: bytes, name: str, sha256: str, pages: list[int], dpi: int) -> tuple[str, object]:
         """Render and embed the 0-based `pages` of one document.
@@ -44,7 +42,6 @@ class PageWorker:
         """
         from ..index.indexer import embed_page
 
-        self.received.append(type(source).__name__)
         try:
             doc = self._document(source, name, sha256)
             rows = []
