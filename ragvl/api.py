@@ -23,6 +23,7 @@ from .answer.answering import ANSWER_MAX_PIXELS, Answer, answer_question
 from .errors import RagvlError
 from .index.indexer import IndexSummary, index_paths
 from .index.search import MODES, Hit, PageSearch
+from .index.objstore import normalize_db, writer_lock
 from .index.store import PageStore, default_db
 from .models.runtime.colqwen2 import ColQwen2
 from .models.runtime.generation import GenerationSettings
@@ -35,6 +36,9 @@ from .progress import Progress
 if TYPE_CHECKING:
     from .index.explain import SimilarityMap
 
+if TYPE_CHECKING:
+    from .distributed.options import RayOptions
+
 
 class Index:
     """A page index folder plus the models that build and read it, loaded when first needed.
@@ -46,7 +50,7 @@ class Index:
     def __init__(self, db: str | Path | None = None, embedder: str | Path | None = None,
                  answerer: str | Path | None = None, device: str | None = None,
                  log: Callable[[str], None] | None = None, threads: int | None = None):
-        self.db = Path(db) if db is not None else default_db()
+        self.db = normalize_db(db) if db is not None else default_db()  # a Path, or an s3:// URI string
         self._embedder_arg, self._answerer_arg = embedder, answerer
         self.device = device
         self.threads = threads  # onnxruntime threads per session (default: RAGVL_THREADS / all CPUs)
@@ -75,18 +79,28 @@ class Index:
 
     # -- the three jobs -------------------------------------------------------------------
     def index(self, paths: Iterable[str | Path], dpi: int = DEFAULT_DPI, progress: bool = True,
-              on_progress: Callable[[Progress], None] | None = None) -> IndexSummary:
+              on_progress: Callable[[Progress], None] | None = None,
+              cluster: "RayOptions | None" = None) -> IndexSummary:
         """Bring the index up to date with the PDFs and image files under `paths` (files or folders).
 
-        `on_progress(p)` is called after every page with the Progress (done, total, rate(), note)."""
+        `on_progress(p)` is called after every page with the Progress (done, total, rate(), note).
+        `cluster` (ragvl.distributed.RayOptions) embeds on a Ray cluster instead of this process.
+        """
         from .ingest import find_documents
 
         paths = list(paths)
         find_documents(paths)  # a missing path fails before the model loads
+        if cluster is not None:
+            from .distributed.driver import index_on_ray
+
+            folder = resolve_model(KIND_EMBEDDER, self._embedder_arg)  # workers load it; the driver does not
+            summary = index_on_ray(paths, self.db, folder, cluster, dpi=dpi, log=self.log, progress=progress)
+            self._search = None
+            return summary
         embedder = self.embedder  # a missing model fails before the index folder is created
-        store = PageStore(self.db, create=True)
-        summary = index_paths(paths, store, embedder, dpi=dpi, log=self.log, progress=progress,
-                              on_progress=on_progress)
+        with writer_lock(self.db, log=self.log):
+            summary = index_paths(paths, PageStore(self.db, create=True), embedder, dpi=dpi, log=self.log,
+                                  progress=progress, on_progress=on_progress)
         self._search = None
         return summary
 

@@ -15,7 +15,7 @@ from typing import Callable, IO
 
 from .errors import RagvlError, os_error_cause
 
-__all__ = ["atomic_write", "atomic_write_with", "sha256_file", "cpu_threads"]
+__all__ = ["atomic_write", "atomic_write_with", "sha256_file", "cpu_threads", "cache_home"]
 
 
 def atomic_write_with(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -73,3 +73,11 @@ def cpu_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def cache_home() -> Path:
+    """Where ragvl keeps machine-local caches (search caches of read-only or remote indexes, model
+    checks): RAGVL_CACHE, else $XDG_CACHE_HOME/ragvl, else ~/.cache/ragvl."""
+    if os.environ.get("RAGVL_CACHE"):
+        return Path(os.environ["RAGVL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ragvl"

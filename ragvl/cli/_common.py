@@ -48,7 +48,8 @@ def timings_line(g) -> str:
             f"prefill {t['prefill_s']:.2f}s, decode {t['decode_tok_s'] or 0:.1f} tok/s")
 
 
-DB = typer.Option(None, "--db", envvar="RAGVL_DB", help="The index folder [default: .ragvl in the current folder].")
+DB = typer.Option(None, "--db", envvar="RAGVL_DB",
+                  help="The index folder, or an object-storage URI (s3://bucket/path) [default: .ragvl in the current folder].")
 EMBEDDER = typer.Option(None, "--embedder", envvar="RAGVL_EMBEDDER",
                         help="A converted colqwen2 model folder or installed name [default: the installed one].")
 ANSWERER = typer.Option(None, "--answerer", envvar="RAGVL_ANSWERER",

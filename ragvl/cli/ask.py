@@ -18,7 +18,7 @@ from ._common import (ANSWERER, DB, DEVICE, EMBEDDER, GREEDY, MODE, MAX_NEW_TOKE
 def ask(
     question: str = typer.Argument(..., help="Your question about the indexed PDFs."),
     k: int = typer.Option(3, "-k", "--top-k", min=1, help="How many retrieved pages the answer reads."),
-    db: Optional[Path] = DB,
+    db: Optional[str] = DB,
     embedder: Optional[Path] = EMBEDDER,
     answerer: Optional[Path] = ANSWERER,
     max_new_tokens: Optional[int] = MAX_NEW_TOKENS,

@@ -14,12 +14,20 @@ from ._common import DB, DEVICE, EMBEDDER, fail, log
 
 def index(
     paths: List[Path] = typer.Argument(..., help="PDF or image files, or folders (searched recursively for PDFs and images)."),
-    db: Optional[Path] = DB,
+    db: Optional[str] = DB,
     embedder: Optional[Path] = EMBEDDER,
     dpi: Optional[int] = typer.Option(None, "--dpi", help="Rasterization DPI (default 120)."),
     device: Optional[str] = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Embed on N Ray workers: a fresh local Ray "
+                                          "instance (RAY_ADDRESS ignored), or N workers on --ray-address's cluster."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (host:port, or "
+                                              "auto: RAY_ADDRESS, else the cluster last started here)."),
+    threads_per_worker: Optional[int] = typer.Option(None, "--threads-per-worker", help="onnxruntime threads (and "
+                                                     "CPUs reserved) per Ray worker."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs per Ray worker (CUDA provider; "
+                                          "untested)."),
 ) -> None:
     """Index PDFs and images: rasterize every page, embed it with ColQwen2, store it in LanceDB (incrementally)."""
     from ..api import Index
@@ -27,7 +35,13 @@ def index(
 
     idx = Index(db, embedder=embedder, device=device, log=log)
     try:
-        summary = idx.index(paths, dpi=dpi or DEFAULT_DPI, progress=not quiet)
+        cluster = None
+        if workers is not None or ray_address is not None or threads_per_worker or gpus_per_worker:
+            from ..distributed.options import RayOptions  # Ray itself is imported only past this point
+
+            cluster = RayOptions(workers=workers, address=ray_address, threads_per_worker=threads_per_worker,
+                                 gpus_per_worker=gpus_per_worker)
+        summary = idx.index(paths, dpi=dpi or DEFAULT_DPI, progress=not quiet, cluster=cluster)
     except RagvlError as e:
         fail(str(e))
         return

@@ -15,7 +15,7 @@ from ._common import DB, DEVICE, EMBEDDER, MODE, display_path, fail, hit_ranks, 
 def search(
     query: str = typer.Argument(..., help="What to look for."),
     k: int = typer.Option(5, "-k", "--top-k", min=1, help="How many pages."),
-    db: Optional[Path] = DB,
+    db: Optional[str] = DB,
     embedder: Optional[Path] = EMBEDDER,
     device: Optional[str] = DEVICE,
     mode: str = MODE,

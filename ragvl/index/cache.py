@@ -14,7 +14,7 @@ Correct:
   segment removed under it) rebuilds.
 * The cache lives in ``<index>/cache/search/``, or, when the index folder cannot be written (a
   shared or read-only folder), under the user's cache home
-  (``$XDG_CACHE_HOME/ragvl/search/<hash of the index path>/``).
+  (``<cache home>/search/<hash of the index path>/``, see ragvl.fsutil.cache_home).
 
 Incremental: a new view starts from the newest view of the same table and embedder. Pages
 whose key (document sha256, page) is already in one of its segments are reused; only the
@@ -41,7 +41,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from ..fsutil import atomic_write_with
+from ..fsutil import atomic_write_with, cache_home
 from ..models.contract.names import VECTOR_DIM as DIM
 from .maxsim import EXACT_BELOW, CentroidStage, PageMatrix
 from .segments import (TMP_PREFIX, Segment, load_segment, merged_stage, page_key, relink_segment,
@@ -90,6 +90,8 @@ class View:
 def cache_root(store: PageStore) -> Path:
     """Where this index's search cache lives: in the index folder when it can be written there,
     else under the user's cache home."""
+    if getattr(store, "remote", False):
+        return store.cache_dir  # a remote index: keyed by its URI and index id, under the cache home
     local = store.path / "cache" / "search"
     try:
         local.mkdir(parents=True, exist_ok=True)
@@ -98,9 +100,8 @@ def cache_root(store: PageStore) -> Path:
         probe.rmdir()
         return local
     except OSError:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         digest = hashlib.sha256(str(store.path.resolve()).encode()).hexdigest()[:16]
-        root = base / "ragvl" / "search" / digest
+        root = cache_home() / "search" / digest
         root.mkdir(parents=True, exist_ok=True)
         return root
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..errors import RagvlError
 from ..fsutil import sha256_file
-from ..ingest import DEFAULT_DPI, Renderer, find_documents
+from ..ingest import DEFAULT_DPI, Renderer, find_documents, open_document, png_bytes
 from ..progress import Progress
 from .store import PageRow, PageStore
 
@@ -65,6 +65,7 @@ def _under(path: str, folder: Path) -> bool:
         return False
 
 
+
 def _test_pause(pages_seen: int) -> None:
     """Test hook: with RAGVL_TEST_PAUSE_AFTER_PAGES=N, stop for good after the N-th page is embedded
     (before its document is committed) and say so on stderr, so that a test kills the run at a
@@ -72,6 +73,91 @@ def _test_pause(pages_seen: int) -> None:
     if os.environ.get("RAGVL_TEST_PAUSE_AFTER_PAGES") == str(pages_seen):
         print(f"ragvl-test: paused after {pages_seen} pages", file=sys.stderr, flush=True)
         time.sleep(3600)
+
+
+def embed_page(doc, index: int, dpi: int, embedder: PageEmbedder) -> PageRow:
+    """Render the page at 0-based `index` in this process and embed exactly that image (a Ray
+    worker's way; the single-process indexer renders in ragvl.ingest's worker process)."""
+    image = doc.render_page(index, dpi)
+    vectors = embedder.embed_images([image])[0]  # (n, 128)
+    return PageRow(index + 1, image.width, image.height, png_bytes(image), vectors,
+                   text=doc.page_text(index) or None)
+
+
+@dataclass
+class PlannedDocument:
+    """A document that needs embedding: its stored key, sha256, page count, and whether an older
+    version of it is in the index."""
+
+    key: str
+    sha256: str
+    n_pages: int
+    was_indexed: bool
+
+
+@dataclass
+class IndexPlan:
+    """What a run will do: the documents to embed and the indexed documents to remove at the end.
+
+    The single-process indexer and the Ray driver both plan with `plan_index`, so both decide the
+    same way what is unchanged, changed, new, failed and removed.
+    """
+
+    todo: list[PlannedDocument]
+    gone: list[str]
+    summary: IndexSummary
+
+    @property
+    def total_pages(self) -> int:
+        return sum(d.n_pages for d in self.todo)
+
+
+def plan_index(paths: Iterable[str | Path], store: PageStore, embedder_id: str, dpi: int,
+               log: Callable[[str], None], renderer: Renderer | None = None) -> IndexPlan:
+    """Check the embedder, record the metadata, hash every file and sort the documents."""
+    paths = [Path(p) for p in paths]
+    docs = find_documents(paths)  # a missing path is an error before any work
+    store.check_embedder(embedder_id)
+    if not store.embedder:
+        store.write_meta(embedder=embedder_id, dpi=dpi)
+    indexed = store.documents()
+    summary = IndexSummary()
+
+    todo = []
+    for path in docs:
+        key = str(path)
+        try:
+            sha = sha256_file(path)
+            if key in indexed and indexed[key][0] == sha:
+                summary.unchanged.append(key)
+                continue
+            if renderer is not None:  # validated in the render worker: a file that crashes MuPDF costs nothing
+                n_pages = renderer.open(path).page_count
+            else:
+                with open_document(path) as doc:
+                    n_pages = doc.page_count
+        except RagvlError as e:
+            summary.failed.append((key, str(e)))
+            log(f"skipped: {e}")
+            continue
+        todo.append(PlannedDocument(key, sha, n_pages, key in indexed))
+
+    # Documents that vanished from a folder we were asked to index.
+    found = {str(p) for p in docs}
+    folders = [p.resolve() for p in paths if p.is_dir()]
+    gone = sorted(p for p in indexed if p not in found and any(_under(p, f) for f in folders))
+    return IndexPlan(todo, gone, summary)
+
+
+def finish_index(plan: IndexPlan, store: PageStore) -> None:
+    """Remove the documents that vanished (one commit), after every new page is in; then maintain
+    the table (compaction, old versions, the full-text index) if anything changed."""
+    store.remove_documents(plan.gone)
+    plan.summary.removed = plan.gone
+    if plan.summary.new or plan.summary.changed or plan.gone:
+        from .maintain import maintain
+
+        maintain(store)
 
 
 def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmbedder, dpi: int = DEFAULT_DPI,
@@ -82,38 +168,17 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
     `on_progress(bar)` is called once the plan is made and after every page (the web server's jobs)."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
-    paths = [Path(p) for p in paths]
-    pdfs = find_documents(paths)  # a missing path is an error before any work
-    store.check_embedder(embedder.id)
-    if not store.embedder:
-        store.write_meta(embedder=embedder.id, dpi=dpi)
-    indexed = store.documents()
-    summary = IndexSummary()
-
+    report = on_progress or (lambda b: None)
     # Rendering happens in ragvl.ingest's worker process (a time limit per page; a page that hangs
     # or crashes MuPDF is skipped and named, never the run).
     with Renderer() as renderer:
-        # Plan: hash every file, open the ones that need work (page counts give the progress total).
-        todo = []
-        for pdf in pdfs:
-            key = str(pdf)
-            try:
-                sha = sha256_file(pdf)
-                if key in indexed and indexed[key][0] == sha:
-                    summary.unchanged.append(key)
-                    continue
-                n_pages = renderer.open(pdf).page_count  # validated now; reopened when rendered
-            except RagvlError as e:
-                summary.failed.append((key, str(e)))
-                log(f"skipped: {e}")
-                continue
-            todo.append((key, sha, n_pages, key in indexed))
-
-        bar = Progress(sum(n for _, _, n, _ in todo), enabled=progress)
-        pages_seen = 0
-        report = on_progress or (lambda b: None)
+        plan = plan_index(paths, store, embedder.id, dpi, log, renderer)
+        summary = plan.summary
+        bar = Progress(plan.total_pages, enabled=progress)
         report(bar)
-        for key, sha, _, was_indexed in todo:
+        pages_seen = 0
+        for d in plan.todo:
+            key, sha = d.key, d.sha256
             try:
                 if sha256_file(Path(key)) != sha:
                     raise RagvlError(f"{key}: changed while being indexed; run again")
@@ -140,18 +205,9 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
                 log(f"skipped: {e}")
                 continue
             summary.pages += len(rows)
-            (summary.changed if was_indexed else summary.new).append(key)
+            (summary.changed if d.was_indexed else summary.new).append(key)
         bar.close()
 
-    # Documents that vanished from a folder we were asked to index.
-    found = {str(p) for p in pdfs}
-    folders = [p.resolve() for p in paths if p.is_dir()]
-    gone = sorted(p for p in indexed if p not in found and any(_under(p, f) for f in folders))
-    store.remove_documents(gone)
-    if summary.new or summary.changed or gone:
-        from .maintain import maintain
-
-        maintain(store)  # compact, drop old versions, text index, trim the search cache
-    summary.removed = gone
+    finish_index(plan, store)
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -43,8 +43,11 @@ SCHEMA = pa.schema([
 TABLE_ID_KEY = b"ragvl.table_id"  # schema metadata: a uuid minted when the table is created
 
 
-def default_db() -> Path:
-    return Path(os.environ.get("RAGVL_DB", DEFAULT_DB))
+def default_db() -> Path | str:
+    """RAGVL_DB, else .ragvl: a local folder (Path), or an object-storage URI (str)."""
+    from .objstore import normalize_db
+
+    return normalize_db(os.environ.get("RAGVL_DB", DEFAULT_DB))
 
 
 @dataclass
@@ -91,21 +94,36 @@ def _quote(s: str) -> str:
 
 
 class PageStore:
-    """The `pages` table of the database folder `db`."""
+    """The `pages` table of the database folder `db`, or of an object-storage URI (`s3://b/p`).
+
+    A remote index keeps its metadata in a `meta` table (objstore.MetaTable) and has no `path`;
+    `name` is what messages call either kind.
+    """
 
     def __init__(self, db: str | Path, create: bool = False):
         import lancedb
 
-        self.path = Path(db)
-        if not create and not (self.path / META).exists():
-            raise RagvlError(f"{self.path}: no ragvl index here (build one with `ragvl index PATH`)")
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._db = lancedb.connect(str(self.path))
+        from .objstore import MetaTable, connect, is_uri, new_index_id
+
+        self.remote = is_uri(db)
+        if self.remote:
+            self.path, self.name = None, str(db).rstrip("/")
+            self._db = connect(self.name)
+            self._meta_table = MetaTable(self._db, self.name)
+            if not create and not self._meta_table.exists():
+                raise RagvlError(f"{self.name}: no ragvl index here (build one with `ragvl index PATH --db {self.name}`)")
+        else:
+            self.path = Path(db)
+            self.name = str(self.path)
+            if not create and not (self.path / META).exists():
+                raise RagvlError(f"{self.path}: no ragvl index here (build one with `ragvl index PATH`)")
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._db = lancedb.connect(str(self.path))
         try:
             self.table = self._db.open_table(TABLE)
         except (ValueError, FileNotFoundError):
             if not create:
-                raise RagvlError(f"{self.path}: the index has no pages table (run `ragvl index PATH`)") from None
+                raise RagvlError(f"{self.name}: the index has no pages table (run `ragvl index PATH`)") from None
             import uuid
 
             # The table's identity travels with it: a table deleted and recreated gets a new one
@@ -113,9 +131,23 @@ class PageStore:
             schema = SCHEMA.with_metadata({TABLE_ID_KEY: uuid.uuid4().hex.encode()})
             self.table = self._db.create_table(TABLE, schema=schema, exist_ok=True)
         self.meta = self._read_meta()
+        if self.remote and "index_id" not in self.meta:
+            self.write_meta(index_id=new_index_id())
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where the search cache of this index lives: beside a local table, under the cache home
+        (keyed by URI and index id) for a remote one."""
+        if not self.remote:
+            return self.path / "cache"
+        from .objstore import cache_dir
+
+        return cache_dir(self.name, self.meta["index_id"])
 
     # -- metadata ---------------------------------------------------------------------------
     def _read_meta(self) -> dict:
+        if self.remote:
+            return self._meta_table.read()
         try:
             return json.loads((self.path / META).read_text())
         except FileNotFoundError:
@@ -125,6 +157,9 @@ class PageStore:
 
     def write_meta(self, **fields) -> None:
         self.meta = {"format_version": FORMAT_VERSION, **self.meta, **fields}
+        if self.remote:
+            self._meta_table.write(self.meta)
+            return
         atomic_write(self.path / META, json.dumps(self.meta, indent=2) + "\n")
 
     @property
@@ -134,7 +169,7 @@ class PageStore:
     def check_embedder(self, embedder_id: str) -> None:
         """The vectors of one index must all come from one embedder: anything else is an error."""
         if self.embedder and self.embedder != embedder_id:
-            raise RagvlError(f"{self.path}: this index was built with embedder {self.embedder}, not "
+            raise RagvlError(f"{self.name}: this index was built with embedder {self.embedder}, not "
                              f"{embedder_id}; pass the same --embedder, or use another --db")
 
     # -- reads ------------------------------------------------------------------------------
@@ -183,7 +218,7 @@ class PageStore:
     def page_image(self, doc_path: str, page: int) -> bytes:
         t = self.scan(["image_png"], where=f"key = {_quote(f'{doc_path}#{page}')}")
         if t.num_rows == 0:
-            raise RagvlError(f"{self.path}: no page {page} of {doc_path} in the index")
+            raise RagvlError(f"{self.name}: no page {page} of {doc_path} in the index")
         return t["image_png"][0].as_py()
 
     # -- writes: each one commit ------------------------------------------------------------
