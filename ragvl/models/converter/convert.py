@@ -14,8 +14,11 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
+
+import numpy as np
 
 from ... import __version__
 from ...errors import RagvlError
@@ -125,10 +128,17 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
             expected.append("lm_head.weight")
             source.used.add("lm_head.weight")
     else:
-        expected = v_names + text_tensor_names(cfg.text, cfg.tie_word_embeddings)
-        if cfg.tie_word_embeddings and "lm_head.weight" in source:
-            expected.append("lm_head.weight")  # some exports store the tied copy too; it is ignored
-            source.used.add("lm_head.weight")
+        # transformers 5.3 ties only when no lm_head.weight is stored: a stored head is loaded and
+        # used even where config.json says tie_word_embeddings (flat or nested layout alike).
+        # A stored copy equal to the embedding stays tied (same numbers, one matrix on disk).
+        tied = cfg.tie_word_embeddings and ("lm_head.weight" not in source or np.array_equal(
+            source.get("lm_head.weight"), source.get("model.embed_tokens.weight")))
+        expected_extra = ["lm_head.weight"] if tied and "lm_head.weight" in source else []
+        if tied != cfg.tie_word_embeddings:
+            log("config.json says tie_word_embeddings but the checkpoint stores lm_head.weight: "
+                "using the stored head, as transformers does")
+            cfg = replace(cfg, tie_word_embeddings=tied)
+        expected = v_names + text_tensor_names(cfg.text, tied) + expected_extra
     source.check(expected)
 
     out.parent.mkdir(parents=True, exist_ok=True)
