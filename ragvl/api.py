@@ -23,6 +23,7 @@ from .errors import RagvlError
 from .index.indexer import IndexSummary, index_paths
 from .index.search import Hit, PageSearch
 from .index.store import PageStore, default_db
+from .index.vision_store import DEFAULT_MAX_BYTES, META_KEY as VISION_META, VisionStore
 from .models.runtime.colqwen2 import ColQwen2
 from .models.runtime.generation import GenerationSettings
 from .models.contract.manifest import KIND_EMBEDDER, KIND_ANSWERER
@@ -67,15 +68,24 @@ class Index:
         return self._answerer
 
     # -- the three jobs -------------------------------------------------------------------
-    def index(self, paths: Iterable[str | Path], dpi: int = DEFAULT_DPI, progress: bool = True) -> IndexSummary:
-        """Bring the index up to date with the PDFs under `paths` (files or folders)."""
+    def index(self, paths: Iterable[str | Path], dpi: int = DEFAULT_DPI, progress: bool = True, *,
+              vision_cache: bool = True, vision_cache_bytes: int | None = None) -> IndexSummary:
+        """Bring the index up to date with the PDFs under `paths` (files or folders).
+
+        `vision_cache`: keep each page's vision features for `ask` (vision_store.py), within
+        `vision_cache_bytes` (default: the index's recorded cap, else 4 GiB; recorded in the index).
+        """
         from .pdf import find_pdfs
 
         paths = list(paths)
         find_pdfs(paths)  # a missing path fails before the model loads
         embedder = self.embedder  # a missing model fails before the index folder is created
         store = PageStore(self.db, create=True)
-        summary = index_paths(paths, store, embedder, dpi=dpi, log=self.log, progress=progress)
+        cap = _vision_cap(store, vision_cache_bytes)
+        if store.meta.get(VISION_META, {}).get("max_bytes") != cap:
+            store.write_meta(**{VISION_META: {"max_bytes": cap}})
+        vision = VisionStore(self.db, max_bytes=cap if vision_cache else 0)
+        summary = index_paths(paths, store, embedder, dpi=dpi, log=self.log, progress=progress, vision=vision)
         self._search = None
         return summary
 
@@ -97,10 +107,24 @@ class Index:
         return self._search.search(q, k)
 
     def ask(self, question: str, k: int = 3, settings: GenerationSettings | None = None,
-            max_pixels: int = ANSWER_MAX_PIXELS) -> Answer:
-        """Retrieve the top-k pages and answer over their images; iterate the result to stream."""
+            max_pixels: int = ANSWER_MAX_PIXELS, *, vision_cache: bool = True) -> Answer:
+        """Retrieve the top-k pages and answer over their images; iterate the result to stream.
+
+        Pages whose vision features were stored at indexing by an identical vision tower are not
+        encoded again (`vision_cache=False` encodes every page); `Answer.vision` says what happened.
+        """
         t0 = time.perf_counter()
         hits = self.search(question, k)
         store = self._search.store
+        vision = VisionStore(self.db) if vision_cache else None
         return answer_question(self.answerer, store, question, hits, settings or self.answerer.defaults, max_pixels,
-                      retrieval_s=time.perf_counter() - t0)
+                               retrieval_s=time.perf_counter() - t0, vision=vision)
+
+
+def _vision_cap(store: PageStore, requested: int | None) -> int:
+    """The vision feature cap in bytes: as requested, else as recorded in the index, else the default."""
+    if requested is not None:
+        if requested < 0:
+            raise RagvlError(f"vision cache size {requested}: must be >= 0 bytes")
+        return int(requested)
+    return int(store.meta.get(VISION_META, {}).get("max_bytes", DEFAULT_MAX_BYTES))

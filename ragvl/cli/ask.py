@@ -31,6 +31,8 @@ def ask(
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Each page image's resolution for the "
                                              "answer, in pixels (default 602112: 768 visual tokens)."),
     device: Optional[str] = DEVICE,
+    no_vision_cache: bool = typer.Option(False, "--no-vision-cache", help="Encode every page again instead of "
+                                         "using the vision features stored at indexing."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: answer, sources, timings."),
 ) -> None:
     """Answer a question from the indexed PDFs: retrieve pages, let Qwen2-VL read them, cite them."""
@@ -42,7 +44,7 @@ def ask(
         idx.answerer  # fail on a missing answer model before any retrieval work
         settings = generation_settings(idx.answerer.defaults, max_new_tokens, temperature, top_p, top_k_sampling,
                                        repetition_penalty, seed, greedy)
-        result = idx.ask(question, k, settings, max_pixels or ANSWER_MAX_PIXELS)
+        result = idx.ask(question, k, settings, max_pixels or ANSWER_MAX_PIXELS, vision_cache=not no_vision_cache)
         if as_json:
             result.consume()
             print(json.dumps(result.as_dict(), ensure_ascii=False))
@@ -55,6 +57,9 @@ def ask(
             sys.stdout.write(f"  [{h.rank}] {display_path(h.path)}, page {h.page} (score {h.score:.2f})\n")
         for note in result.notes:
             log(f"note: {note}")
+        v = result.vision
+        log(f"vision: {v['reused']} page(s) from the index, {v['computed']} encoded"
+            + (f" ({v['reason']})" if v["reason"] else ""))
         t = result.generation.timings.as_dict()
         log(f"retrieval {result.retrieval_s:.2f}s, first token {result.retrieval_s + t['first_token_s']:.2f}s; "
             + timings_line(result.generation))

@@ -21,15 +21,23 @@ from ..errors import RagvlError
 from ..fsutil import sha256_file
 from ..pdf import DEFAULT_DPI, find_pdfs, open_pdf, png_bytes
 from ..progress import Progress
-from .store import PageRow, PageStore
+from .store import PageRow, PageStore, page_id
+from .vision_store import Producer, VisionStore
+
+# Stored vision features are written every this many pages (float32 until then: ~5 MB a page at
+# the 2B shape), not per document, so a long document never holds them all in memory.
+VISION_FLUSH_PAGES = 16
 
 
 class PageEmbedder(Protocol):
     """What indexing needs from an embedder (ragvl.models.runtime.colqwen2.ColQwen2)."""
 
     id: str
+    vision_hash: str
+    image_key: str
+    max_pixels: int
 
-    def embed_images(self, images: Sequence[Image.Image]) -> list[np.ndarray]: ...
+    def embed_images(self, images: Sequence[Image.Image], *, vision_out: list | None = None) -> list[np.ndarray]: ...
 
 
 @dataclass
@@ -62,8 +70,13 @@ def _under(path: str, folder: Path) -> bool:
 
 
 def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmbedder, dpi: int = DEFAULT_DPI,
-                log: Callable[[str], None] | None = None, progress: bool = True) -> IndexSummary:
-    """Bring the index up to date with the PDFs under `paths`; returns what happened."""
+                log: Callable[[str], None] | None = None, progress: bool = True,
+                vision: VisionStore | None = None) -> IndexSummary:
+    """Bring the index up to date with the PDFs under `paths`; returns what happened.
+
+    With `vision`, each embedded page's vision tower output is kept there for the answer model
+    (unless its cap is 0), and the features of pages no longer indexed are dropped.
+    """
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
     paths = [Path(p) for p in paths]
@@ -92,6 +105,9 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
         todo.append((key, sha, n_pages, key in indexed))
 
     bar = Progress(sum(n for _, _, n, _ in todo), enabled=progress)
+    keep = vision is not None and vision.max_bytes > 0
+    producer = Producer(embedder.vision_hash, embedder.image_key, embedder.max_pixels) if keep else None
+    pending: list = []  # (page_id, ImageFeatures) not yet stored
     for key, sha, _, was_indexed in todo:
         try:
             if sha256_file(Path(key)) != sha:
@@ -101,8 +117,15 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
                 for i in range(doc.page_count):
                     bar.note = Path(key).name
                     image = doc.render_page(i, dpi)
-                    vectors = embedder.embed_images([image])[0]
+                    feats: list = []
+                    vectors = (embedder.embed_images([image], vision_out=feats) if keep
+                               else embedder.embed_images([image]))[0]
                     rows.append(PageRow(i + 1, image.width, image.height, png_bytes(image), vectors))
+                    if feats:
+                        pending.append((page_id(sha, i + 1), feats[0]))
+                        if len(pending) >= VISION_FLUSH_PAGES:
+                            vision.put(pending, producer)
+                            pending = []
                     bar.update()
             store.put_document(key, sha, rows, embedder.id)  # the commit point for this document
         except RagvlError as e:
@@ -119,5 +142,10 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
     gone = sorted(p for p in indexed if p not in found and any(_under(p, f) for f in folders))
     store.remove_documents(gone)
     summary.removed = gone
+    if vision is not None:
+        if keep:
+            vision.put(pending, producer)
+        t = store.scan(["doc_sha256", "page"])
+        vision.prune({page_id(s, p) for s, p in zip(t["doc_sha256"].to_pylist(), t["page"].to_pylist())})
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -17,7 +17,7 @@ from ..contract.manifest import KIND_EMBEDDER
 from ..contract.names import VECTOR_DIM
 from .preprocess import ImageInput
 from ..contract.rope import mrope_positions
-from .vlm import VisionLanguageModel
+from .vlm import ImageFeatures, VisionLanguageModel, image_config_key
 
 DOC_PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>"
               "<|endoftext|>")
@@ -49,14 +49,28 @@ class ColQwen2(VisionLanguageModel):
         masked = "-imageonly" if self.mask_non_image_embeddings else ""
         return f"colqwen2-{self.manifest['dtype']}-{digest}-px{self.max_pixels}{masked}"
 
-    def embed_images(self, images: Sequence[ImageInput], batch_size: int = 1) -> list[np.ndarray]:
-        """One (n_tokens, 128) float32 matrix per page image."""
+    @property
+    def image_key(self) -> str:
+        """The preprocessing its page images go through (vlm.image_config_key)."""
+        return image_config_key(self.image_config_for(self.max_pixels))
+
+    def embed_images(self, images: Sequence[ImageInput], batch_size: int = 1, *,
+                     vision_out: list[ImageFeatures] | None = None) -> list[np.ndarray]:
+        """One (n_tokens, 128) float32 matrix per page image.
+
+        With `vision_out`, each page's vision tower output is appended to it as ImageFeatures
+        (float32): an answerer with the same `vision_hash` and preprocessing can reuse it.
+        """
         cfg = self.image_config_for(self.max_pixels)
         out: list[np.ndarray] = []
         for i in range(0, len(images), batch_size):
             pixels, grids, counts = self.preprocess_images(images[i:i + batch_size], cfg)
             ids = [self.tokenizer.encode_prompt(DOC_PROMPT, [c]) for c in counts]
-            out += self._encode(ids, self.vision_features(pixels, grids), grids)
+            feats = self.vision_features(pixels, grids)  # (sum of tokens, H)
+            if vision_out is not None:
+                ends = np.cumsum(counts)
+                vision_out += [ImageFeatures(feats[e - c:e], g) for e, c, g in zip(ends, counts, grids)]
+            out += self._encode(ids, feats, grids)
         return out
 
     def embed_queries(self, queries: Sequence[str], batch_size: int = 16) -> list[np.ndarray]:

@@ -22,7 +22,7 @@ from ..contract.manifest import KIND_ANSWERER
 from .preprocess import ImageInput
 from ..contract.rope import mrope_positions
 from .tokenizer import StreamDecoder
-from .vlm import Prompt, VisionLanguageModel
+from .vlm import ImageOrFeatures, Prompt, VisionLanguageModel
 
 
 def user_message(text: str, n_images: int) -> list[dict]:
@@ -55,6 +55,7 @@ class Generation:
     text: str = ""
     timings: Timings = field(default_factory=Timings)
     stop_reason: str = ""
+    vision: dict = field(default_factory=dict)  # {"reused": images given as features, "computed": encoded}
 
     def __iter__(self) -> Iterator[str]:
         for piece in self._pieces:
@@ -68,7 +69,7 @@ class Generation:
 
     def as_dict(self) -> dict:
         return {"text": self.text, "token_ids": self.token_ids, "prompt_tokens": self.prompt_tokens,
-                "new_tokens": len(self.token_ids), "stop_reason": self.stop_reason,
+                "new_tokens": len(self.token_ids), "stop_reason": self.stop_reason, "vision": self.vision,
                 "timings": self.timings.as_dict()}
 
 
@@ -82,17 +83,20 @@ class Qwen2VL(VisionLanguageModel):
         self._out_names = ["logits"] + [n for i in range(self.config.text.num_hidden_layers) for n in kv_names(i)[2:]]
 
     # -- building blocks ------------------------------------------------------------------
-    def build_prompt(self, messages: list[dict], images: Sequence[ImageInput] = (),
+    def build_prompt(self, messages: list[dict], images: Sequence[ImageOrFeatures] = (),
                      max_pixels: int | None = None) -> Prompt:
-        """Render the chat template and preprocess the images it refers to, in order."""
-        pixels, grids, counts = self.preprocess_images(images, self.image_config_for(max_pixels))
+        """Render the chat template and preprocess the images it refers to, in order.
+
+        An ImageFeatures item stands for an image whose vision features were computed earlier.
+        """
+        pixels, grids, counts, given = self.prepare_images(images, self.image_config_for(max_pixels))
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         ids = self.tokenizer.encode_prompt(text, counts)
         n_pads = int((ids == self.config.image_token_id).sum())
         if n_pads != sum(counts):
             raise RagvlError(f"the prompt has {n_pads} image tokens but {len(images)} image(s) "
                              f"need {sum(counts)}: pass as many images as the messages name")
-        return Prompt(np.asarray(ids, dtype=np.int64), pixels, grids)
+        return Prompt(np.asarray(ids, dtype=np.int64), pixels, grids, given)
 
     def empty_cache(self, batch: int = 1) -> dict[str, np.ndarray]:
         t = self.config.text
@@ -137,13 +141,18 @@ class Qwen2VL(VisionLanguageModel):
         return logits[0], cache, int(deltas[0])
 
     # -- generation -----------------------------------------------------------------------
-    def generate(self, messages: list[dict], images: Sequence[ImageInput] = (),
+    def generate(self, messages: list[dict], images: Sequence[ImageOrFeatures] = (),
                  settings: GenerationSettings | None = None, max_pixels: int | None = None) -> Generation:
-        """Stream an answer to `messages` (HF chat format) over `images`."""
+        """Stream an answer to `messages` (HF chat format) over `images`.
+
+        An item of `images` may be ImageFeatures (this model's own vision output for that image,
+        e.g. stored at indexing): it is spliced in without running the vision tower.
+        """
         settings = settings or self.defaults
         start = time.perf_counter()
         prompt = self.build_prompt(messages, images, max_pixels)
-        gen = Generation(iter(()), prompt_tokens=len(prompt.ids))
+        gen = Generation(iter(()), prompt_tokens=len(prompt.ids),
+                         vision={"reused": prompt.n_given, "computed": len(prompt.grids) - prompt.n_given})
         gen._pieces = self._decode_loop(prompt, settings, gen, start)
         return gen
 
