@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .answer.answering import ANSWER_MAX_PIXELS, Answer, answer_question
+from .answer.answering import ANSWER_MAX_PIXELS, Answer, answer_question, follow_up_question
 from .errors import RagvlError
 from .index.indexer import IndexSummary, index_paths
 from .index.search import Hit, PageSearch
@@ -107,18 +107,35 @@ class Index:
         return self._search.search(q, k)
 
     def ask(self, question: str, k: int = 3, settings: GenerationSettings | None = None,
-            max_pixels: int = ANSWER_MAX_PIXELS, *, vision_cache: bool = True) -> Answer:
+            max_pixels: int = ANSWER_MAX_PIXELS, *, vision_cache: bool = True,
+            follow_up: Answer | None = None) -> Answer:
         """Retrieve the top-k pages and answer over their images; iterate the result to stream.
 
         Pages whose vision features were stored at indexing by an identical vision tower are not
         encoded again (`vision_cache=False` encodes every page); `Answer.vision` says what happened.
+        `follow_up`: a previous, complete answer. When the question retrieves the same pages, the
+        conversation goes on from its KV cache (`Answer.continued`); otherwise a new prompt starts
+        over the new pages, and a note says so.
         """
         t0 = time.perf_counter()
         hits = self.search(question, k)
         store = self._search.store
+        settings = settings or self.answerer.defaults
+        if follow_up is not None:
+            if follow_up.conversation is None:
+                raise RagvlError("follow_up: the previous answer is not complete (consume it first)")
+            cont = follow_up_question(self.answerer, follow_up, question, hits, settings,
+                                      retrieval_s=time.perf_counter() - t0)
+            if cont is not None:
+                return cont
         vision = VisionStore(self.db) if vision_cache else None
-        return answer_question(self.answerer, store, question, hits, settings or self.answerer.defaults, max_pixels,
-                               retrieval_s=time.perf_counter() - t0, vision=vision)
+        answer = answer_question(self.answerer, store, question, hits, settings, max_pixels,
+                                 retrieval_s=time.perf_counter() - t0, vision=vision)
+        if follow_up is not None:
+            answer.follow_up_of = follow_up
+            answer.notes.insert(0, "this follow-up retrieved other pages than the previous answer: "
+                                   "started a new prompt over them (the earlier turns are not in it)")
+        return answer
 
 
 def _vision_cap(store: PageStore, requested: int | None) -> int:

@@ -190,3 +190,35 @@ def test_changed_document_drops_its_features(tmp_path, models):
     idx.index([tmp_path / "docs"], progress=False)
     after = set(VisionStore(tmp_path / "db").table.to_arrow()["page_id"].to_pylist())
     assert len(before) == 2 and len(after) == 1 and not (before & after)
+
+
+def test_index_follow_up_continues_over_the_same_pages(db, models):
+    gen, col, _ = models
+    idx = Index(db, embedder=col, answerer=gen, log=lambda m: None)
+    first = idx.ask(QUESTION, k=4, settings=greedy(8)).consume()  # k = every page: a follow-up gets the same
+    nxt = idx.ask("And in Q4?", k=4, settings=greedy(), follow_up=first).consume()
+    assert nxt.continued and nxt.sources == first.sources and nxt.as_dict()["follow_up"]["continued"]
+    conv = nxt.conversation
+    from ragvl.models.runtime.vlm import Prompt
+
+    p = conv.prompt
+    scratch = idx.answerer.generate_prompt(Prompt(np.asarray(conv.ids[:nxt.generation.prompt_tokens]),
+                                                  p.pixel_values, p.grids, p.given), greedy()).consume()
+    assert nxt.generation.token_ids == scratch.token_ids
+    assert nxt.generation.timings.prefill_s < first.generation.timings.prefill_s
+    other = idx.ask("And in Q4?", k=1, settings=greedy(4), follow_up=first).consume()
+    assert not other.continued and "started a new prompt" in other.notes[0]
+    assert other.vision["reused"] == 1
+
+
+def test_cli_interactive_follow_ups(db, models):
+    gen, col, _ = models
+    r = subprocess.run([sys.executable, "-m", "ragvl.cli", "ask", QUESTION, "-k", "4", "--db", db, "--embedder", col,
+                        "--answerer", gen, "-n", "4", "--json", "-i"], input="And in Q4?\nWhy?\n\nignored\n",
+                       capture_output=True, text=True, env=dict(os.environ), timeout=600)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.strip().splitlines()]
+    assert [x["question"] for x in lines] == [QUESTION, "And in Q4?", "Why?"]
+    assert lines[0]["follow_up"] is None
+    assert [x["follow_up"]["continued"] for x in lines[1:]] == [True, True]
+    assert lines[2]["prompt_tokens"] > lines[1]["prompt_tokens"] > lines[0]["prompt_tokens"]

@@ -36,6 +36,17 @@ class Answer:
     notes: list[str] = field(default_factory=list)
     retrieval_s: float = 0.0
     vision_reason: str | None = None  # why some pages were encoded rather than taken from the index
+    follow_up_of: "Answer | None" = None  # the answer this one followed up on, when it did
+
+    @property
+    def conversation(self):
+        """The kept conversation (KV cache included) once the answer is complete, for a follow-up."""
+        return self.generation.conversation
+
+    @property
+    def continued(self) -> bool:
+        """True when this follow-up extended the previous answer's prompt instead of starting anew."""
+        return self.generation.continued
 
     @property
     def vision(self) -> dict:
@@ -57,7 +68,8 @@ class Answer:
         g = self.generation.as_dict()
         return {"question": self.question, "answer": self.text, "sources": [h.as_dict() for h in self.sources],
                 "notes": self.notes, "prompt_tokens": g["prompt_tokens"], "new_tokens": g["new_tokens"],
-                "vision": self.vision,
+                "vision": self.vision, "follow_up": None if self.follow_up_of is None else
+                {"continued": self.continued, "previous_question": self.follow_up_of.question},
                 "timings": {"retrieval_s": round(self.retrieval_s, 4), **g["timings"]}}
 
 
@@ -98,3 +110,17 @@ def answer_question(model: Qwen2VL, store: PageStore, question: str, hits: Seque
     gen = model.generate(messages, inputs, settings, max_pixels=max_pixels)
     return Answer(question, list(hits), gen, low_score_notes(hits), retrieval_s + time.perf_counter() - t0,
                   vision_reason=reason)
+
+
+def follow_up_question(model: Qwen2VL, previous: Answer, question: str, hits: Sequence[Hit],
+                       settings: GenerationSettings | None = None, retrieval_s: float = 0.0) -> Answer | None:
+    """Continue `previous` with `question` when `hits` are the pages it was answered over (the KV
+    cache is extended with the new turn only); None when the pages differ or it is not finished."""
+    conv = previous.conversation
+    if conv is None or {h.id for h in hits} != {h.id for h in previous.sources}:
+        return None
+    t0 = time.perf_counter()
+    gen = model.follow_up(conv, question, settings)
+    # The prompt labels its pages as the first answer did: keep those sources and their numbers.
+    return Answer(question, list(previous.sources), gen, [], retrieval_s + time.perf_counter() - t0,
+                  follow_up_of=previous)
