@@ -222,3 +222,16 @@ def test_cli_interactive_follow_ups(db, models):
     assert lines[0]["follow_up"] is None
     assert [x["follow_up"]["continued"] for x in lines[1:]] == [True, True]
     assert lines[2]["prompt_tokens"] > lines[1]["prompt_tokens"] > lines[0]["prompt_tokens"]
+
+
+def test_sessions_open_only_when_needed(db, models):
+    """search never opens the vision graph; an answer from stored features does not need it either."""
+    gen, col, _ = models
+    idx = Index(db, embedder=col, answerer=gen, log=lambda m: None)
+    assert idx.embedder.opened == [] and idx.answerer.opened == []
+    idx.search(QUESTION, k=2)
+    assert idx.embedder.opened == ["embed", "encoder"]
+    out = idx.ask(QUESTION, k=2, settings=greedy(2)).consume()
+    assert out.vision["reused"] == 2 and idx.answerer.opened == ["decoder", "embed"]
+    idx.ask(QUESTION, k=2, settings=greedy(2), vision_cache=False).consume()
+    assert idx.answerer.opened == ["decoder", "embed", "vision"]

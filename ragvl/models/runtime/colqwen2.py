@@ -35,11 +35,14 @@ class ColQwen2(VisionLanguageModel):
     def __init__(self, folder: str | Path, device: str | None = None, threads: int | None = None,
                  max_pixels: int = MAX_PIXELS, mask_non_image_embeddings: bool = False):
         super().__init__(folder, KIND_EMBEDDER, device, threads)
-        self.encoder = self.session("encoder")
         self.max_pixels = max_pixels
         self.mask_non_image_embeddings = mask_non_image_embeddings
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.endoftext_id
+
+    @property
+    def encoder(self):
+        return self.session("encoder")
 
     @property
     def id(self) -> str:

@@ -82,8 +82,11 @@ class Qwen2VL(VisionLanguageModel):
     def __init__(self, folder: str | Path, device: str | None = None, threads: int | None = None):
         super().__init__(folder, KIND_ANSWERER, device, threads)
         self.defaults = read_generation_config(self.folder)
-        self.decoder = self.session("decoder")
         self._out_names = ["logits"] + [n for i in range(self.config.text.num_hidden_layers) for n in kv_names(i)[2:]]
+
+    @property
+    def decoder(self):
+        return self.session("decoder")
 
     # -- building blocks ------------------------------------------------------------------
     def build_prompt(self, messages: list[dict], images: Sequence[ImageOrFeatures] = (),

@@ -68,12 +68,36 @@ class VisionLanguageModel:
         self.image_config = ImageConfig.from_file(pre) if pre.exists() else ImageConfig()
         self.device = device or default_device()
         self.threads = threads
-        self.vision = self.session("vision")
-        self.embed = self.session("embed")
+        # Sessions open on first use: `ragvl search` embeds a text query and never needs the
+        # vision graph, an answer from stored features may not either.
+        self._sessions: dict = {}
 
     def session(self, graph: str):
-        """The onnxruntime session of one of the manifest's graphs."""
-        return create_session(self.folder / self.manifest["graphs"][graph], self.device, self.threads)
+        """The onnxruntime session of one of the manifest's graphs, opened on first use."""
+        sess = self._sessions.get(graph)
+        if sess is None:
+            sess = self._sessions[graph] = create_session(self.folder / self.manifest["graphs"][graph],
+                                                          self.device, self.threads)
+        return sess
+
+    def open(self, *graphs: str) -> "VisionLanguageModel":
+        """Open these graphs' sessions now (all of the manifest's by default), e.g. before timing."""
+        for g in graphs or tuple(self.manifest["graphs"]):
+            self.session(g)
+        return self
+
+    @property
+    def opened(self) -> list[str]:
+        """The graphs whose sessions are open."""
+        return sorted(self._sessions)
+
+    @property
+    def vision(self):
+        return self.session("vision")
+
+    @property
+    def embed(self):
+        return self.session("embed")
 
     @property
     def vision_hash(self) -> str:
