@@ -18,7 +18,8 @@ import numpy as np
 from ...errors import RagvlError
 from ..contract.manifest import model_config, read_manifest
 from .preprocess import ImageConfig, ImageInput, num_image_tokens, preprocess
-from .session import create_session, default_device
+from ..contract.names import optimized_key
+from .session import create_session, default_device, providers_for
 from .tokenizer import Tokenizer
 
 
@@ -76,9 +77,18 @@ class VisionLanguageModel:
         """The onnxruntime session of one of the manifest's graphs, opened on first use."""
         sess = self._sessions.get(graph)
         if sess is None:
-            sess = self._sessions[graph] = create_session(self.folder / self.manifest["graphs"][graph],
-                                                          self.device, self.threads)
+            path, preoptimized = self.graph_path(graph)
+            sess = self._sessions[graph] = create_session(path, self.device, self.threads, optimize=not preoptimized)
         return sess
+
+    def graph_path(self, graph: str) -> tuple[Path, bool]:
+        """The file to load for `graph`: the copy onnxruntime optimized at conversion when it was
+        made by this onnxruntime version for this device's provider (then True), else the graph."""
+        opt = self.manifest.get("optimized") or {}
+        name = opt.get("graphs", {}).get(graph)
+        if name and opt.get("key") == optimized_key(providers_for(self.device)[0]) and (self.folder / name).exists():
+            return self.folder / name, True
+        return self.folder / self.manifest["graphs"][graph], False
 
     def open(self, *graphs: str) -> "VisionLanguageModel":
         """Open these graphs' sessions now (all of the manifest's by default), e.g. before timing."""
