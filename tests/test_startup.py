@@ -60,3 +60,17 @@ def test_convert_without_optimized_graphs(tmp_path):
     assert json.loads((folder / "ragvl.json").read_text())["optimized"] is None
     assert not list(folder.glob("*.opt.onnx*"))
     assert Qwen2VL(folder).graph_path("vision") == (folder / "vision.onnx", False)
+
+
+def test_embedder_id_ignores_optimized_copies(tmp_path):
+    from tiny_colqwen2 import make_colqwen2_checkpoint
+
+    from ragvl.models.runtime.colqwen2 import ColQwen2
+
+    ckpt = make_colqwen2_checkpoint(tmp_path / "ckpt", variant="a")
+    with_opt = ColQwen2(convert(ckpt, tmp_path / "a", log=lambda m: None))
+    without = ColQwen2(convert(ckpt, tmp_path / "b", optimize=False, log=lambda m: None))
+    assert with_opt.manifest["optimized"] and not without.manifest["optimized"]
+    assert with_opt.id == without.id
+    q = with_opt.embed_queries(["a query"])[0]
+    np.testing.assert_allclose(q, without.embed_queries(["a query"])[0], atol=1e-5)

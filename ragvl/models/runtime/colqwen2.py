@@ -48,7 +48,11 @@ class ColQwen2(VisionLanguageModel):
     def id(self) -> str:
         """Identifies the vectors this embedder makes: same id, comparable vectors."""
         files = self.manifest["files"]
-        digest = hashlib.sha256("".join(files[k]["sha256"] for k in sorted(files)).encode()).hexdigest()[:12]
+        # onnxruntime's optimized copies compute the same vectors: they do not change the id, so
+        # an index stays valid when a model is converted again with or without them.
+        opt = {n for g in ((self.manifest.get("optimized") or {}).get("graphs") or {}).values() for n in (g, g + ".data")}
+        digest = hashlib.sha256("".join(files[k]["sha256"] for k in sorted(files) if k not in opt).encode()
+                                ).hexdigest()[:12]
         masked = "-imageonly" if self.mask_non_image_embeddings else ""
         return f"colqwen2-{self.manifest['dtype']}-{digest}-px{self.max_pixels}{masked}"
 
