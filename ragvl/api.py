@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from .answer.answering import ANSWER_MAX_PIXELS, Answer, answer_question
+from .answer.answering import ANSWER_MAX_PIXELS, Answer, answer_question, follow_up_question
 from .errors import RagvlError
 from .index.indexer import IndexSummary, index_paths
 from .index.search import MODES, Hit, PageSearch
 from .index.objstore import normalize_db, writer_lock
 from .index.store import PageStore, default_db
+from .index.vision_store import DEFAULT_MAX_BYTES, META_KEY as VISION_META, VisionStore
 from .models.runtime.colqwen2 import ColQwen2
 from .models.runtime.generation import GenerationSettings
 from .models.contract.manifest import KIND_EMBEDDER, KIND_ANSWERER
@@ -78,13 +79,16 @@ class Index:
         return self._answerer
 
     # -- the three jobs -------------------------------------------------------------------
-    def index(self, paths: Iterable[str | Path], dpi: int = DEFAULT_DPI, progress: bool = True,
+    def index(self, paths: Iterable[str | Path], dpi: int = DEFAULT_DPI, progress: bool = True, *,
               on_progress: Callable[[Progress], None] | None = None,
-              cluster: "RayOptions | None" = None) -> IndexSummary:
+              cluster: "RayOptions | None" = None,
+              vision_cache: bool = True, vision_cache_bytes: int | None = None) -> IndexSummary:
         """Bring the index up to date with the PDFs and image files under `paths` (files or folders).
 
         `on_progress(p)` is called after every page with the Progress (done, total, rate(), note).
         `cluster` (ragvl.distributed.RayOptions) embeds on a Ray cluster instead of this process.
+        `vision_cache`: keep each page's vision features for `ask` (vision_store.py), within
+        `vision_cache_bytes` (default: the index's recorded cap, else 4 GiB; recorded in the index).
         """
         from .ingest import find_documents
 
@@ -99,8 +103,13 @@ class Index:
             return summary
         embedder = self.embedder  # a missing model fails before the index folder is created
         with writer_lock(self.db, log=self.log):
-            summary = index_paths(paths, PageStore(self.db, create=True), embedder, dpi=dpi, log=self.log,
-                                  progress=progress, on_progress=on_progress)
+            store = PageStore(self.db, create=True)
+            cap = _vision_cap(store, vision_cache_bytes)
+            if store.meta.get(VISION_META, {}).get("max_bytes") != cap:
+                store.write_meta(**{VISION_META: {"max_bytes": cap}})
+            vision = VisionStore(self.db, max_bytes=cap if vision_cache else 0)
+            summary = index_paths(paths, store, embedder, dpi=dpi, log=self.log, progress=progress,
+                                  on_progress=on_progress, vision=vision)
         self._search = None
         return summary
 
@@ -138,14 +147,37 @@ class Index:
             return self._search
 
     def ask(self, question: str, k: int = 3, settings: GenerationSettings | None = None,
-            max_pixels: int = ANSWER_MAX_PIXELS, *, mode: str = "visual", allowed=None) -> Answer:
+            max_pixels: int = ANSWER_MAX_PIXELS, *, mode: str = "visual", allowed=None, vision_cache: bool = True,
+            follow_up: Answer | None = None) -> Answer:
         """Retrieve the top-k pages (`mode` as in :meth:`search`) and answer over their images;
-        iterate the result to stream."""
+        iterate the result to stream.
+
+        Pages whose vision features were stored at indexing by an identical vision tower are not
+        encoded again (`vision_cache=False` encodes every page); `Answer.vision` says what happened.
+        `follow_up`: a previous, complete answer. When the question retrieves the same pages, the
+        conversation goes on from its KV cache (`Answer.continued`); otherwise a new prompt starts
+        over the new pages, and a note says so.
+        """
         t0 = time.perf_counter()
         hits = self.search(question, k, mode=mode, allowed=allowed)
         store = self._search.store
-        return answer_question(self.answerer, store, question, hits, settings or self.answerer.defaults, max_pixels,
-                      retrieval_s=time.perf_counter() - t0)
+        settings = settings or self.answerer.defaults
+        if follow_up is not None:
+            if follow_up.conversation is None:
+                raise RagvlError("follow_up: the previous answer is not complete (consume it first)")
+            cont = follow_up_question(self.answerer, follow_up, question, hits, settings,
+                                      retrieval_s=time.perf_counter() - t0)
+            if cont is not None:
+                return cont
+        vision = VisionStore(self.db) if vision_cache else None
+        answer = answer_question(self.answerer, store, question, hits, settings, max_pixels,
+                                 retrieval_s=time.perf_counter() - t0, vision=vision)
+        if follow_up is not None:
+            answer.follow_up_of = follow_up
+            answer.notes.insert(0, "this follow-up retrieved other pages than the previous answer: "
+                                   "started a new prompt over them (the earlier turns are not in it)")
+        return answer
+
 
     # -- pages, maps and documents (the web page, HTTP API and MCP server use these) ------------
     def page_image(self, page_id: str) -> bytes:
@@ -181,3 +213,12 @@ class Index:
         store.remove_documents(gone)
         self._search = None
         return gone
+
+
+def _vision_cap(store: PageStore, requested: int | None) -> int:
+    """The vision feature cap in bytes: as requested, else as recorded in the index, else the default."""
+    if requested is not None:
+        if requested < 0:
+            raise RagvlError(f"vision cache size {requested}: must be >= 0 bytes")
+        return int(requested)
+    return int(store.meta.get(VISION_META, {}).get("max_bytes", DEFAULT_MAX_BYTES))

@@ -172,3 +172,46 @@ def test_quantized_top1_agreement(tiny_ckpt_a, tmp_path, dtype, floor):
     assert quant.manifest["dtype"] == dtype
     disk = lambda d: sum(f.stat().st_size for f in d.iterdir() if f.name.startswith("decoder"))  # noqa: E731
     assert disk(quant.folder) < disk(fp32.folder)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("layout", ["flat", "nested"])
+def test_stored_head_wins_over_tie_flag(make_ckpt, tmp_path, layout):
+    """config.json says tie_word_embeddings, yet lm_head.weight is stored and differs: transformers
+    5.3 loads and uses the stored head, so the converter must too."""
+    from tiny_checkpoints import _save_safetensors, read_hub_tensors
+
+    ckpt = make_ckpt(variant="a", layout=layout, seed=4)
+    tensors = read_hub_tensors(ckpt)
+    assert "lm_head.weight" not in tensors
+    gen = torch.Generator().manual_seed(9)
+    tensors["lm_head.weight"] = 0.2 * torch.randn(tensors["model.embed_tokens.weight"].shape, generator=gen)
+    (ckpt / "model.safetensors").unlink()
+    _save_safetensors(ckpt, tensors, sharded=False, num_shards=1)
+    p = Pair(ckpt, tmp_path / "model")
+    assert torch.equal(p.hf.lm_head.weight, tensors["lm_head.weight"])  # the reference did untie
+    assert p.vlm.config.tie_word_embeddings is False
+    image = noise_image(120, 90, seed=5)
+    messages = user_message("Describe.", 1)
+    ours, ref = p.ours(messages, [image], n=8), p.theirs(messages, [image], n=8)
+    assert ours.token_ids == ref["new_token_ids"].tolist()
+    logits, _, _ = p.vlm.prefill(p.vlm.build_prompt(messages, [image]))
+    np.testing.assert_allclose(logits, ref["first_logits"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.reference
+def test_stored_copy_of_tied_head_stays_tied(make_ckpt, tmp_path):
+    """A stored lm_head.weight equal to the embedding converts tied (one matrix) with equal logits."""
+    from tiny_checkpoints import _save_safetensors, read_hub_tensors
+
+    ckpt = make_ckpt(variant="a", layout="flat", seed=4)
+    tensors = read_hub_tensors(ckpt)
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+    (ckpt / "model.safetensors").unlink()
+    _save_safetensors(ckpt, tensors, sharded=False, num_shards=1)
+    p = Pair(ckpt, tmp_path / "model")
+    assert p.vlm.config.tie_word_embeddings is True
+    image = noise_image(120, 90, seed=5)
+    messages = user_message("Describe.", 1)
+    logits, _, _ = p.vlm.prefill(p.vlm.build_prompt(messages, [image]))
+    np.testing.assert_allclose(logits, p.theirs(messages, [image], n=1)["first_logits"], atol=1e-4, rtol=1e-4)

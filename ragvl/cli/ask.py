@@ -32,7 +32,12 @@ def ask(
                                              "answer, in pixels (default 602112: 768 visual tokens)."),
     device: Optional[str] = DEVICE,
     mode: str = MODE,
+    no_vision_cache: bool = typer.Option(False, "--no-vision-cache", help="Encode every page again instead of "
+                                         "using the vision features stored at indexing."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: answer, sources, timings."),
+    interactive: bool = typer.Option(False, "-i", "--interactive", help="Then read follow-up questions from "
+                                     "stdin, one a line, until an empty line; a follow-up over the same pages "
+                                     "continues the conversation without prefilling them again."),
 ) -> None:
     """Answer a question from the indexed PDFs: retrieve pages, let Qwen2-VL read them, cite them."""
     from ..answer.answering import ANSWER_MAX_PIXELS
@@ -43,23 +48,45 @@ def ask(
         idx.answerer  # fail on a missing answer model before any retrieval work
         settings = generation_settings(idx.answerer.defaults, max_new_tokens, temperature, top_p, top_k_sampling,
                                        repetition_penalty, seed, greedy)
-        result = idx.ask(question, k, settings, max_pixels or ANSWER_MAX_PIXELS, mode=mode)
-        if as_json:
-            result.consume()
-            print(json.dumps(result.as_dict(), ensure_ascii=False))
-            return
-        for piece in result:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n\nSources:\n")
-        for h in result.sources:
-            sys.stdout.write(f"  [{h.rank}] {display_path(h.path)}, page {h.page} (score {h.score:.2f})\n")
-        for note in result.notes:
-            log(f"note: {note}")
-        t = result.generation.timings.as_dict()
-        log(f"retrieval {result.retrieval_s:.2f}s, first token {result.retrieval_s + t['first_token_s']:.2f}s; "
-            + timings_line(result.generation))
+
+        def ask_one(q, prev):
+            return idx.ask(q, k, settings, max_pixels or ANSWER_MAX_PIXELS, vision_cache=not no_vision_cache,
+                           follow_up=prev, mode=mode)
+
+        result = ask_one(question, None)
+        _emit(result, as_json)
+        while interactive:  # follow-ups in this process, so the conversation's KV cache is kept
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+            line = sys.stdin.readline().strip()
+            if not line:
+                break
+            result = ask_one(line, result)
+            _emit(result, as_json)
     except RagvlError as e:
         fail(str(e))
 
 
+def _emit(result, as_json: bool) -> None:
+    """Stream one answer and its sources to stdout (or print it as one JSON line); stats to stderr."""
+    if as_json:
+        result.consume()
+        print(json.dumps(result.as_dict(), ensure_ascii=False), flush=True)
+        return
+    for piece in result:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n\nSources:\n")
+    for h in result.sources:
+        sys.stdout.write(f"  [{h.rank}] {display_path(h.path)}, page {h.page} (score {h.score:.2f})\n")
+    sys.stdout.flush()
+    for note in result.notes:
+        log(f"note: {note}")
+    if result.follow_up_of is not None and result.continued:
+        log("follow-up: continued the conversation over the same pages (their prefill was kept)")
+    v = result.vision
+    log(f"vision: {v['reused']} page(s) from the index, {v['computed']} encoded"
+        + (f" ({v['reason']})" if v["reason"] else ""))
+    t = result.generation.timings.as_dict()
+    log(f"retrieval {result.retrieval_s:.2f}s, first token {result.retrieval_s + t['first_token_s']:.2f}s; "
+        + timings_line(result.generation))

@@ -23,6 +23,9 @@ def models_convert(
     base: Optional[Path] = typer.Option(None, "--base", help="For a LoRA adapter folder: its base checkpoint."),
     force: bool = typer.Option(False, "--force", help="Replace an existing ragvl model folder."),
     default: bool = typer.Option(False, "--default", help="Make it the default model of its kind."),
+    no_optimized: bool = typer.Option(False, "--no-optimized-graphs", help="Do not save onnxruntime's optimized "
+                                      "graphs beside the plain ones (half the disk; each load then optimizes, "
+                                      "seconds at the 2B shape)."),
 ) -> None:
     """Convert a Qwen2-VL or ColQwen2 checkpoint to ONNX (no torch needed, works offline)."""
     from ..models.converter.convert import convert
@@ -33,7 +36,7 @@ def models_convert(
         in_home = out is None
         if in_home:
             out = models_dir() / f"{src.resolve().name.lower()}-{dtype}"
-        folder = convert(src, out, dtype=dtype, force=force, base=base, log=log,
+        folder = convert(src, out, dtype=dtype, force=force, base=base, log=log, optimize=not no_optimized,
                          share_vision=[f for f, _ in installed_models() if f.resolve() != out.resolve()])
         kind = read_manifest(folder)["kind"]
         if default or (in_home and default_model(kind) in (None, folder)):

@@ -23,15 +23,23 @@ from ..errors import RagvlError
 from ..fsutil import sha256_file
 from ..ingest import DEFAULT_DPI, Renderer, find_documents, open_document, png_bytes
 from ..progress import Progress
-from .store import PageRow, PageStore
+from .store import PageRow, PageStore, page_id
+from .vision_store import Producer, VisionStore
+
+# Stored vision features are written every this many pages (float32 until then: ~5 MB a page at
+# the 2B shape), not per document, so a long document never holds them all in memory.
+VISION_FLUSH_PAGES = 16
 
 
 class PageEmbedder(Protocol):
     """What indexing needs from an embedder (ragvl.models.runtime.colqwen2.ColQwen2)."""
 
     id: str
+    vision_hash: str
+    image_key: str
+    max_pixels: int
 
-    def embed_images(self, images: Sequence[Image.Image]) -> list[np.ndarray]: ...
+    def embed_images(self, images: Sequence[Image.Image], *, vision_out: list | None = None) -> list[np.ndarray]: ...
 
 
 @dataclass
@@ -162,10 +170,13 @@ def finish_index(plan: IndexPlan, store: PageStore) -> None:
 
 def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmbedder, dpi: int = DEFAULT_DPI,
                 log: Callable[[str], None] | None = None, progress: bool = True,
-                on_progress: Callable[[Progress], None] | None = None) -> IndexSummary:
+                on_progress: Callable[[Progress], None] | None = None,
+                vision: VisionStore | None = None) -> IndexSummary:
     """Bring the index up to date with the PDFs and image files under `paths`; returns what happened.
 
-    `on_progress(bar)` is called once the plan is made and after every page (the web server's jobs)."""
+    `on_progress(bar)` is called once the plan is made and after every page (the web server's jobs).
+    With `vision`, each embedded page's vision tower output is kept there for the answer model
+    (unless its cap is 0), and the features of pages no longer indexed are dropped."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
     report = on_progress or (lambda b: None)
@@ -177,6 +188,9 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
         bar = Progress(plan.total_pages, enabled=progress)
         report(bar)
         pages_seen = 0
+        keep = vision is not None and vision.max_bytes > 0
+        producer = Producer(embedder.vision_hash, embedder.image_key, embedder.max_pixels) if keep else None
+        pending: list = []  # (page_id, ImageFeatures) not yet stored
         for d in plan.todo:
             key, sha = d.key, d.sha256
             try:
@@ -190,9 +204,16 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
                         summary.skipped_pages.append((key, page.number, page.reason))
                         log(f"skipped: {page.message(key)}")
                     else:  # embed exactly the stored image
-                        vectors = embedder.embed_images([page.image()])[0]
+                        feats: list = []
+                        vectors = (embedder.embed_images([page.image()], vision_out=feats) if keep
+                                   else embedder.embed_images([page.image()]))[0]
                         rows.append(PageRow(page.number, page.width, page.height, page.png, vectors,
                                             text=page.text or None))
+                        if feats:
+                            pending.append((page_id(sha, page.number), feats[0]))
+                            if len(pending) >= VISION_FLUSH_PAGES:
+                                vision.put(pending, producer)
+                                pending = []
                     bar.update()
                     report(bar)
                     pages_seen += 1
@@ -208,6 +229,12 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
             (summary.changed if d.was_indexed else summary.new).append(key)
         bar.close()
 
+        if keep:
+            vision.put(pending, producer)
+
     finish_index(plan, store)
+    if vision is not None:
+        t = store.scan(["doc_sha256", "page"])
+        vision.prune({page_id(s, p) for s, p in zip(t["doc_sha256"].to_pylist(), t["page"].to_pylist())})
     summary.seconds = time.perf_counter() - t0
     return summary

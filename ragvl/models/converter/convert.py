@@ -14,8 +14,11 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
+
+import numpy as np
 
 from ... import __version__
 from ...errors import RagvlError
@@ -24,7 +27,9 @@ from ..contract.config import COLQWEN2_ARCHITECTURES, read_config
 from .decoder_graph import build_decoder, build_embed, colbert_tensor_names, text_tensor_names
 from .lora import LoraAdapter, MergedSource, is_adapter
 from ..contract.manifest import KIND_EMBEDDER, KIND_ANSWERER, MANIFEST, write_manifest
+from ..contract.names import optimized_graph
 from .onnx_builder import GraphBuilder
+from .optimize import key as optimized_key, save_optimized
 from .quantize import FORMATS
 from .vision_graph import build_vision, vision_tensor_names
 
@@ -60,6 +65,13 @@ def _find_shared_vision(key: str, candidates: Sequence[Path]) -> Path | None:
     return None
 
 
+def _shared_optimized(shared: Path, opt: str) -> bool:
+    """Whether `shared` holds an optimized vision graph this onnxruntime wrote (reused, not redone)."""
+    m = json.loads((shared / MANIFEST).read_text())
+    o = m.get("optimized") or {}
+    return o.get("key") == optimized_key() and (shared / opt).exists() and (shared / (opt + ".data")).exists()
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     """A hard link shares the bytes on disk and keeps both folders self-contained."""
     try:
@@ -70,7 +82,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool = False,
             base: str | Path | None = None, share_vision: Sequence[str | Path] = (),
-            fused_attention: bool = True, log: Callable[[str], None] = _log) -> Path:
+            fused_attention: bool = True, optimize: bool = True, log: Callable[[str], None] = _log) -> Path:
     """Convert the checkpoint folder `src` into the ragvl model folder `out`; returns `out`.
 
     - A Qwen2-VL checkpoint becomes an answerer (vision, embed, decoder with KV cache); a ColQwen2
@@ -81,6 +93,8 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
       serves both models in a process.
     - `fused_attention` uses onnxruntime's MultiHeadAttention kernel in the vision tower (about
       1.4x faster there on a CPU than MatMul + Softmax, which materialise the N x N scores).
+    - `optimize` saves onnxruntime's optimized copy of every graph (optimize.py): faster loads,
+      about twice the disk.
     """
     src, out = Path(src), Path(out)
     if dtype not in FORMATS:
@@ -111,6 +125,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
             raise RagvlError(f"{out}: exists and is not a ragvl model; refusing to replace it")
 
     t0 = time.perf_counter()
+    text_graph = "encoder" if embedder else "decoder"
     ckpt = Checkpoint(weights_dir)
     if weights_dir != src:
         adapter = LoraAdapter(src)
@@ -125,10 +140,17 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
             expected.append("lm_head.weight")
             source.used.add("lm_head.weight")
     else:
-        expected = v_names + text_tensor_names(cfg.text, cfg.tie_word_embeddings)
-        if cfg.tie_word_embeddings and "lm_head.weight" in source:
-            expected.append("lm_head.weight")  # some exports store the tied copy too; it is ignored
-            source.used.add("lm_head.weight")
+        # transformers 5.3 ties only when no lm_head.weight is stored: a stored head is loaded and
+        # used even where config.json says tie_word_embeddings (flat or nested layout alike).
+        # A stored copy equal to the embedding stays tied (same numbers, one matrix on disk).
+        tied = cfg.tie_word_embeddings and ("lm_head.weight" not in source or np.array_equal(
+            source.get("lm_head.weight"), source.get("model.embed_tokens.weight")))
+        expected_extra = ["lm_head.weight"] if tied and "lm_head.weight" in source else []
+        if tied != cfg.tie_word_embeddings:
+            log("config.json says tie_word_embeddings but the checkpoint stores lm_head.weight: "
+                "using the stored head, as transformers does")
+            cfg = replace(cfg, tie_word_embeddings=tied)
+        expected = v_names + text_tensor_names(cfg.text, tied) + expected_extra
     source.check(expected)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -155,11 +177,23 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
             build(g)
             g.save()
         source.check_all_used()
+        graphs = {"vision": "vision.onnx", "embed": "embed.onnx", text_graph: f"{text_graph}.onnx"}
+        optimized = None
+        if optimize:
+            optimized = {"key": optimized_key(), "graphs": {}}
+            for name, file in graphs.items():
+                opt = optimized_graph(file)
+                if name == "vision" and shared is not None and _shared_optimized(shared, opt):
+                    for f in (opt, opt + ".data"):
+                        _link_or_copy(shared / f, tmp / f)
+                else:
+                    log(f"optimizing {name} graph (onnxruntime)")
+                    save_optimized(tmp / file)
+                optimized["graphs"][name] = opt
         for d in side_dirs:
             for f in SIDE_FILES:
                 if (d / f).exists():
                     shutil.copy2(d / f, tmp / f)
-        text_graph = "encoder" if embedder else "decoder"
         write_manifest(tmp, {
             "kind": KIND_EMBEDDER if embedder else KIND_ANSWERER,
             "architecture": cfg.architecture,
@@ -167,7 +201,8 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
             "weight_format": {"bits": fmt.bits, "block_size": fmt.block_size} if fmt.quantized else None,
             "fused_attention": fused_attention,
             "config": cfg.to_dict(),
-            "graphs": {"vision": "vision.onnx", "embed": "embed.onnx", text_graph: f"{text_graph}.onnx"},
+            "graphs": graphs,
+            "optimized": optimized,
             "vision": {"key": key, "shared_with": str(shared.resolve()) if shared else None},
             "source": {"path": str(src.resolve()), "base": str(Path(base).resolve()) if base else None,
                        "checkpoint_dtype": cfg.torch_dtype},

@@ -17,7 +17,7 @@ from ..contract.manifest import KIND_EMBEDDER
 from ..contract.names import VECTOR_DIM
 from .preprocess import ImageInput
 from ..contract.rope import mrope_positions
-from .vlm import VisionLanguageModel
+from .vlm import ImageFeatures, VisionLanguageModel, image_config_key
 
 DOC_PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>"
               "<|endoftext|>")
@@ -31,7 +31,11 @@ def embedder_id(manifest: dict, max_pixels: int = MAX_PIXELS, mask_non_image_emb
     """ColQwen2.id from a model folder's manifest alone, without loading the model (a Ray driver
     plans with it while only its workers load the model)."""
     files = manifest["files"]
-    digest = hashlib.sha256("".join(files[k]["sha256"] for k in sorted(files)).encode()).hexdigest()[:12]
+    # onnxruntime's optimized copies compute the same vectors: they do not change the id, so
+    # an index stays valid when a model is converted again with or without them.
+    opt = {n for g in ((manifest.get("optimized") or {}).get("graphs") or {}).values() for n in (g, g + ".data")}
+    digest = hashlib.sha256("".join(files[k]["sha256"] for k in sorted(files) if k not in opt).encode()
+                            ).hexdigest()[:12]
     masked = "-imageonly" if mask_non_image_embeddings else ""
     return f"colqwen2-{manifest['dtype']}-{digest}-px{max_pixels}{masked}"
 
@@ -44,25 +48,42 @@ class ColQwen2(VisionLanguageModel):
     def __init__(self, folder: str | Path, device: str | None = None, threads: int | None = None,
                  max_pixels: int = MAX_PIXELS, mask_non_image_embeddings: bool = False):
         super().__init__(folder, KIND_EMBEDDER, device, threads)
-        self.encoder = self.session("encoder")
         self.max_pixels = max_pixels
         self.mask_non_image_embeddings = mask_non_image_embeddings
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.endoftext_id
 
     @property
+    def encoder(self):
+        return self.session("encoder")
+
+    @property
     def id(self) -> str:
         """Identifies the vectors this embedder makes: same id, comparable vectors."""
         return embedder_id(self.manifest, self.max_pixels, self.mask_non_image_embeddings)
 
-    def embed_images(self, images: Sequence[ImageInput], batch_size: int = 1) -> list[np.ndarray]:
-        """One (n_tokens, 128) float32 matrix per page image."""
+    @property
+    def image_key(self) -> str:
+        """The preprocessing its page images go through (vlm.image_config_key)."""
+        return image_config_key(self.image_config_for(self.max_pixels))
+
+    def embed_images(self, images: Sequence[ImageInput], batch_size: int = 1, *,
+                     vision_out: list[ImageFeatures] | None = None) -> list[np.ndarray]:
+        """One (n_tokens, 128) float32 matrix per page image.
+
+        With `vision_out`, each page's vision tower output is appended to it as ImageFeatures
+        (float32): an answerer with the same `vision_hash` and preprocessing can reuse it.
+        """
         cfg = self.image_config_for(self.max_pixels)
         out: list[np.ndarray] = []
         for i in range(0, len(images), batch_size):
             pixels, grids, counts = self.preprocess_images(images[i:i + batch_size], cfg)
             ids = [self.tokenizer.encode_prompt(DOC_PROMPT, [c]) for c in counts]
-            out += self._encode(ids, self.vision_features(pixels, grids), grids)
+            feats = self.vision_features(pixels, grids)  # (sum of tokens, H)
+            if vision_out is not None:
+                ends = np.cumsum(counts)
+                vision_out += [ImageFeatures(feats[e - c:e], g) for e, c, g in zip(ends, counts, grids)]
+            out += self._encode(ids, feats, grids)
         return out
 
     def embed_queries(self, queries: Sequence[str], batch_size: int = 16) -> list[np.ndarray]:

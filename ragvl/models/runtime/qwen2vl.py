@@ -22,7 +22,8 @@ from ..contract.manifest import KIND_ANSWERER
 from .preprocess import ImageInput
 from ..contract.rope import mrope_positions
 from .tokenizer import StreamDecoder
-from .vlm import Prompt, VisionLanguageModel
+from .conversation import Conversation, template_suffix, user_turn
+from .vlm import ImageOrFeatures, Prompt, VisionLanguageModel
 
 
 def user_message(text: str, n_images: int) -> list[dict]:
@@ -55,6 +56,9 @@ class Generation:
     text: str = ""
     timings: Timings = field(default_factory=Timings)
     stop_reason: str = ""
+    vision: dict = field(default_factory=dict)  # {"reused": images given as features, "computed": encoded}
+    conversation: Conversation | None = None  # set once the answer is complete: pass it to follow_up
+    continued: bool = False  # a follow-up that extended the kept KV cache (not a fresh prompt)
 
     def __iter__(self) -> Iterator[str]:
         for piece in self._pieces:
@@ -68,7 +72,7 @@ class Generation:
 
     def as_dict(self) -> dict:
         return {"text": self.text, "token_ids": self.token_ids, "prompt_tokens": self.prompt_tokens,
-                "new_tokens": len(self.token_ids), "stop_reason": self.stop_reason,
+                "new_tokens": len(self.token_ids), "stop_reason": self.stop_reason, "vision": self.vision,
                 "timings": self.timings.as_dict()}
 
 
@@ -78,21 +82,27 @@ class Qwen2VL(VisionLanguageModel):
     def __init__(self, folder: str | Path, device: str | None = None, threads: int | None = None):
         super().__init__(folder, KIND_ANSWERER, device, threads)
         self.defaults = read_generation_config(self.folder)
-        self.decoder = self.session("decoder")
         self._out_names = ["logits"] + [n for i in range(self.config.text.num_hidden_layers) for n in kv_names(i)[2:]]
 
+    @property
+    def decoder(self):
+        return self.session("decoder")
+
     # -- building blocks ------------------------------------------------------------------
-    def build_prompt(self, messages: list[dict], images: Sequence[ImageInput] = (),
+    def build_prompt(self, messages: list[dict], images: Sequence[ImageOrFeatures] = (),
                      max_pixels: int | None = None) -> Prompt:
-        """Render the chat template and preprocess the images it refers to, in order."""
-        pixels, grids, counts = self.preprocess_images(images, self.image_config_for(max_pixels))
+        """Render the chat template and preprocess the images it refers to, in order.
+
+        An ImageFeatures item stands for an image whose vision features were computed earlier.
+        """
+        pixels, grids, counts, given = self.prepare_images(images, self.image_config_for(max_pixels))
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         ids = self.tokenizer.encode_prompt(text, counts)
         n_pads = int((ids == self.config.image_token_id).sum())
         if n_pads != sum(counts):
             raise RagvlError(f"the prompt has {n_pads} image tokens but {len(images)} image(s) "
                              f"need {sum(counts)}: pass as many images as the messages name")
-        return Prompt(np.asarray(ids, dtype=np.int64), pixels, grids)
+        return Prompt(np.asarray(ids, dtype=np.int64), pixels, grids, given)
 
     def empty_cache(self, batch: int = 1) -> dict[str, np.ndarray]:
         t = self.config.text
@@ -137,27 +147,85 @@ class Qwen2VL(VisionLanguageModel):
         return logits[0], cache, int(deltas[0])
 
     # -- generation -----------------------------------------------------------------------
-    def generate(self, messages: list[dict], images: Sequence[ImageInput] = (),
+    def generate(self, messages: list[dict], images: Sequence[ImageOrFeatures] = (),
                  settings: GenerationSettings | None = None, max_pixels: int | None = None) -> Generation:
-        """Stream an answer to `messages` (HF chat format) over `images`."""
+        """Stream an answer to `messages` (HF chat format) over `images`.
+
+        An item of `images` may be ImageFeatures (this model's own vision output for that image,
+        e.g. stored at indexing): it is spliced in without running the vision tower.
+        """
         settings = settings or self.defaults
         start = time.perf_counter()
         prompt = self.build_prompt(messages, images, max_pixels)
-        gen = Generation(iter(()), prompt_tokens=len(prompt.ids))
-        gen._pieces = self._decode_loop(prompt, settings, gen, start)
+        return self.generate_prompt(prompt, settings, messages=messages, max_pixels=max_pixels, start=start)
+
+    def generate_prompt(self, prompt: Prompt, settings: GenerationSettings | None = None, *,
+                        messages: list[dict] | None = None, max_pixels: int | None = None,
+                        start: float | None = None) -> Generation:
+        """Stream an answer to an already built prompt (`messages` as rendered into it, if known)."""
+        settings = settings or self.defaults
+        start = time.perf_counter() if start is None else start
+        gen = Generation(iter(()), prompt_tokens=len(prompt.ids),
+                         vision={"reused": prompt.n_given, "computed": len(prompt.grids) - prompt.n_given})
+
+        def first(timings: Timings):
+            logits, cache, delta = self.prefill(prompt, timings)
+            return logits, cache, delta, list(prompt.ids), len(prompt.ids)
+
+        gen._pieces = self._decode_loop(first, settings, gen, start,
+                                        lambda: (messages or [], prompt, max_pixels))
         return gen
 
-    def _decode_loop(self, prompt: Prompt, settings: GenerationSettings, gen: Generation,
-                     start: float) -> Iterator[str]:
+    def follow_up(self, conversation: Conversation, text: str, settings: GenerationSettings | None = None
+                  ) -> Generation:
+        """Stream the answer to a follow-up user turn over the same images.
+
+        The kept KV cache of `conversation` is extended with only the new turn's tokens; the result
+        equals answering the whole conversation from scratch. Where the chat template does not
+        allow that, the whole conversation is prompted again (`Generation.continued` is False).
+        """
+        settings = settings or self.defaults
+        start = time.perf_counter()
+        conv = conversation
+        messages = conv.messages + [user_turn(text)]
+        suffix = template_suffix(self.tokenizer.apply_chat_template, conv.messages,
+                                 conv.messages[-1]["content"], text)
+        if suffix is None:  # the whole conversation again, over the images already prepared
+            p = conv.prompt
+            merge = self.config.vision.spatial_merge_size
+            ids = self.tokenizer.encode_prompt(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True),
+                                               [int(np.prod(g)) // merge ** 2 for g in p.grids])
+            prompt = Prompt(np.asarray(ids, np.int64), p.pixel_values, p.grids, p.given)
+            return self.generate_prompt(prompt, settings, messages=messages, max_pixels=conv.max_pixels, start=start)
+        new = [int(t) for t in self.tokenizer.encode_prompt(suffix, [])]
+        ids = conv.ids + new
+        gen = Generation(iter(()), prompt_tokens=len(ids), vision={"reused": 0, "computed": 0}, continued=True)
+
+        def extend(timings: Timings):
+            t0 = time.perf_counter()
+            todo = np.asarray([ids[conv.cached:]], np.int64)  # (1, n): tokens not in the cache yet
+            n = todo.shape[1]
+            positions = np.broadcast_to(np.arange(conv.cached, conv.cached + n) + conv.delta, (3, 1, n))
+            logits, cache = self.run_decoder(self.embed_ids(todo), np.ones((1, len(ids)), np.int64),
+                                             np.ascontiguousarray(positions, np.int64), conv.cache)
+            timings.prefill_s += time.perf_counter() - t0
+            return logits[0], cache, conv.delta, list(ids), len(ids)
+
+        gen._pieces = self._decode_loop(extend, settings, gen, start, lambda: (messages, conv.prompt, conv.max_pixels))
+        return gen
+
+    def _decode_loop(self, first, settings: GenerationSettings, gen: Generation, start: float,
+                     context) -> Iterator[str]:
+        """Decode after `first(timings)` -> (logits, cache, rope delta, ids so far, ids in cache);
+        at the end, `gen.conversation` keeps the state for a follow-up (`context()` gives the
+        messages, first prompt and max_pixels)."""
         tok = self.tokenizer
         stops = set(settings.eos_token_ids) | {t for t in (tok.im_end_id, tok.eos_token_id) if t is not None}
         if settings.ignore_eos:
             stops = set()
         sampler = TokenSampler(settings)
-        logits, cache, delta = self.prefill(prompt, gen.timings)
-        ids = list(prompt.ids)
+        logits, cache, delta, ids, total = first(gen.timings)
         stream = StreamDecoder(self.tokenizer)
-        total = len(ids)
         gen.stop_reason = "length"
         for step in range(settings.max_new_tokens):
             token = sampler(logits, np.asarray(ids, np.int64))
@@ -181,8 +249,13 @@ class Qwen2VL(VisionLanguageModel):
         tail = stream.flush()
         if tail:
             yield tail
+        messages, prompt, max_pixels = context()
+        text = tok.decode(gen.token_ids, skip_special_tokens=True)  # what the pieces add up to
+        gen.conversation = Conversation(messages + [{"role": "assistant", "content": text}], prompt, ids, cache,
+                                        total, delta, max_pixels)
 
     def chat(self, prompt: str, images: Sequence[ImageInput] = (), settings: GenerationSettings | None = None,
              max_pixels: int | None = None) -> Generation:
         """One user turn: `images` first, then `prompt`, as qwen2_vl.py's `--input x --prompt y`."""
         return self.generate(user_message(prompt, len(images)), images, settings, max_pixels)
+

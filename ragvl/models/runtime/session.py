@@ -39,24 +39,30 @@ def providers_for(device: str) -> list[str]:
 _OPEN: "weakref.WeakValueDictionary[tuple, ort.InferenceSession]" = weakref.WeakValueDictionary()
 
 
-def create_session(path: str | Path, device: str = "cpu", threads: int | None = None) -> ort.InferenceSession:
-    """Open one ONNX graph on `device`, failing loudly if the provider did not take it."""
+def create_session(path: str | Path, device: str = "cpu", threads: int | None = None,
+                   optimize: bool = True) -> ort.InferenceSession:
+    """Open one ONNX graph on `device`, failing loudly if the provider did not take it.
+
+    `optimize=False` for a graph onnxruntime already optimized and saved (at conversion): its
+    graph optimizations then cost seconds at every start for nothing.
+    """
     path = Path(path)
     try:
         st = path.stat()
     except OSError as e:
         raise RagvlError(f"{path}: cannot open the graph ({e.strerror})") from None
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, device, threads)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, device, threads, optimize)
     sess = _OPEN.get(key)
     if sess is None:
-        sess = _OPEN[key] = _open(path, device, threads)
+        sess = _OPEN[key] = _open(path, device, threads, optimize)
     return sess
 
 
-def _open(path: Path, device: str, threads: int | None) -> ort.InferenceSession:
+def _open(path: Path, device: str, threads: int | None, optimize: bool) -> ort.InferenceSession:
     providers = providers_for(device)
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     so.intra_op_num_threads = threads or cpu_threads()
     so.log_severity_level = 3
     try:

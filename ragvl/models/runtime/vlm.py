@@ -7,25 +7,54 @@ step that splices image features into the token embeddings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 
+from ...errors import RagvlError
 from ..contract.manifest import model_config, read_manifest
 from .preprocess import ImageConfig, ImageInput, num_image_tokens, preprocess
-from .session import create_session, default_device
+from ..contract.names import optimized_key
+from .session import create_session, default_device, providers_for
 from .tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """One image's vision tower output, computed earlier (e.g. stored at indexing).
+
+    Passed in place of an image, it is spliced into the prompt as is: the vision tower does not
+    run for it. Valid only for a model whose `vision_hash` and preprocessing produced it.
+    """
+
+    features: np.ndarray  # (n_tokens, H) float16 or float32: the merged visual tokens
+    grid: tuple[int, int, int]  # (t, h, w) in patches, before the 2x2 merge
+
+
+ImageOrFeatures = Union[ImageInput, ImageFeatures]
 
 
 @dataclass
 class Prompt:
-    """A tokenized prompt with its images' pixel rows and patch grids."""
+    """A tokenized prompt with its images' pixel rows (None where features were given) and patch grids."""
 
     ids: np.ndarray  # (S,) int64, image pads expanded
-    pixel_values: list[np.ndarray]  # per image (N_i, C*T*P*P)
+    pixel_values: list[np.ndarray | None]  # per image (N_i, C*T*P*P)
     grids: list[tuple[int, int, int]]
+    given: list[np.ndarray | None] = field(default_factory=list)  # per image: precomputed (n_i, H) or None
+
+    @property
+    def n_given(self) -> int:
+        return sum(g is not None for g in self.given)
+
+
+def image_config_key(cfg: ImageConfig) -> str:
+    """A short hash of every preprocessing setting: equal keys, equal pixel rows for one image."""
+    return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
 class VisionLanguageModel:
@@ -40,12 +69,53 @@ class VisionLanguageModel:
         self.image_config = ImageConfig.from_file(pre) if pre.exists() else ImageConfig()
         self.device = device or default_device()
         self.threads = threads
-        self.vision = self.session("vision")
-        self.embed = self.session("embed")
+        # Sessions open on first use: `ragvl search` embeds a text query and never needs the
+        # vision graph, an answer from stored features may not either.
+        self._sessions: dict = {}
 
     def session(self, graph: str):
-        """The onnxruntime session of one of the manifest's graphs."""
-        return create_session(self.folder / self.manifest["graphs"][graph], self.device, self.threads)
+        """The onnxruntime session of one of the manifest's graphs, opened on first use."""
+        sess = self._sessions.get(graph)
+        if sess is None:
+            path, preoptimized = self.graph_path(graph)
+            sess = self._sessions[graph] = create_session(path, self.device, self.threads, optimize=not preoptimized)
+        return sess
+
+    def graph_path(self, graph: str) -> tuple[Path, bool]:
+        """The file to load for `graph`: the copy onnxruntime optimized at conversion when it was
+        made by this onnxruntime version for this device's provider (then True), else the graph."""
+        opt = self.manifest.get("optimized") or {}
+        name = opt.get("graphs", {}).get(graph)
+        if name and opt.get("key") == optimized_key(providers_for(self.device)[0]) and (self.folder / name).exists():
+            return self.folder / name, True
+        return self.folder / self.manifest["graphs"][graph], False
+
+    def open(self, *graphs: str) -> "VisionLanguageModel":
+        """Open these graphs' sessions now (all of the manifest's by default), e.g. before timing."""
+        for g in graphs or tuple(self.manifest["graphs"]):
+            self.session(g)
+        return self
+
+    @property
+    def opened(self) -> list[str]:
+        """The graphs whose sessions are open."""
+        return sorted(self._sessions)
+
+    @property
+    def vision(self):
+        return self.session("vision")
+
+    @property
+    def embed(self):
+        return self.session("embed")
+
+    @property
+    def vision_hash(self) -> str:
+        """The hash of the vision graph's files (from the manifest): equal hashes, equal features."""
+        graph = self.manifest["graphs"]["vision"]
+        files = self.manifest["files"]
+        names = sorted(n for n in files if n == graph or n.startswith(graph + "."))  # graph + external data
+        return hashlib.sha256("".join(files[n]["sha256"] for n in names).encode()).hexdigest()
 
     def image_config_for(self, max_pixels: int | None) -> ImageConfig:
         if max_pixels is None:
@@ -63,9 +133,36 @@ class VisionLanguageModel:
             grids.append(tuple(int(x) for x in grid))
         return pixels, grids, [num_image_tokens(g, cfg.merge_size) for g in grids]
 
+    def prepare_images(self, images: Sequence[ImageOrFeatures], cfg: ImageConfig
+                       ) -> tuple[list[np.ndarray | None], list[tuple[int, int, int]], list[int], list[np.ndarray | None]]:
+        """As preprocess_images, where an ImageFeatures item is checked and passed through:
+        (pixel rows or None, grids, token counts, given features or None) per image."""
+        pixels, grids, counts, given = [], [], [], []
+        hidden = self.config.text.hidden_size
+        for i, image in enumerate(images):
+            if isinstance(image, ImageFeatures):
+                grid = tuple(int(x) for x in image.grid)
+                n = num_image_tokens(grid, cfg.merge_size)
+                if image.features.shape != (n, hidden):
+                    raise RagvlError(f"image {i + 1}: precomputed features have shape {image.features.shape}, "
+                                     f"but grid {grid} needs ({n}, {hidden})")
+                pixels.append(None), grids.append(grid), counts.append(n), given.append(image.features)
+            else:
+                pv, g, c = self.preprocess_images([image], cfg)
+                pixels += pv
+                grids += g
+                counts += c
+                given.append(None)
+        return pixels, grids, counts, given
+
     def encode_images(self, prompt: Prompt) -> np.ndarray:
-        """Vision features (sum of tokens, H) for every image of `prompt`."""
-        return self.vision_features(prompt.pixel_values, prompt.grids)
+        """Vision features (sum of tokens, H) for every image of `prompt`, given ones used as they are."""
+        given = prompt.given or [None] * len(prompt.grids)
+        feats = [g.astype(np.float32) if g is not None else self.vision_features([pv], [grid])
+                 for pv, grid, g in zip(prompt.pixel_values, prompt.grids, given)]
+        if not feats:
+            return np.zeros((0, self.config.text.hidden_size), np.float32)
+        return np.concatenate(feats, axis=0)
 
     def vision_features(self, pixel_values: Sequence[np.ndarray], grids: Sequence[tuple[int, int, int]]
                         ) -> np.ndarray:

@@ -1,0 +1,282 @@
+#!/usr/bin/env python
+"""Answers in seconds: time to first token with the vision features stored at indexing, follow-ups, start-up.
+
+One run, per weight format (each in its own child process):
+
+1. TTFT of a 1-page and a 3-page answer (bench_ask.py's cases and prompt), three ways:
+   - from scratch: the vision tower encodes every page (what `ragvl ask --no-vision-cache` does);
+   - from stored features: each page's vision output rounded to float16, as `ragvl index` stores
+     it, spliced in as ImageFeatures (what `ragvl ask` does when the towers are identical);
+   - a follow-up ("And in Q4?") after an 8-token answer from stored features: the kept KV cache is
+     extended with the new turn's tokens only.
+   Targets (issue 10): stored-feature TTFT <= 1.15x its prefill-only time; follow-up TTFT <= the
+   prefill time of its new tokens + 10%. The first token from stored features is compared with
+   the one from scratch.
+2. The store's cost: bytes per page and the time of writing one page's features (LanceDB).
+3. Start-up of `ragvl search`'s embedder (ColQwen2): opening the model and embedding one query in
+   a fresh process, before (every graph opened, graph optimizations at load: main's behaviour,
+   emulated) and after (lazy sessions, with and without onnxruntime's saved optimized graphs).
+   Warm page cache only: dropping it would disturb the other processes on a shared machine.
+
+The machine is shared: each table records the load average at start and end. Prefer the ratios.
+
+    python bench/bench_vision_cache.py --config tiny             # seconds: checks the harness
+    python bench/bench_vision_cache.py --dtypes int8 --runs 1    # the 2B shape (minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from bench_ask import _case_pages, answer_cases  # noqa: E402
+from bench_qwen2vl import (DEFAULT_MAX_PIXELS, SHARD_BYTES, _cpu_name, child_main, default_init_std, ensure_checkpoint,  # noqa: E402
+                           ensure_converted, gb, log, proc_status_kb, resolve_spec, run_child)
+
+RESULTS = HERE / "results"
+NAME = "vision_cache"
+FOLLOW_UP = "And in Q4?"
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# =============================================================================================
+# Child tasks
+# =============================================================================================
+
+
+def task_ttft(folder: str, threads: int, runs: int, cases: list[dict]) -> dict:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from ragvl.answer.answering import ANSWER_MAX_PIXELS
+    from ragvl.answer.prompt import answer_messages
+    from ragvl.index.vision_store import Producer, VisionStore
+    from ragvl.models.runtime.generation import GenerationSettings
+    from ragvl.models.runtime.qwen2vl import Qwen2VL
+    from ragvl.models.runtime.vlm import ImageFeatures
+
+    t0 = time.perf_counter()
+    m = Qwen2VL(folder, threads=threads).open()
+    load_s = time.perf_counter() - t0
+    pages = _case_pages(cases)
+    one = GenerationSettings(max_new_tokens=1, ignore_eos=True)
+    out: dict[str, Any] = {"load_s": round(load_s, 3), "dtype": m.manifest["dtype"], "cases": {}}
+    recorded: list = []
+    vision_features = m.vision_features
+
+    def recording(pv, grids):  # keeps each page's vision output, as ColQwen2's indexing hands it over
+        f = vision_features(pv, grids)
+        recorded.append(ImageFeatures(f.astype(np.float16), tuple(grids[0])))
+        return f
+
+    m.vision_features = recording
+    for c in cases:
+        rec: dict[str, list] = {"scratch": [], "stored": [], "follow_up": []}
+        for r in range(runs):
+            paths = [(pages[(f, p)][0], p) for f, p in c["pages"]]
+            images = [Image.open(io.BytesIO(pages[(f, p)][1])) for f, p in c["pages"]]
+            messages = answer_messages(c["question"], paths)
+            recorded.clear()
+            a = m.generate(messages, images, one, max_pixels=ANSWER_MAX_PIXELS).consume()
+            feats = list(recorded)
+            b = m.generate(messages, feats, GenerationSettings(max_new_tokens=8, ignore_eos=True),
+                           max_pixels=ANSWER_MAX_PIXELS).consume()
+            f = m.follow_up(b.conversation, FOLLOW_UP, one).consume()
+            assert f.continued
+            for key, g in (("scratch", a), ("stored", b), ("follow_up", f)):
+                t = g.timings
+                rec[key].append({"vision_s": round(t.vision_s, 4), "prefill_s": round(t.prefill_s, 4),
+                                 "ttft_s": round(t.first_token_s, 4), "prompt_tokens": g.prompt_tokens,
+                                 "first_token": g.token_ids[:1]})
+            rec["follow_up"][-1]["new_tokens"] = f.prompt_tokens - b.conversation.cached
+            log(f"  {c['name']} run {r + 1}: scratch TTFT {a.timings.first_token_s:.2f}s "
+                f"(vision {a.timings.vision_s:.2f}s), stored TTFT {b.timings.first_token_s:.2f}s "
+                f"(prefill {b.timings.prefill_s:.2f}s), follow-up TTFT {f.timings.first_token_s:.3f}s")
+        best = {k: min(v, key=lambda x: x["ttft_s"]) for k, v in rec.items()}
+        best["same_first_token"] = best["scratch"]["first_token"] == best["stored"]["first_token"]
+        out["cases"][c["name"]] = best
+    # The store: one page's features written to a LanceDB vision table.
+    with tempfile.TemporaryDirectory() as d:
+        vs = VisionStore(d)
+        t = time.perf_counter()
+        vs.put([("page-1", recorded[0])], Producer(m.vision_hash, "key", ANSWER_MAX_PIXELS))
+        out["store"] = {"put_one_page_s": round(time.perf_counter() - t, 4), "bytes_per_page": vs.total_bytes(),
+                        "tokens_per_page": int(recorded[0].features.shape[0])}
+    out["rss_gb"] = gb(proc_status_kb("VmRSS"))
+    return out
+
+
+def task_startup(folder: str, threads: int, mode: str) -> dict:
+    """Open the embedder and embed one query; `mode`: eager (main's: every graph, optimizations at
+    load), lazy (only the sessions search needs), or lazy on a folder with saved optimized graphs."""
+    t0 = time.perf_counter()
+    from ragvl.models.runtime.colqwen2 import ColQwen2
+    from ragvl.models.runtime.session import create_session
+
+    t_import = time.perf_counter() - t0
+    m = ColQwen2(folder, threads=threads)
+    if mode == "eager":
+        for g in ("vision", "embed", "encoder"):  # main's ColQwen2.__init__, plain graphs, optimizing
+            m._sessions[g] = create_session(m.folder / m.manifest["graphs"][g], m.device, threads, optimize=True)
+    t1 = time.perf_counter()
+    m.embed_queries(["What was the revenue in 2023?"])
+    t2 = time.perf_counter()
+    return {"mode": mode, "import_s": round(t_import, 3), "open_and_query_s": round(t2 - t0, 3),
+            "query_s": round(t2 - t1, 3), "opened": m.opened}
+
+
+TASKS = {"ttft": task_ttft, "startup": task_startup}
+
+
+# =============================================================================================
+# main
+# =============================================================================================
+
+
+def optimized_copy(folder: Path, work: Path) -> Path:
+    """`folder` plus onnxruntime's optimized graphs, as `ragvl models convert` now writes it (the
+    graphs are hard links: nothing is written into `folder`)."""
+    from ragvl.models.contract.manifest import MANIFEST, write_manifest
+    from ragvl.models.contract.names import optimized_graph
+    from ragvl.models.converter.optimize import key, save_optimized
+
+    out = work / f"{folder.name}-optimized"
+    if (out / MANIFEST).exists():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    for f in folder.iterdir():
+        if f.name != MANIFEST:
+            os.link(f, out / f.name)
+    m = json.loads((folder / MANIFEST).read_text())
+    for g, file in m["graphs"].items():
+        log(f"  optimizing {g}")
+        save_optimized(out / file)
+    m.pop("files")
+    m["optimized"] = {"key": key(), "graphs": {g: optimized_graph(f) for g, f in m["graphs"].items()}}
+    write_manifest(out, m)
+    return out
+
+
+def fmt(x, spec=".2f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def tables(res: dict) -> str:
+    lines = [f"<!-- table: {NAME}.ttft -->",
+             f"Measured {res['created']} on {res['cpu']} ({res['threads']} threads), {res['spec']} shape, "
+             f"--runs {res['runs']}; load average {res['load_start']} at start, {res['load_end']} at end "
+             f"(a shared machine: compare within a row).", "",
+             "| format, answer | prompt tokens | from scratch: vision + prefill (s) | TTFT (s) | stored features: "
+             "TTFT (s) | its prefill (s) | TTFT / prefill (target <= 1.15) | speed-up | same first token | "
+             "follow-up: new tokens | TTFT (s) | TTFT / its prefill (target <= 1.10) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for dt, e in res["ttft"].items():
+        if "error" in e:
+            lines.append(f"| {dt} | error: {e['error']} |" + " |" * 10)
+            continue
+        for name, c in e["cases"].items():
+            s, st, f = c["scratch"], c["stored"], c["follow_up"]
+            lines.append(
+                f"| {dt}, {name} | {s['prompt_tokens']} | {s['vision_s']:.2f} + {s['prefill_s']:.2f} | "
+                f"{s['ttft_s']:.2f} | {st['ttft_s']:.2f} | {st['prefill_s']:.2f} | "
+                f"{st['ttft_s'] / st['prefill_s']:.3f} | {s['ttft_s'] / st['ttft_s']:.2f}x | "
+                f"{'yes' if c['same_first_token'] else 'NO'} | {f['new_tokens']} | {f['ttft_s']:.3f} | "
+                f"{f['ttft_s'] / f['prefill_s']:.3f} |")
+    lines.append("")
+    store = next((e["store"] for e in res["ttft"].values() if "store" in e), None)
+    if store:
+        lines += [f"<!-- table: {NAME}.store -->",
+                  "| stored vision features | value |", "|---|---|",
+                  f"| visual tokens per page | {store['tokens_per_page']} |",
+                  f"| bytes per page (float16) | {store['bytes_per_page']:,} |",
+                  f"| pages in the default 4 GiB cap | {4 * 1024 ** 3 // store['bytes_per_page']:,} |",
+                  f"| writing one page's features (s) | {store['put_one_page_s']:.3f} |", ""]
+    if res.get("startup"):
+        lines += [f"<!-- table: {NAME}.startup -->",
+                  "| `ragvl search` embedder start (fresh process, warm page cache) | sessions opened | "
+                  "import (s) | open + embed one query (s) |", "|---|---|---|---|"]
+        for label, r in res["startup"].items():
+            if "error" in r:
+                lines.append(f"| {label} | error | | |")
+                continue
+            lines.append(f"| {label} | {', '.join(r['opened'])} | {r['import_s']:.2f} | {r['open_and_query_s']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="2b", choices=("2b", "tiny"))
+    p.add_argument("--dtypes", default="int8,fp32", help="answer model weight formats, comma-separated")
+    p.add_argument("--runs", type=int, default=1, help="answers per case (the best is kept)")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--work", type=Path, default=HERE / "out", help="cache folder, shared with bench_qwen2vl.py")
+    p.add_argument("--embedder", type=Path, default=None,
+                   help="a converted ColQwen2 folder for the start-up rows (default: bench_colqwen2.py's int8 "
+                        "conversion in --work, when there)")
+    p.add_argument("--skip-ttft", action="store_true")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--child-args", help=argparse.SUPPRESS)
+    p.add_argument("--child-out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child_main(args.child, json.loads(args.child_args), args.child_out, tasks=TASKS)
+        return 0
+    load_start = _load()
+    spec_d = resolve_spec(args.config, None, default_init_std(args.config, None))
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt, _ = ensure_checkpoint(work, spec_d, DEFAULT_MAX_PIXELS, 0, SHARD_BYTES)
+    cases = answer_cases()
+    res: dict[str, Any] = {"created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "spec": spec_d["name"],
+                           "threads": args.threads, "runs": args.runs, "load_start": load_start, "ttft": {},
+                           "startup": {}}
+    res["cpu"] = _cpu_name()
+    if not args.skip_ttft:
+        for dt in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
+            folder, _ = ensure_converted(work, ckpt, dt, False)
+            log(f"TTFT {dt} (load average {_load()})")
+            res["ttft"][dt] = run_child("ttft", {"folder": str(folder), "threads": args.threads, "runs": args.runs,
+                                                 "cases": cases}, work, script=__file__)
+    emb = args.embedder or work / f"ckpt-colqwen2-{ckpt.name[len('ckpt-'):]}-ragvl-int8"
+    if (emb / "ragvl.json").exists():
+        opt = optimized_copy(emb, work)
+        for label, folder, mode in (("before: every graph, optimized at load (main)", emb, "eager"),
+                                    ("lazy sessions, optimized at load", emb, "lazy"),
+                                    ("lazy sessions, saved optimized graphs", opt, "lazy")):
+            log(f"start-up: {label}")
+            run_child("startup", {"folder": str(folder), "threads": args.threads, "mode": mode}, work,
+                      script=__file__)  # warms the page cache for this variant
+            res["startup"][label] = run_child("startup", {"folder": str(folder), "threads": args.threads,
+                                                          "mode": mode}, work, script=__file__)
+    else:
+        log(f"start-up rows skipped: no embedder at {emb}")
+    res["load_end"] = _load()
+    md = tables(res)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{NAME}.json").write_text(json.dumps(res, indent=2) + "\n")
+    (RESULTS / f"{NAME}.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Where the time of one page embedding goes: onnxruntime's profiler on ColQwen2, per part of the model.
+
+Opens a converted ColQwen2 folder with profiling sessions, embeds one sample page (after one
+warm-up page), and sums the node times of onnxruntime's profile by part: patch embedding, vision
+attention (projections / the attention kernel / rotary and reshapes), vision MLP, vision norms,
+merger, language model (attention / MLP / norms), the 128-d projection, other. Also by operator
+type. Writes bench/results/profile_embed.md and .json.
+
+    python bench/profile_embed.py --embedder bench/out/ckpt-colqwen2-qwen2vl-2b-...-ragvl-int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+NAME = "profile_embed"
+
+
+def part(node: str, op: str) -> str:
+    """The model part a graph node belongs to, from the names the converter gives its nodes."""
+    if "patch_embed" in node:
+        return "vision: patch embedding"
+    if node.startswith("/visual/merger"):
+        return "vision: merger"
+    if node.startswith("/visual/blocks"):
+        if "/attn" in node:
+            if op in ("MultiHeadAttention", "Softmax") or "/qk" in node or "/pv" in node:
+                return "vision: attention kernel"
+            if op in ("MatMulNBits", "MatMul", "Gemm", "FusedMatMul") or "qkv" in node or "proj" in node:
+                return "vision: attention projections"
+            return "vision: rotary, reshapes"
+        if "/mlp" in node:
+            return "vision: MLP"
+        return "vision: norms, residuals"
+    if node.startswith("/visual"):
+        return "vision: rotary tables"
+    if node.startswith("/model/layers"):
+        if "/self_attn" in node:
+            return "language model: attention"
+        if "/mlp" in node:
+            return "language model: MLP"
+        return "language model: norms, residuals"
+    if "custom_text_proj" in node or "colbert" in node or "/proj" in node:
+        return "projection (128-d)"
+    if node.startswith("/model"):
+        return "language model: embedding, rotary, mask, final norm"
+    return "other"
+
+
+def profile(folder: str, threads: int) -> dict:
+    import onnxruntime as ort
+
+    sys.path.insert(0, str(HERE))
+    from bench_colqwen2 import render_pages
+    from ragvl.models.runtime.colqwen2 import ColQwen2
+
+    m = ColQwen2(folder, threads=threads)
+    tmp = tempfile.mkdtemp()
+    for g in ("vision", "embed", "encoder"):
+        path, preoptimized = m.graph_path(g)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if preoptimized
+                                       else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        so.intra_op_num_threads = threads
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tmp, g)
+        so.log_severity_level = 3
+        m._sessions[g] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    pages = [image for _, _, _, image in render_pages()][:2]
+    m.embed_images(pages[:1])  # warm-up: first-run allocations stay out of the figures
+    # One profile per session covers both pages: only the events of its last run (the second
+    # page) are counted.
+    t0 = time.perf_counter()
+    m.embed_images(pages[1:2])
+    wall = time.perf_counter() - t0
+    by_part: dict[str, float] = defaultdict(float)
+    by_op: dict[str, float] = defaultdict(float)
+    for g, s in m._sessions.items():
+        events = json.loads(Path(s.end_profiling()).read_text())
+        runs = [e for e in events if e.get("name") == "model_run"]
+        start = runs[-1]["ts"] if runs else 0  # the last run: the measured page
+        for e in events:
+            if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < start:
+                continue
+            node = e["name"][:-len("_kernel_time")]
+            op = e.get("args", {}).get("op_name", "?")
+            by_part[part(node, op)] += e["dur"] / 1e6
+            by_op[op] += e["dur"] / 1e6
+    return {"folder": folder, "dtype": m.manifest["dtype"], "threads": threads, "wall_s": round(wall, 3),
+            "by_part_s": dict(sorted(by_part.items(), key=lambda x: -x[1])),
+            "by_op_s": dict(sorted(by_op.items(), key=lambda x: -x[1])), "load": os.getloadavg()}
+
+
+def table(r: dict) -> str:
+    total = sum(r["by_part_s"].values())
+    lines = [f"<!-- table: {NAME}.parts -->",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: ColQwen2 {r['dtype']}, one sample "
+             f"page, {r['threads']} threads, load average {[round(x, 2) for x in r['load']]} (a shared machine). "
+             f"Node time {total:.2f} s of {r['wall_s']:.2f} s wall.", "",
+             "| part | s | share |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.2f} | {v / total:.0%} |" for k, v in r["by_part_s"].items()]
+    lines += ["", f"<!-- table: {NAME}.ops -->", "| operator | s | share |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.2f} | {v / total:.0%} |" for k, v in list(r["by_op_s"].items())[:12]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--embedder", type=Path, required=True, help="a converted ColQwen2 model folder")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    args = p.parse_args(argv)
+    r = profile(str(args.embedder), args.threads)
+    md = table(r)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{NAME}.json").write_text(json.dumps(r, indent=2) + "\n")
+    (RESULTS / f"{NAME}.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Start-up: onnxruntime's optimized graphs saved at conversion, loaded without optimizing again."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from ragvl.models.converter.convert import convert
+from ragvl.models.runtime.generation import GenerationSettings
+from ragvl.models.runtime.qwen2vl import Qwen2VL, user_message
+
+pytest.importorskip("torch")
+from tiny_checkpoints import make_checkpoint  # noqa: E402
+
+
+def snapshot(folder):
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def answer(vlm):
+    img = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    from PIL import Image
+
+    return vlm.generate(user_message("Describe.", 1), [Image.fromarray(img)],
+                        GenerationSettings(max_new_tokens=12, ignore_eos=True)).consume().token_ids
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_optimized_graphs_load_and_fall_back(tmp_path, dtype):
+    ckpt = make_checkpoint(tmp_path / "ckpt", variant="b", seed=1)
+    folder = convert(ckpt, tmp_path / "m", dtype=dtype, log=lambda m: None)
+    opt = json.loads((folder / "ragvl.json").read_text())["optimized"]
+    import onnxruntime as ort
+
+    assert opt["key"] == f"onnxruntime-{ort.__version__}-CPUExecutionProvider"
+    assert set(opt["graphs"]) == {"vision", "embed", "decoder"}
+    before = snapshot(folder)
+    vlm = Qwen2VL(folder)
+    assert all(vlm.graph_path(g) == (folder / opt["graphs"][g], True) for g in opt["graphs"])
+    tokens = answer(vlm)
+    assert snapshot(folder) == before  # loading never writes into the model folder
+
+    # Another onnxruntime (or provider) wrote them: the plain graphs load, with the same answer.
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    m = json.loads((other / "ragvl.json").read_text())
+    m["optimized"]["key"] = "onnxruntime-0.0.0-CPUExecutionProvider"
+    (other / "ragvl.json").write_text(json.dumps(m))
+    vlm2 = Qwen2VL(other)
+    assert vlm2.graph_path("decoder") == (other / "decoder.onnx", False)
+    assert answer(vlm2) == tokens
+
+
+def test_convert_without_optimized_graphs(tmp_path):
+    folder = convert(make_checkpoint(tmp_path / "ckpt", variant="a"), tmp_path / "m", optimize=False,
+                     log=lambda m: None)
+    assert json.loads((folder / "ragvl.json").read_text())["optimized"] is None
+    assert not list(folder.glob("*.opt.onnx*"))
+    assert Qwen2VL(folder).graph_path("vision") == (folder / "vision.onnx", False)
+
+
+def test_embedder_id_ignores_optimized_copies(tmp_path):
+    from tiny_colqwen2 import make_colqwen2_checkpoint
+
+    from ragvl.models.runtime.colqwen2 import ColQwen2
+
+    ckpt = make_colqwen2_checkpoint(tmp_path / "ckpt", variant="a")
+    with_opt = ColQwen2(convert(ckpt, tmp_path / "a", log=lambda m: None))
+    without = ColQwen2(convert(ckpt, tmp_path / "b", optimize=False, log=lambda m: None))
+    assert with_opt.manifest["optimized"] and not without.manifest["optimized"]
+    assert with_opt.id == without.id
+    q = with_opt.embed_queries(["a query"])[0]
+    np.testing.assert_allclose(q, without.embed_queries(["a query"])[0], atol=1e-5)
