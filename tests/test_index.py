@@ -44,7 +44,7 @@ def rows(db: Path) -> dict:
     store = PageStore(db)
     t = store.scan(["doc_path", "page", "doc_sha256", "vectors", "embedder"])
     flat, offsets = vectors_from_column(t["vectors"])
-    return {(p, n): (sha, flat[offsets[i]:offsets[i + 1]].tobytes(), e)
+    return {(str(store.resolve(p)), n): (sha, flat[offsets[i]:offsets[i + 1]].tobytes(), e)
             for i, (p, n, sha, e) in enumerate(zip(t["doc_path"].to_pylist(), t["page"].to_pylist(),
                                                    t["doc_sha256"].to_pylist(), t["embedder"].to_pylist()))}
 
@@ -160,7 +160,7 @@ def test_killed_run_then_rerun_gives_the_same_rows(tmp_path, tiny_embedder):
         time.sleep(full * frac)
         p.send_signal(signal.SIGKILL)
         p.wait()
-        if db.exists() and (db / "ragvl-index.json").exists():
+        if db.exists() and (db / "meta.lance").exists():
             got = rows(db)
             assert set(got) <= set(expected)  # never a page that the clean run lacks
             by_doc: dict = {}

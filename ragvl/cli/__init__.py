@@ -11,6 +11,7 @@ import typer
 from .ask import ask
 from .chat import chat
 from .index import index
+from .manage import ls, rm, status
 from .models import models_app
 from .search import search
 
@@ -21,6 +22,9 @@ app.command("chat")(chat)
 app.command("index")(index)
 app.command("search")(search)
 app.command("ask")(ask)
+app.command("ls")(ls)
+app.command("rm")(rm)
+app.command("status")(status)
 
 
 def main() -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from ..errors import RagvlError
-from ._common import (ANSWERER, DB, DEVICE, EMBEDDER, GREEDY, MAX_NEW_TOKENS, REPETITION_PENALTY, SEED,
-                      TEMPERATURE, TOP_K_SAMPLING, TOP_P, display_path, fail, generation_settings, log,
+from ._common import (ANSWERER, DB, DEVICE, EMBEDDER, GLOBS, GREEDY, IN_PATHS, WHERE, db_or_default, guarded, MAX_NEW_TOKENS, REPETITION_PENALTY, SEED,
+                      TEMPERATURE, TOP_K_SAMPLING, TOP_P, display_path, generation_settings, log,
                       timings_line)
 
 
@@ -30,6 +29,9 @@ def ask(
     seed: Optional[int] = SEED,
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Each page image's resolution for the "
                                              "answer, in pixels (default 602112: 768 visual tokens)."),
+    in_paths: List[Path] = IN_PATHS,
+    globs: List[str] = GLOBS,
+    where: List[str] = WHERE,
     device: Optional[str] = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: answer, sources, timings."),
 ) -> None:
@@ -37,12 +39,13 @@ def ask(
     from ..answer.answering import ANSWER_MAX_PIXELS
     from ..api import Index
 
-    try:
+    with guarded(db_or_default(db)):
         idx = Index(db, embedder=embedder, answerer=answerer, device=device, log=log)
         idx.answerer  # fail on a missing answer model before any retrieval work
         settings = generation_settings(idx.answerer.defaults, max_new_tokens, temperature, top_p, top_k_sampling,
                                        repetition_penalty, seed, greedy)
-        result = idx.ask(question, k, settings, max_pixels or ANSWER_MAX_PIXELS)
+        result = idx.ask(question, k, settings, max_pixels or ANSWER_MAX_PIXELS, in_paths=in_paths, globs=globs,
+                         where=where)
         if as_json:
             result.consume()
             print(json.dumps(result.as_dict(), ensure_ascii=False))
@@ -58,7 +61,5 @@ def ask(
         t = result.generation.timings.as_dict()
         log(f"retrieval {result.retrieval_s:.2f}s, first token {result.retrieval_s + t['first_token_s']:.2f}s; "
             + timings_line(result.generation))
-    except RagvlError as e:
-        fail(str(e))
 
 

@@ -27,7 +27,7 @@ class Hit:
     """One retrieved page: 1-based rank and page number, and the MaxSim score."""
 
     rank: int
-    path: str
+    path: str  # absolute path of the document
     page: int
     score: float
     id: str = ""  # the page's stable id (store.page_id): survives re-indexing and compaction
@@ -70,11 +70,22 @@ class PageSearch:
     def __len__(self) -> int:
         return self.matrix.n_pages
 
-    def search(self, query: np.ndarray, k: int = 5) -> list[Hit]:
-        """The top-k pages for one query's multi-vector (nq, 128), best first."""
-        idx, scores = self.matrix.search(np.asarray(query, np.float32), k)
+    def search(self, query: np.ndarray, k: int = 5, allowed: set[tuple[str, int]] | None = None) -> list[Hit]:
+        """The top-k pages for one query's multi-vector (nq, 128), best first.
+
+        `allowed` (store.allowed_keys(filters)): only these (stored path, page) are ranked, and
+        exactly: the filter applies before ranking, so min(k, allowed pages) hits come back.
+        """
+        q = np.asarray(query, np.float32)
+        if allowed is None:
+            idx, scores = self.matrix.search(q, k)
+        else:
+            sel = np.array([i for i, (p, n, _) in enumerate(self.labels) if (p, n) in allowed], np.int64)
+            s = self.matrix.score_pages(q, sel)
+            order = np.lexsort((sel, -s))[:k]  # best first, ties by page index
+            idx, scores = sel[order], s[order]
         out = []
         for r, (i, s) in enumerate(zip(idx, scores)):
             path, page, sha = self.labels[i]
-            out.append(Hit(r + 1, path, int(page), float(s), page_id(sha, int(page))))
+            out.append(Hit(r + 1, str(self.store.resolve(path)), int(page), float(s), page_id(sha, int(page))))
         return out

@@ -26,7 +26,7 @@ def write_manifest(folder: Path, manifest: dict) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def read_manifest(folder: str | Path, kind: str | None = None) -> dict:
+def read_manifest(folder: str | Path, kind: str | None = None, *, verify: bool = True) -> dict:
     """Load and sanity-check a model folder's manifest; `kind` restricts what is accepted."""
     folder = Path(folder)
     path = folder / MANIFEST

@@ -27,6 +27,14 @@ QUERY_SUFFIX = "<|endoftext|>" * 10
 MAX_PIXELS = 768 * 28 * 28
 
 
+def embedder_id(manifest: dict, max_pixels: int = MAX_PIXELS, mask_non_image_embeddings: bool = False) -> str:
+    """The id of the vectors a colqwen2 model folder makes (ColQwen2.id), from its manifest alone."""
+    files = manifest["files"]
+    digest = hashlib.sha256("".join(files[k]["sha256"] for k in sorted(files)).encode()).hexdigest()[:12]
+    masked = "-imageonly" if mask_non_image_embeddings else ""
+    return f"colqwen2-{manifest['dtype']}-{digest}-px{max_pixels}{masked}"
+
+
 class ColQwen2(VisionLanguageModel):
     """A ragvl model folder of kind colqwen2: `embed_images` and `embed_queries`."""
 
@@ -44,10 +52,7 @@ class ColQwen2(VisionLanguageModel):
     @property
     def id(self) -> str:
         """Identifies the vectors this embedder makes: same id, comparable vectors."""
-        files = self.manifest["files"]
-        digest = hashlib.sha256("".join(files[k]["sha256"] for k in sorted(files)).encode()).hexdigest()[:12]
-        masked = "-imageonly" if self.mask_non_image_embeddings else ""
-        return f"colqwen2-{self.manifest['dtype']}-{digest}-px{self.max_pixels}{masked}"
+        return embedder_id(self.manifest, self.max_pixels, self.mask_non_image_embeddings)
 
     def embed_images(self, images: Sequence[ImageInput], batch_size: int = 1) -> list[np.ndarray]:
         """One (n_tokens, 128) float32 matrix per page image."""
