@@ -139,8 +139,10 @@ def test_full_disk_is_one_line_and_the_index_still_searches(tmp_path, tiny_embed
     assert ragvl("index", tmp_path / "first.pdf", "--db", db, "--embedder", tiny_embedder, "-q").returncode == 0
     before = ragvl("search", "revenue", "--db", db, "--json")
     assert before.returncode == 0
-    big = make_pdf(tmp_path / "big" / "big.pdf", 80, seed=1)
-    r = ragvl("index", big, "--db", db, "--embedder", tiny_embedder, "--dpi", "200", "-q")
+    st = os.statvfs(small_fs)
+    (small_fs / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 300_000))  # ~300 KB left
+    big = make_pdf(tmp_path / "big" / "big.pdf", 40, seed=1)
+    r = ragvl("index", big, "--db", db, "--embedder", tiny_embedder, "-q")
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last == f"ragvl: error: {db}: disk full (no space left on device) (RAGVL_DEBUG=1 shows the traceback)"

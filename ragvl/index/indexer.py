@@ -118,7 +118,7 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
         log(f"note: {store.path} was rendered at {store.dpi} dpi; documents indexed now are re-rendered at "
             f"{dpi} dpi, which becomes the index's default")
     meta = {}
-    if store.embedder != embedder.id or not store.meta.get(K_EMBEDDER, {}).get("folder"):
+    if store.embedder != embedder.id or not (store.meta.get(K_EMBEDDER) or {}).get("folder"):
         meta[K_EMBEDDER] = _embedder_meta(embedder)
     if store.dpi != target_dpi:
         meta[K_DPI] = target_dpi

@@ -62,9 +62,13 @@ class PageSearch:
         matrix = PageMatrix(flat, offsets)
         if matrix.n_pages >= EXACT_BELOW:
             matrix.build_first_stage()
-        cache.mkdir(parents=True, exist_ok=True)
-        atomic_write(cache / "labels.json", json.dumps(labels))
-        matrix.save(cache)  # meta.json last: a torn cache is rebuilt, never read
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            atomic_write(cache / "labels.json", json.dumps(labels))
+            matrix.save(cache)  # meta.json last: a torn cache is rebuilt, never read
+        except OSError:  # a full disk or a read-only index: search from memory, cache nothing
+            shutil.rmtree(cache, ignore_errors=True)
+            return matrix, labels
         return PageMatrix.load(cache), labels
 
     def __len__(self) -> int:
