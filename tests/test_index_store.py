@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ragvl.api import Index
@@ -297,8 +296,11 @@ def test_format1_index_is_migrated_in_place_without_reembedding(tmp_path, model)
     assert not (old_db / "ragvl-index.json").exists() and store.meta["format_version"] == 2
     assert store.embedder == model.id and store.dpi == 120
     assert set(store.documents()) == {"docs/a.pdf", "docs/b.pdf"}
-    t = store.scan(["key", "page_id", "doc_path", "page", "vectors", "n_pages"]).to_pylist()
+    t = store.scan(["key", "page_id", "doc_path", "page", "vectors", "n_pages", "generation", "doc_sha256"]).to_pylist()
+    from ragvl.index.schema import generation
+
     for r in t:
+        assert r["generation"] == generation(r["doc_sha256"], 120, model.id)  # what a fresh index writes
         assert r["vectors"] == v1_vectors[(str(proj / r["doc_path"]), r["page"])]
         assert r["page_id"] == f"{PageStore(old_db).documents()[r['doc_path']].sha256[:16]}-{r['page']}"
         assert r["key"].startswith(r["doc_path"] + "#")

@@ -11,7 +11,9 @@ import typer
 from .ask import ask
 from .chat import chat
 from .index import index
-from .manage import ls, rm, status
+from .ls import ls
+from .rm import rm
+from .status import status
 from .models import models_app
 from .search import search
 

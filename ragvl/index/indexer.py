@@ -29,7 +29,7 @@ from ..errors import RagvlError
 from ..fsutil import sha256_file
 from ..pdf import DEFAULT_DPI, find_pdfs, png_bytes
 from ..progress import Progress
-from .schema import K_DPI, K_EMBEDDER
+from .schema import K_DPI, K_EMBEDDER, generation
 from .source import open_source
 from .store import DocFields, Document, PageRow, PageStore
 
@@ -139,7 +139,8 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
     for w in list(work):
         try:
             with open_source(w.path) as src:
-                counts.append(src.n_pages - len(w.doc.pending.get(w.sha256, ())) if w.doc else src.n_pages)
+                gen = generation(w.sha256, target_dpi, embedder.id)
+                counts.append(src.n_pages - len(w.doc.pending.get(gen, ())) if w.doc else src.n_pages)
         except RagvlError as e:
             work.remove(w)
             summary.failed.append((str(w.path), str(e)))
@@ -204,9 +205,9 @@ def _plan_file(pdf: Path, explicit: bool, indexed: dict, store: PageStore, embed
 
 def _index_document(w: _Work, store: PageStore, embedder: PageEmbedder, dpi: int, bar: Progress,
                     summary: IndexSummary, log, batch_pages: int, batch_bytes: int) -> None:
-    done = set(w.doc.pending.get(w.sha256, ())) if w.doc else set()
     with open_source(w.path) as src:
         fields = DocFields(w.sha256, src.n_pages, embedder.id, dpi, w.size, w.mtime_ns, w.explicit, src.metadata)
+        done = set(w.doc.pending.get(fields.generation, ())) if w.doc else set()
         if done:
             log(f"resuming {w.path} after {len(done)} of {src.n_pages} pages committed by an earlier run")
         fresh = w.doc is None  # no rows at all under this path: a single batch may go live at once
@@ -235,4 +236,4 @@ def _index_document(w: _Work, store: PageStore, embedder: PageEmbedder, dpi: int
             store.add_pages(w.stored, fields, batch, live=True)  # the whole document in one commit
             return
         store.add_pages(w.stored, fields, batch, live=False)
-        store.switch(w.stored, w.sha256)  # the commit point: this generation is now the searched one
+        store.switch(w.stored, fields.generation)  # the commit point: this generation is now the searched one

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from ..errors import RagvlError
 from .lock import writer_lock
 from .schema import (ADDED_IN_2, FORMAT_VERSION, K_DPI, K_EMBEDDER, K_FORMAT, LEGACY_META_FILE, META_SCHEMA,
-                     META_TABLE, PAGES, sql_quote)
+                     META_TABLE, PAGES, generation, sql_quote)
 
 if TYPE_CHECKING:
     from .store import PageStore
@@ -65,8 +65,12 @@ def _migrate_1_to_2(store: "PageStore", old: dict) -> None:
             by_count.setdefault(n, []).append(store.stored_path(path))
         for n, docs in by_count.items():
             table.update(where="doc_path IN (" + ", ".join(map(sql_quote, docs)) + ")", values={"n_pages": n})
+        # generation(): sha256[:16], dpi and the embedder's hash (one embedder per format-1 index)
+        emb_hash = generation("0" * 16, dpi, old.get("embedder") or "").rsplit("-e", 1)[1]
+        gen = f"concat(substr(doc_sha256, 1, 16), '-d{dpi}-e{emb_hash}')"
         table.update(where="true", values_sql={
-            "key": "concat(doc_path, '#', substr(doc_sha256, 1, 16), '#', CAST(page AS STRING))",
+            "generation": gen,
+            "key": f"concat(doc_path, '#', {gen}, '#', CAST(page AS STRING))",
             "page_id": "concat(substr(doc_sha256, 1, 16), '-', CAST(page AS STRING))",
             "dpi": str(dpi),
         })

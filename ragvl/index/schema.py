@@ -1,9 +1,10 @@
 """The index's on-disk format, version 2: the `pages` table, the `meta` table, reserved names.
 
-`pages`: one row per (document path, generation, page). The generation is the document's
-sha256: a new version of a file writes its rows beside the old ones with `live = false`, in
-bounded batches, and becomes the searched version in ONE commit that flips `live` for the
-whole path (`live = (doc_sha256 = new)`), after which the old generation's rows are deleted.
+`pages`: one row per (document path, generation, page). The generation names what made the
+rows: the document's sha256, the dpi and the embedder (`generation()`), so a new version of a
+file, or the same file re-rendered or re-embedded, writes its rows beside the old ones with
+`live = false`, in bounded batches, and becomes the searched version in ONE commit that flips
+`live` for the whole path (`live = (generation = new)`); then the old rows are deleted.
 Readers see only `live` rows, so they never see a half-written document; a run killed in the
 middle leaves its committed batches behind (`live = false`), and the next run resumes there.
 
@@ -49,10 +50,11 @@ SEARCHABLE = "live AND skip_reason IS NULL"
 METADATA_FIELDS = ("title", "author", "subject", "created", "modified")
 
 SCHEMA = pa.schema([
-    pa.field("key", pa.string()),  # "{doc_path}#{doc_sha256[:16]}#{page}": unique per generation
+    pa.field("key", pa.string()),  # "{doc_path}#{generation}#{page}": unique
     pa.field("page_id", pa.string()),  # store.page_id(): "{doc_sha256[:16]}-{page}", stable
     pa.field("doc_path", pa.string()),  # relative to the index folder's parent when under it
-    pa.field("doc_sha256", pa.string()),  # the generation
+    pa.field("doc_sha256", pa.string()),
+    pa.field("generation", pa.string()),  # generation(): sha256, dpi and embedder of these rows
     pa.field("live", pa.bool_()),  # the searched generation of doc_path
     pa.field("page", pa.int32()),  # 1-based
     pa.field("n_pages", pa.int32()),  # the document's page count
@@ -80,7 +82,7 @@ META_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("value", pa.stri
 
 # Format 1 -> 2: the columns added, with the SQL that fills them on existing rows.
 ADDED_IN_2 = {
-    "page_id": "CAST(NULL AS STRING)", "live": "true", "n_pages": "CAST(NULL AS INT)",
+    "page_id": "CAST(NULL AS STRING)", "generation": "CAST(NULL AS STRING)", "live": "true", "n_pages": "CAST(NULL AS INT)",
     "dpi": "CAST(NULL AS INT)", "text": "CAST(NULL AS STRING)", "skip_reason": "CAST(NULL AS STRING)",
     "title": "CAST(NULL AS STRING)", "author": "CAST(NULL AS STRING)", "subject": "CAST(NULL AS STRING)",
     "created": "CAST(NULL AS STRING)", "modified": "CAST(NULL AS STRING)",
@@ -89,8 +91,15 @@ ADDED_IN_2 = {
 }
 
 
-def row_key(doc_path: str, sha256: str, page: int) -> str:
-    return f"{doc_path}#{sha256[:16]}#{page}"
+def generation(sha256: str, dpi: int, embedder_id: str) -> str:
+    """What made a document's rows: "{sha256[:16]}-d{dpi}-e{sha256(embedder id)[:8]}"."""
+    import hashlib
+
+    return f"{sha256[:16]}-d{dpi}-e{hashlib.sha256(embedder_id.encode()).hexdigest()[:8]}"
+
+
+def row_key(doc_path: str, gen: str, page: int) -> str:
+    return f"{doc_path}#{gen}#{page}"
 
 
 def page_id(doc_sha256: str, page: int) -> str:

@@ -23,13 +23,13 @@ import pyarrow as pa
 
 from ..errors import RagvlError
 from .schema import (DIM, FORMAT_VERSION, K_DPI, K_EMBEDDER, K_FORMAT, LEGACY_META_FILE, META_SCHEMA, META_TABLE,
-                     METADATA_FIELDS, PAGES, SCHEMA, SEARCHABLE, page_id, row_key, sql_quote)
+                     METADATA_FIELDS, PAGES, SCHEMA, SEARCHABLE, generation, page_id, row_key, sql_quote)
 
 __all__ = ["PageStore", "PageRow", "DocFields", "Document", "vectors_array", "vectors_from_column", "page_id",
            "default_db", "DEFAULT_DB", "FORMAT_VERSION", "SEARCHABLE"]
 
 DEFAULT_DB = ".ragvl"
-_DOC_COLUMNS = ["doc_path", "doc_sha256", "live", "page", "n_pages", "file_size", "file_mtime_ns", "dpi", "embedder",
+_DOC_COLUMNS = ["doc_path", "doc_sha256", "generation", "live", "page", "n_pages", "file_size", "file_mtime_ns", "dpi", "embedder",
                 "explicit", "indexed_at", "skip_reason", *METADATA_FIELDS]
 
 
@@ -63,6 +63,10 @@ class DocFields:
     explicit: bool = False
     metadata: dict = field(default_factory=dict)  # title, author, subject, created, modified
 
+    @property
+    def generation(self) -> str:
+        return generation(self.sha256, self.dpi, self.embedder)
+
 
 @dataclass
 class Document:
@@ -80,7 +84,8 @@ class Document:
     explicit: bool = False
     indexed_at: str | None = None
     metadata: dict = field(default_factory=dict)
-    pending: dict = field(default_factory=dict)  # {sha256: set(pages)} of rows not yet switched live
+    generation: str | None = None  # of the live rows
+    pending: dict = field(default_factory=dict)  # {generation: set(pages)} of rows not yet switched live
 
     def as_dict(self) -> dict:
         return {"path": self.path, "sha256": self.sha256, "pages": self.pages, "n_pages": self.n_pages,
@@ -230,9 +235,9 @@ class PageStore:
             d = out.setdefault(path, Document(path))
             sha, page = t["doc_sha256"][i], t["page"][i]
             if not t["live"][i]:
-                d.pending.setdefault(sha, set()).add(page)
+                d.pending.setdefault(t["generation"][i], set()).add(page)
                 continue
-            d.sha256, d.pages = sha, d.pages + 1
+            d.sha256, d.generation, d.pages = sha, t["generation"][i], d.pages + 1
             d.n_pages = t["n_pages"][i] or 0
             d.file_size, d.file_mtime_ns, d.dpi = t["file_size"][i], t["file_mtime_ns"][i], t["dpi"][i]
             d.explicit, d.indexed_at = bool(t["explicit"][i]), t["indexed_at"][i]
@@ -260,10 +265,11 @@ class PageStore:
         n = len(pages)
         vecs = [p.vectors if p.vectors is not None else np.zeros((0, DIM), np.float16) for p in pages]
         when = now_iso()
+        gen = doc.generation
         cols = {
-            "key": [row_key(doc_path, doc.sha256, p.page) for p in pages],
+            "key": [row_key(doc_path, gen, p.page) for p in pages],
             "page_id": [page_id(doc.sha256, p.page) for p in pages],
-            "doc_path": [doc_path] * n, "doc_sha256": [doc.sha256] * n, "live": [live] * n,
+            "doc_path": [doc_path] * n, "doc_sha256": [doc.sha256] * n, "generation": [gen] * n, "live": [live] * n,
             "page": [p.page for p in pages], "n_pages": [doc.n_pages] * n,
             "width": [p.width for p in pages], "height": [p.height for p in pages],
             "image_png": [p.image_png for p in pages], "n_vectors": [len(v) for v in vecs],
@@ -280,10 +286,10 @@ class PageStore:
         if pages:
             self.table.add(self.rows_table(doc_path, doc, pages, live=live))
 
-    def switch(self, doc_path: str, sha256: str) -> None:
-        """Make generation `sha256` the searched version of `doc_path`: ONE commit; then drop the rest."""
+    def switch(self, doc_path: str, gen: str) -> None:
+        """Make generation `gen` the searched version of `doc_path`: ONE commit; then drop the rest."""
         where = f"doc_path = {sql_quote(doc_path)}"
-        self.table.update(where=where, values_sql={"live": f"doc_sha256 = {sql_quote(sha256)}"})
+        self.table.update(where=where, values_sql={"live": f"generation = {sql_quote(gen)}"})
         self.drop_pending(doc_path)
 
     def drop_pending(self, doc_path: str) -> None:

@@ -1,47 +1,14 @@
-"""`ragvl ls`, `ragvl rm`, `ragvl status`: what the index holds, and removing from it."""
+"""`ragvl status`: the index at a glance."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
 from ._common import DB, db_or_default, display_path, guarded, log
-
-
-def ls(db: Optional[Path] = DB,
-       as_json: bool = typer.Option(False, "--json", help="Print a JSON object: documents and totals.")) -> None:
-    """List the indexed documents: path, pages, sha256 (short), indexed-at time; totals."""
-    from ..api import Index
-
-    idx = Index(db, log=log)
-    with guarded(idx.db):
-        store = idx._open()
-        docs = idx.documents()
-        rows = [{**d.as_dict(), "path": str(store.resolve(d.path))} for d in docs]
-    total = sum(r["pages"] for r in rows)
-    if as_json:
-        print(json.dumps({"documents": rows, "total_documents": len(rows), "total_pages": total},
-                         ensure_ascii=False))
-        return
-    for r in rows:
-        print(f"{r['pages']:>5}  {r['sha256'][:12]}  {r['indexed_at'] or '-':<20}  {display_path(r['path'])}")
-    print(f"{len(rows)} documents, {total} pages")
-
-
-def rm(paths: List[Path] = typer.Argument(..., help="Indexed files, or folders (every document under them)."),
-       db: Optional[Path] = DB) -> None:
-    """Remove documents from the index in one commit (a path not in the index: exit 1, nothing removed)."""
-    from ..api import Index
-
-    idx = Index(db, log=log)
-    with guarded(idx.db):
-        removed = idx.remove(paths)
-    for p in removed:
-        log(f"removed {display_path(p)}")
-    log(f"{len(removed)} documents removed")
 
 
 def status(db: Optional[Path] = DB,
