@@ -220,3 +220,17 @@ def test_convert_force_replaces_atomically(tmp_path, tiny_embedder):
     (new / "x").write_text("new")
     replace_dir(new, out)
     assert (out / "x").read_text() == "new" and not new.exists()
+
+
+def test_read_only_folder_is_one_line_and_search_still_works(tmp_path, tiny_embedder, small_fs):
+    db = small_fs / "db"
+    make_pdf(tmp_path / "a.pdf", 1, seed=0)
+    make_pdf(tmp_path / "b.pdf", 1, seed=1)
+    assert ragvl("index", tmp_path / "a.pdf", "--db", db, "--embedder", tiny_embedder, "-q").returncode == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    r = ragvl("index", tmp_path / "b.pdf", "--db", db, "--embedder", tiny_embedder, "-q")
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and last == f"ragvl: error: {db}: cannot write the index (read-only file system)"
+    r = ragvl("search", "revenue", "--db", db, "--json")  # reads need no write access
+    assert r.returncode == 0, r.stderr
+    assert [Path(h["path"]).name for h in json.loads(r.stdout)] == ["a.pdf"]

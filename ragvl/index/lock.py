@@ -57,7 +57,8 @@ def writer_lock(db: str | os.PathLike, *, wait: bool = True,
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise RagvlError(f"{folder}: cannot create the index's lock file ({os_error_cause(e)})") from None
+        cause = (e.strerror or os_error_cause(e)).lower()
+        raise RagvlError(f"{folder}: cannot write the index ({cause})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

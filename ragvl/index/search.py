@@ -51,7 +51,7 @@ class PageSearch:
                 raise ValueError("labels and matrix disagree")
         except (OSError, ValueError):
             self.matrix, self.labels = self._build(cache)
-            for old in root.iterdir():  # caches of older versions are never read again
+            for old in (root.iterdir() if root.is_dir() else ()):  # caches of older versions are never read again
                 if old.name != cache.name:
                     shutil.rmtree(old, ignore_errors=True)
 
