@@ -136,7 +136,7 @@ class Index:
         return PageStore(self.db)
 
     def _store(self) -> PageStore:
-        store = self._open()
+        store = self._open().pin()  # one version for every read of this search: a consistent snapshot
         if store.count() == 0:
             raise RagvlError(f"{self.db}: the index is empty; add PDFs with `ragvl index PATH`")
         return store
@@ -149,7 +149,7 @@ class Index:
         """What `ragvl status` shows: sizes, the embedder, and what needs attention."""
         from .index.embedder_ref import folder_id
 
-        store = self._open()
+        store = self._open().pin()
         docs = store.documents()
         record = store.meta.get(K_EMBEDDER) or {}
         now = folder_id(record.get("folder"), record.get("max_pixels"))

@@ -48,9 +48,11 @@ def model(tiny_embedder):
     return ColQwen2(tiny_embedder)
 
 
-def rows(db: Path, where: str | None = "live AND skip_reason IS NULL") -> dict:
-    """{(absolute path, page): (sha, vectors bytes)} of the rows matching `where`."""
+def rows(db: Path, pending: bool = False) -> dict:
+    """{(absolute path, page): (sha, vectors bytes)} of the searchable pages (or of pending generations)."""
     store = PageStore(db)
+    gens = ", ".join(f"'{g}'" for g in store.pending_generations()) or "''"
+    where = f"page > 0 AND generation IN ({gens})" if pending else "searchable"
     t = store.scan(["doc_path", "page", "doc_sha256", "vectors"], where=where)
     flat, offsets = vectors_from_column(t["vectors"])
     return {(str(store.resolve(p)), n): (sha, flat[offsets[i]:offsets[i + 1]].tobytes())
@@ -75,7 +77,7 @@ def test_new_version_is_written_in_batches_and_switched_in_one_commit(tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         index_paths([doc], PageStore(db), emb, progress=False, batch_pages=2)
     assert rows(db) == old  # searches still see exactly the old version
-    pending = rows(db, where="NOT live")
+    pending = rows(db, pending=True)
     assert sorted(n for _, n in pending) == [1, 2]  # the committed batch; page 3 was in the lost one
     assert {v[0] for v in pending.values()}.isdisjoint(old_sha)
     status = Index(db).status()
@@ -85,7 +87,8 @@ def test_new_version_is_written_in_batches_and_switched_in_one_commit(tmp_path, 
     s = index_paths([doc], PageStore(db), emb, progress=False, batch_pages=2)
     assert emb.calls == 4 and s.changed == [str(doc)]  # resumed after the 2 committed pages
     now = rows(db)
-    assert sorted(n for _, n in now) == [1, 2, 3, 4, 5, 6] and not rows(db, where="NOT live")
+    assert sorted(n for _, n in now) == [1, 2, 3, 4, 5, 6] and not rows(db, pending=True)
+    assert PageStore(db).pending_generations() == set() and PageStore(db).count(where=None) == 6
     clean = tmp_path / "clean"
     index_paths([doc], PageStore(clean, create=True), Counting(model), progress=False)
     assert rows(clean) == now  # a resumed run ends where a clean run does

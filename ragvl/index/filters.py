@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..errors import RagvlError
-from .schema import METADATA_FIELDS, SEARCHABLE, sql_quote
+from .schema import METADATA_FIELDS, sql_quote
 
 if TYPE_CHECKING:
     from .store import PageStore
@@ -80,7 +80,7 @@ def allowed_documents(store: "PageStore", filters: Filters) -> set[str] | None:
     """Stored paths of the live documents that pass `filters`; None when there are no filters."""
     if not filters:
         return None
-    t = store.scan(["doc_path", *METADATA_FIELDS], where="live").to_pydict()
+    t = store.scan(["doc_path", *METADATA_FIELDS], where=store.visible).to_pydict()
     docs: dict[str, dict] = {}
     for i, path in enumerate(t["doc_path"]):
         docs.setdefault(path, {k: t[k][i] for k in METADATA_FIELDS})
@@ -113,10 +113,10 @@ def filter_sql(store: "PageStore", filters: Filters) -> str:
     """A LanceDB predicate selecting the searchable rows that pass `filters`."""
     docs = allowed_documents(store, filters)
     if docs is None:
-        return SEARCHABLE
+        return store.searchable
     if not docs:
         return "false"
-    return f"({SEARCHABLE}) AND doc_path IN ({', '.join(sql_quote(d) for d in sorted(docs))})"
+    return f"({store.searchable}) AND doc_path IN ({', '.join(sql_quote(d) for d in sorted(docs))})"
 
 
 def _under(path: Path, folder: Path) -> bool:

@@ -210,9 +210,10 @@ def _index_document(w: _Work, store: PageStore, embedder: PageEmbedder, dpi: int
         done = set(w.doc.pending.get(fields.generation, ())) if w.doc else set()
         if done:
             log(f"resuming {w.path} after {len(done)} of {src.n_pages} pages committed by an earlier run")
-        fresh = w.doc is None  # no rows at all under this path: a single batch may go live at once
+        fresh = w.doc is None  # no rows at all under this path: a single batch may be searchable at once
+        marked = fields.generation in (w.doc.pending if w.doc else {})  # resuming: the marker is there
         batch: list[PageRow] = []
-        nbytes, flushed = 0, False
+        nbytes = 0
         bar.note = w.path.name
         for page in src.pages(dpi, skip=done):
             if page.skip_reason is not None:
@@ -228,12 +229,12 @@ def _index_document(w: _Work, store: PageStore, embedder: PageEmbedder, dpi: int
             nbytes += len(row.image_png) + (row.vectors.nbytes if row.vectors is not None else 0)
             bar.update()
             if len(batch) >= batch_pages or nbytes >= batch_bytes:
-                store.add_pages(w.stored, fields, batch, live=False)  # a commit: resumable from here
-                batch, nbytes, flushed = [], 0, True
+                store.add_pages(w.stored, fields, batch, start_pending=not marked)  # a commit: resumable from here
+                batch, nbytes, marked = [], 0, True
         if sha256_file(w.path) != w.sha256:
             raise RagvlError(f"{w.path}: changed while being indexed; run again")
-        if fresh and not flushed:
-            store.add_pages(w.stored, fields, batch, live=True)  # the whole document in one commit
+        if fresh and not marked:
+            store.add_pages(w.stored, fields, batch)  # the whole document in one commit
             return
-        store.add_pages(w.stored, fields, batch, live=False)
+        store.add_pages(w.stored, fields, batch, start_pending=not marked)
         store.switch(w.stored, fields.generation)  # the commit point: this generation is now the searched one

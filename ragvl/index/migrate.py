@@ -4,7 +4,7 @@ Format 1 (ragvl <= the first release): a `pages` table with key "{absolute path}
 generation state, and the index metadata in `ragvl-index.json` beside the table.
 Format 2: see schema.py. Migration 1 -> 2, under the writer lock, each step idempotent so a
 migration killed half-way is simply run again by the next open:
-1. add the new columns with defaults (live = true: format 1 only had complete documents);
+1. add the new columns with defaults (no pending markers: format 1 only had complete documents);
 2. rewrite document paths as format 2 stores them (relative to the index folder's parent
    when under it), and recompute the keys and page ids; fill n_pages and dpi;
 3. write the `meta` table (format_version last), then remove `ragvl-index.json`.

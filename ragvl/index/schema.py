@@ -2,11 +2,15 @@
 
 `pages`: one row per (document path, generation, page). The generation names what made the
 rows: the document's sha256, the dpi and the embedder (`generation()`), so a new version of a
-file, or the same file re-rendered or re-embedded, writes its rows beside the old ones with
-`live = false`, in bounded batches, and becomes the searched version in ONE commit that flips
-`live` for the whole path (`live = (generation = new)`); then the old rows are deleted.
-Readers see only `live` rows, so they never see a half-written document; a run killed in the
-middle leaves its committed batches behind (`live = false`), and the next run resumes there.
+file, or the same file re-rendered or re-embedded, writes its rows beside the old ones.
+
+A generation written in several batches starts with a *pending marker*: a row with page 0
+(`skip_reason = 'pending'`), committed with its first batch. Readers hide every row of a
+generation that has a marker (`PageStore.searchable`), so they never see a half-written
+document. The switch is ONE commit that deletes the old generation's rows and the marker
+together; a delete writes only deletion vectors, so the switch costs no memory or rewrite,
+whatever the document's size (an update of a flag would rewrite every image and vector). A
+run killed in the middle leaves its committed batches and the marker; the next run resumes.
 
 Document-level fields (size, mtime, metadata, page count) are repeated on each page row: the
 table stays the only thing a reader needs, and `ls`/filters read them with one column scan.
@@ -44,8 +48,11 @@ K_DPI = "dpi"
 K_VISION = "vision"  # reserved: {"table": "vision", ...} once issue 10 stores features
 META_KEYS = (K_FORMAT, K_EMBEDDER, K_DPI, K_VISION)
 
-# Rows a search may rank: the live generation, pages that were embedded.
-SEARCHABLE = "live AND skip_reason IS NULL"
+PENDING = "pending"  # skip_reason of a generation's pending marker (page 0)
+# Rows that are pages (not markers), and pages that were embedded. Readers also exclude the
+# generations that have a pending marker: PageStore.visible / PageStore.searchable.
+PAGE_ROWS = "page > 0"
+SEARCHABLE = "page > 0 AND skip_reason IS NULL"
 
 METADATA_FIELDS = ("title", "author", "subject", "created", "modified")
 
@@ -55,8 +62,7 @@ SCHEMA = pa.schema([
     pa.field("doc_path", pa.string()),  # relative to the index folder's parent when under it
     pa.field("doc_sha256", pa.string()),
     pa.field("generation", pa.string()),  # generation(): sha256, dpi and embedder of these rows
-    pa.field("live", pa.bool_()),  # the searched generation of doc_path
-    pa.field("page", pa.int32()),  # 1-based
+    pa.field("page", pa.int32()),  # 1-based; 0: a pending marker
     pa.field("n_pages", pa.int32()),  # the document's page count
     pa.field("width", pa.int32()),  # stored image size: what was embedded and what a map is drawn on
     pa.field("height", pa.int32()),
@@ -82,7 +88,7 @@ META_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("value", pa.stri
 
 # Format 1 -> 2: the columns added, with the SQL that fills them on existing rows.
 ADDED_IN_2 = {
-    "page_id": "CAST(NULL AS STRING)", "generation": "CAST(NULL AS STRING)", "live": "true", "n_pages": "CAST(NULL AS INT)",
+    "page_id": "CAST(NULL AS STRING)", "generation": "CAST(NULL AS STRING)", "n_pages": "CAST(NULL AS INT)",
     "dpi": "CAST(NULL AS INT)", "text": "CAST(NULL AS STRING)", "skip_reason": "CAST(NULL AS STRING)",
     "title": "CAST(NULL AS STRING)", "author": "CAST(NULL AS STRING)", "subject": "CAST(NULL AS STRING)",
     "created": "CAST(NULL AS STRING)", "modified": "CAST(NULL AS STRING)",

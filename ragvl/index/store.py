@@ -23,13 +23,14 @@ import pyarrow as pa
 
 from ..errors import RagvlError
 from .schema import (DIM, FORMAT_VERSION, K_DPI, K_EMBEDDER, K_FORMAT, LEGACY_META_FILE, META_SCHEMA, META_TABLE,
-                     METADATA_FIELDS, PAGES, SCHEMA, SEARCHABLE, generation, page_id, row_key, sql_quote)
+                     METADATA_FIELDS, PAGE_ROWS, PAGES, PENDING, SCHEMA, SEARCHABLE, generation, page_id, row_key,
+                     sql_quote)
 
 __all__ = ["PageStore", "PageRow", "DocFields", "Document", "vectors_array", "vectors_from_column", "page_id",
            "default_db", "DEFAULT_DB", "FORMAT_VERSION", "SEARCHABLE"]
 
 DEFAULT_DB = ".ragvl"
-_DOC_COLUMNS = ["doc_path", "doc_sha256", "generation", "live", "page", "n_pages", "file_size", "file_mtime_ns", "dpi", "embedder",
+_DOC_COLUMNS = ["doc_path", "doc_sha256", "generation", "page", "n_pages", "file_size", "file_mtime_ns", "dpi", "embedder",
                 "explicit", "indexed_at", "skip_reason", *METADATA_FIELDS]
 
 
@@ -216,28 +217,59 @@ class PageStore:
     def version(self) -> int:
         return int(self.table.version)
 
-    def count(self, where: str | None = SEARCHABLE) -> int:
-        """Rows matching `where` (default: searchable pages)."""
+    def pin(self) -> "PageStore":
+        """Read this store at its current version from now on (a reader's consistent snapshot)."""
+        self.table.checkout(self.table.version)
+        return self
+
+    def pending_generations(self) -> set[str]:
+        """Generations with a pending marker: written in part, not searched yet."""
+        t = self.table.search().select(["generation"]).where(f"page = 0 AND skip_reason = '{PENDING}'")
+        return set(t.limit(None).to_arrow()["generation"].to_pylist())
+
+    def _hiding(self, base: str) -> str:
+        pending = self.pending_generations()
+        if not pending:
+            return base
+        return f"{base} AND generation NOT IN ({', '.join(sql_quote(g) for g in sorted(pending))})"
+
+    @property
+    def visible(self) -> str:
+        """Predicate of the pages readers see: complete generations only (skipped pages included)."""
+        return self._hiding(PAGE_ROWS)
+
+    @property
+    def searchable(self) -> str:
+        """Predicate of the pages a search may rank: visible and embedded."""
+        return self._hiding(SEARCHABLE)
+
+    def count(self, where: str | None = "searchable") -> int:
+        """Rows matching `where` (default: searchable pages; None: every row)."""
+        where = self.searchable if where == "searchable" else where
         return int(self.table.count_rows(where)) if where else int(self.table.count_rows())
 
-    def scan(self, columns: list[str], where: str | None = SEARCHABLE) -> pa.Table:
-        """Selected columns of the rows matching `where` (default: searchable pages)."""
+    def scan(self, columns: list[str], where: str | None = "searchable") -> pa.Table:
+        """Selected columns of the rows matching `where` (default: searchable pages; None: every row)."""
+        where = self.searchable if where == "searchable" else where
         q = self.table.search().select(columns)
         if where:
             q = q.where(where)
         return q.limit(None).to_arrow()
 
     def documents(self) -> dict[str, Document]:
-        """{stored path: Document} of every document with rows (live or pending), one column scan."""
+        """{stored path: Document} of every document with rows (complete or pending), one column scan."""
         t = self.scan(_DOC_COLUMNS, where=None).to_pydict()
+        pending = {g for g, p, r in zip(t["generation"], t["page"], t["skip_reason"]) if p == 0 and r == PENDING}
         out: dict[str, Document] = {}
         for i, path in enumerate(t["doc_path"]):
             d = out.setdefault(path, Document(path))
-            sha, page = t["doc_sha256"][i], t["page"][i]
-            if not t["live"][i]:
-                d.pending.setdefault(t["generation"][i], set()).add(page)
+            sha, page, gen = t["doc_sha256"][i], t["page"][i], t["generation"][i]
+            if gen in pending:
+                pages = d.pending.setdefault(gen, set())
+                if page > 0:
+                    pages.add(page)
                 continue
-            d.sha256, d.generation, d.pages = sha, t["generation"][i], d.pages + 1
+            d.sha256, d.generation, d.pages = sha, gen, d.pages + 1
             d.n_pages = t["n_pages"][i] or 0
             d.file_size, d.file_mtime_ns, d.dpi = t["file_size"][i], t["file_mtime_ns"][i], t["dpi"][i]
             d.explicit, d.indexed_at = bool(t["explicit"][i]), t["indexed_at"][i]
@@ -254,13 +286,13 @@ class PageStore:
     def page_image(self, doc_path: str, page: int) -> bytes:
         """The stored PNG of a live page; `doc_path` as stored or as a file path."""
         stored = doc_path if doc_path and not Path(doc_path).is_absolute() else self.stored_path(doc_path)
-        t = self.scan(["image_png"], where=f"live AND doc_path = {sql_quote(stored)} AND page = {int(page)}")
+        t = self.scan(["image_png"], where=f"{self.visible} AND doc_path = {sql_quote(stored)} AND page = {int(page)}")
         if t.num_rows == 0 or not t["image_png"][0].as_py():
             raise RagvlError(f"{self.path}: no page {page} of {doc_path} in the index")
         return t["image_png"][0].as_py()
 
     # -- writes: each one commit ------------------------------------------------------------
-    def rows_table(self, doc_path: str, doc: DocFields, pages: list[PageRow], *, live: bool) -> pa.Table:
+    def rows_table(self, doc_path: str, doc: DocFields, pages: list[PageRow]) -> pa.Table:
         """Arrow rows for some pages of one document generation."""
         n = len(pages)
         vecs = [p.vectors if p.vectors is not None else np.zeros((0, DIM), np.float16) for p in pages]
@@ -269,7 +301,7 @@ class PageStore:
         cols = {
             "key": [row_key(doc_path, gen, p.page) for p in pages],
             "page_id": [page_id(doc.sha256, p.page) for p in pages],
-            "doc_path": [doc_path] * n, "doc_sha256": [doc.sha256] * n, "generation": [gen] * n, "live": [live] * n,
+            "doc_path": [doc_path] * n, "doc_sha256": [doc.sha256] * n, "generation": [gen] * n,
             "page": [p.page for p in pages], "n_pages": [doc.n_pages] * n,
             "width": [p.width for p in pages], "height": [p.height for p in pages],
             "image_png": [p.image_png for p in pages], "n_vectors": [len(v) for v in vecs],
@@ -281,26 +313,28 @@ class PageStore:
         }
         return pa.Table.from_pydict(cols, schema=SCHEMA)
 
-    def add_pages(self, doc_path: str, doc: DocFields, pages: list[PageRow], *, live: bool = False) -> None:
-        """Append one batch of a generation's pages (not searched until `switch`, unless live)."""
+    def add_pages(self, doc_path: str, doc: DocFields, pages: list[PageRow], *, start_pending: bool = False) -> None:
+        """Append one batch of a generation's pages in one commit.
+
+        `start_pending`: the batch opens a generation written in several batches: its pending
+        marker goes in the same commit, so none of its rows is searched until `switch`.
+        Without it (and without an earlier marker) the rows are searchable at once.
+        """
+        if start_pending:
+            pages = [PageRow(0, skip_reason=PENDING), *pages]
         if pages:
-            self.table.add(self.rows_table(doc_path, doc, pages, live=live))
+            self.table.add(self.rows_table(doc_path, doc, pages))
 
     def switch(self, doc_path: str, gen: str) -> None:
-        """Make generation `gen` the searched version of `doc_path`: ONE commit; then drop the rest."""
-        where = f"doc_path = {sql_quote(doc_path)}"
-        self.table.update(where=where, values_sql={"live": f"generation = {sql_quote(gen)}"})
-        self.drop_pending(doc_path)
+        """Make generation `gen` the searched version of `doc_path`: ONE commit (a delete).
 
-    def drop_pending(self, doc_path: str) -> None:
-        """Delete the rows of `doc_path` that are not live (old or abandoned generations)."""
-        where = f"doc_path = {sql_quote(doc_path)} AND NOT live"
-        if self.table.count_rows(where):
-            self.table.delete(where)
+        It deletes every other generation of the path and `gen`'s pending marker together.
+        """
+        self.table.delete(f"doc_path = {sql_quote(doc_path)} AND (generation != {sql_quote(gen)} OR page = 0)")
 
     def touch(self, doc_path: str, file_size: int, file_mtime_ns: int, explicit: bool) -> None:
         """Record a new size/mtime for an unchanged document (its hash was checked)."""
-        self.table.update(where=f"doc_path = {sql_quote(doc_path)} AND live",
+        self.table.update(where=f"doc_path = {sql_quote(doc_path)} AND page > 0",
                           values={"file_size": file_size, "file_mtime_ns": file_mtime_ns, "explicit": explicit})
 
     def remove_documents(self, doc_paths: list[str]) -> None:
