@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -29,9 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
-def run_index(pdf: Path, db: Path, embedder: Path) -> dict:
+def run_index(pdf: Path, db: Path, embedder: Path, dpi: int) -> dict:
     """One `ragvl index` process: (seconds, peak RSS MB, summary)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     # A fresh helper process per measurement, so RUSAGE_CHILDREN's max is this child's alone.
     code = ("import resource, subprocess, sys, json\n"
@@ -39,12 +37,11 @@ def run_index(pdf: Path, db: Path, embedder: Path) -> dict:
             "print(json.dumps({'rc': r.returncode, 'out': r.stdout, 'err': r.stderr[-2000:], "
             "'rss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n")
     r = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "ragvl.cli", "index", str(pdf),
-                        "--db", str(db), "--embedder", str(embedder), "-q", "--json"],
+                        "--db", str(db), "--embedder", str(embedder), "--dpi", str(dpi), "-q", "--json"],
                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     res = json.loads(r.stdout)
     if res["rc"] != 0:
         raise SystemExit(f"index failed: {res['err']}")
-    del before
     return {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mb": round(res["rss_kb"] / 1024, 1),
             "summary": json.loads(res["out"])}
 
@@ -52,6 +49,7 @@ def run_index(pdf: Path, db: Path, embedder: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pages", type=int, nargs="+", default=[100, 1000])
+    ap.add_argument("--dpi", type=int, default=120, help="render dpi (lower: a quicker run)")
     ap.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one)")
     args = ap.parse_args()
 
@@ -73,7 +71,7 @@ def main() -> None:
         db = work / f"db{n}"
         subprocess.run(["rm", "-rf", str(db)], check=True)
         print(f"indexing {n} pages ...", file=sys.stderr, flush=True)
-        r = run_index(pdf, db, emb)
+        r = run_index(pdf, db, emb, args.dpi)
         rows.append({"pages": n, "seconds": r["seconds"], "peak_rss_mb": r["peak_rss_mb"],
                      "embedded": r["summary"]["pages"], "db_mb": round(sum(f.stat().st_size for f in db.rglob("*")
                                                                               if f.is_file()) / 1e6, 1)})
@@ -85,12 +83,12 @@ def main() -> None:
     subprocess.run(["rm", "-rf", str(db)], check=True)
     full = next(r["seconds"] for r in rows if r["pages"] == n)
     p = subprocess.Popen([sys.executable, "-m", "ragvl.cli", "index", str(pdf), "--db", str(db), "--embedder",
-                          str(emb), "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          str(emb), "--dpi", str(args.dpi), "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     time.sleep(full * 0.5)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    resumed = run_index(pdf, db, emb)
+    resumed = run_index(pdf, db, emb, args.dpi)
     resume = {"pages": n, "killed_after_s": round(full * 0.5, 1), "pages_embedded_on_resume":
               resumed["summary"]["pages"], "resume_peak_rss_mb": resumed["peak_rss_mb"]}
     print(resume, file=sys.stderr)
@@ -98,7 +96,8 @@ def main() -> None:
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     result = {"runs": rows, "resume": resume, "batch_pages": 32, "machine_cpus": os.cpu_count(),
-              "note": "tiny random ColQwen2 (tests/tiny_colqwen2.py variant a), default dpi 120"}
+              "dpi": args.dpi,
+              "note": "tiny random ColQwen2 (tests/tiny_colqwen2.py variant a)"}
     (out / "results_index_memory.json").write_text(json.dumps(result, indent=2) + "\n")
     print("| pages | seconds | peak RSS (MB) | index size (MB) |\n|---|---|---|---|")
     for r in rows:
