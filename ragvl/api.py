@@ -1,74 +1,96 @@
-"""The Python API: one object to index PDFs, search pages and ask questions.
+"""The Python API: one object to index PDFs, search pages, ask questions and manage the index.
 
     from ragvl import Index
     idx = Index(".ragvl")                      # the index folder; models: the installed defaults
     idx.index(["docs/"])                       # incremental
-    for hit in idx.search("revenue by region", k=5):
+    for hit in idx.search("revenue by region", k=5, in_paths=["docs/2024"]):
         print(hit.rank, hit.path, hit.page, hit.score)
     for piece in idx.ask("What does figure 3 show?", k=3):   # streams
         print(piece, end="")
+    idx.documents(); idx.remove(["docs/old.pdf"]); idx.status()
 
-The command line is a thin layer over this class.
+The command line is a thin layer over this class. Every write takes the index's writer lock
+(ragvl.index.lock.writer_lock). The index remembers its embedder: without `embedder=` the
+recorded one is used (ragvl.index.embedder_ref).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
+import numpy as np
+
 from .answer.answering import ANSWER_MAX_PIXELS, Answer, answer_question, follow_up_question
 from .errors import RagvlError
+from .index.filters import Filters
 from .index.indexer import IndexSummary, index_paths
+from .index.objstore import is_uri, normalize_db
+from .index.schema import FORMAT_VERSION, K_EMBEDDER
 from .index.search import MODES, Hit, PageSearch
-from .index.objstore import normalize_db, writer_lock
-from .index.store import PageStore, default_db
+from .index.store import Document, PageStore, default_db
 from .index.vision_store import DEFAULT_MAX_BYTES, META_KEY as VISION_META, VisionStore
-from .models.runtime.colqwen2 import ColQwen2
-from .models.runtime.generation import GenerationSettings
-from .models.contract.manifest import KIND_EMBEDDER, KIND_ANSWERER
-from .models.runtime.qwen2vl import Qwen2VL
+from .models.contract.manifest import KIND_ANSWERER, KIND_EMBEDDER
 from .models.contract.registry import resolve_model
-from .ingest import DEFAULT_DPI
+from .models.runtime.colqwen2 import MAX_PIXELS, ColQwen2
+from .models.runtime.generation import GenerationSettings
+from .models.runtime.qwen2vl import Qwen2VL
 from .progress import Progress
 
 if TYPE_CHECKING:
-    from .index.explain import SimilarityMap
-
-if TYPE_CHECKING:
     from .distributed.options import RayOptions
+    from .index.explain import SimilarityMap
 
 
 class Index:
-    """A page index folder plus the models that build and read it, loaded when first needed.
+    """A page index (a folder, or an `s3://` URI) plus the models that build and read it, loaded
+    when first needed.
 
     `embedder` / `answerer` are converted model folders (or names installed in the model home);
-    by default the installed defaults (`ragvl models pull`). `device` is "cpu" or "cuda".
+    by default the index's recorded embedder, else the installed defaults (`ragvl models pull`).
+    `device` is "cpu" or "cuda"; `threads` onnxruntime's threads per session (default:
+    RAGVL_THREADS, else every CPU). `wait`: a writer waits for another writer (else fails at once).
     """
 
     def __init__(self, db: str | Path | None = None, embedder: str | Path | None = None,
                  answerer: str | Path | None = None, device: str | None = None,
-                 log: Callable[[str], None] | None = None, threads: int | None = None):
+                 log: Callable[[str], None] | None = None, wait: bool = True, threads: int | None = None):
         self.db = normalize_db(db) if db is not None else default_db()  # a Path, or an s3:// URI string
         self._embedder_arg, self._answerer_arg = embedder, answerer
-        self.device = device
-        self.threads = threads  # onnxruntime threads per session (default: RAGVL_THREADS / all CPUs)
+        self.device, self.wait, self.threads = device, wait, threads
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self._embedder: ColQwen2 | None = None
         self._answerer: Qwen2VL | None = None
         self._search: PageSearch | None = None
-        self._search_lock = threading.Lock()  # servers search from many threads: build the matrix once
+        self._search_lock = threading.Lock()  # servers search from many threads: build the view once
 
     # -- models ---------------------------------------------------------------------------
+    def _load_embedder(self, store: PageStore | None, *, reembed: bool = False) -> ColQwen2:
+        if self._embedder is None:
+            explicit = self._embedder_arg or os.environ.get("RAGVL_EMBEDDER")
+            record = (store.meta.get(K_EMBEDDER) or {}) if store is not None else {}
+            max_pixels = record.get("max_pixels") or MAX_PIXELS
+            if explicit:
+                folder = resolve_model(KIND_EMBEDDER, explicit, "--embedder")
+            elif record.get("id"):
+                from .index.embedder_ref import find_recorded
+
+                folder = find_recorded(self.db, record, allow_changed=reembed)
+            else:
+                folder = resolve_model(KIND_EMBEDDER, None)
+            self.log(f"embedder: {folder}")
+            self._embedder = ColQwen2(folder, device=self.device, max_pixels=max_pixels, threads=self.threads)
+        return self._embedder
+
     @property
     def embedder(self) -> ColQwen2:
-        if self._embedder is None:
-            folder = resolve_model(KIND_EMBEDDER, self._embedder_arg)
-            self.log(f"embedder: {folder}")
-            self._embedder = ColQwen2(folder, device=self.device, threads=self.threads)
-        return self._embedder
+        """The embedder: explicit, else the one the index recorded, else the installed default."""
+        return self._load_embedder(self._open() if _is_index(self.db) else None)
 
     @property
     def answerer(self) -> Qwen2VL:
@@ -78,13 +100,26 @@ class Index:
             self._answerer = Qwen2VL(folder, device=self.device, threads=self.threads)
         return self._answerer
 
-    # -- the three jobs -------------------------------------------------------------------
-    def index(self, paths: Iterable[str | Path], dpi: int = DEFAULT_DPI, progress: bool = True, *,
-              on_progress: Callable[[Progress], None] | None = None,
-              cluster: "RayOptions | None" = None,
-              vision_cache: bool = True, vision_cache_bytes: int | None = None) -> IndexSummary:
+    # -- writes ---------------------------------------------------------------------------
+    def writer_lock(self):
+        """The index's one-writer lock (every writer takes it: CLI, API, server jobs, Ray driver)."""
+        if is_uri(self.db):
+            from .index.objstore import writer_lock
+
+            return writer_lock(self.db, log=self.log)
+        from .index.lock import writer_lock
+
+        return writer_lock(self.db, wait=self.wait, log=self.log)
+
+    def index(self, paths: Iterable[str | Path], dpi: int | None = None, progress: bool = True, *,
+              prune: bool = False, reembed: bool = False, on_progress: Callable[[Progress], None] | None = None,
+              cluster: "RayOptions | None" = None, vision_cache: bool = True,
+              vision_cache_bytes: int | None = None) -> IndexSummary:
         """Bring the index up to date with the PDFs and image files under `paths` (files or folders).
 
+        `dpi`: default the index's recorded dpi (120 for a new index); another value re-renders
+        the documents indexed now. `prune`: also remove documents whose files are gone.
+        `reembed`: re-embed every document not embedded by the current embedder.
         `on_progress(p)` is called after every page with the Progress (done, total, rate(), note).
         `cluster` (ragvl.distributed.RayOptions) embeds on a Ray cluster instead of this process.
         `vision_cache`: keep each page's vision features for `ask` (vision_store.py), within
@@ -101,42 +136,83 @@ class Index:
             summary = index_on_ray(paths, self.db, folder, cluster, dpi=dpi, log=self.log, progress=progress)
             self._search = None
             return summary
-        embedder = self.embedder  # a missing model fails before the index folder is created
-        with writer_lock(self.db, log=self.log):
+        existing = self._open() if _is_index(self.db) else None
+        embedder = self._load_embedder(existing, reembed=reembed)  # a missing model: before any folder is made
+        with self.writer_lock():
             store = PageStore(self.db, create=True)
             cap = _vision_cap(store, vision_cache_bytes)
             if store.meta.get(VISION_META, {}).get("max_bytes") != cap:
                 store.write_meta(**{VISION_META: {"max_bytes": cap}})
             vision = VisionStore(self.db, max_bytes=cap if vision_cache else 0)
-            summary = index_paths(paths, store, embedder, dpi=dpi, log=self.log, progress=progress,
-                                  on_progress=on_progress, vision=vision)
+            summary = index_paths(paths, store, embedder, dpi=dpi, prune=prune, reembed=reembed, log=self.log,
+                                  progress=progress, on_progress=on_progress, vision=vision)
         self._search = None
         return summary
 
+    def remove(self, paths: Iterable[str | Path]) -> list[str]:
+        """Remove documents (files, or every document under a folder) in one commit.
+
+        A path that matches nothing in the index is an error naming it, and nothing is removed.
+        Returns the absolute paths removed.
+        """
+        paths = list(paths)
+        with self.writer_lock():
+            store = self._open()
+            docs = store.documents()
+            chosen: dict[str, None] = {}
+            for raw in paths:
+                p = Path(os.path.abspath(os.path.expanduser(os.fspath(raw))))
+                hits = [d for d in docs if store.resolve(d) == p or _under(store.resolve(d), p)
+                        or d == os.fspath(raw)]
+                if not hits:
+                    raise RagvlError(f"{raw}: not in the index {self.db}; nothing removed")
+                chosen.update(dict.fromkeys(hits))
+            store.remove_documents(list(chosen))
+        self._search = None
+        return [str(store.resolve(d)) for d in chosen]
+
+    # -- reads ----------------------------------------------------------------------------
+    def _open(self) -> PageStore:
+        return PageStore(self.db)
+
     def _store(self) -> PageStore:
-        store = PageStore(self.db)
+        store = self._open().pin()  # one version for every read of this search: a consistent snapshot
         if store.count() == 0:
             raise RagvlError(f"{self.db}: the index is empty; add PDFs with `ragvl index PATH`")
         return store
 
-    def search(self, query: str, k: int = 5, *, mode: str = "visual", allowed=None) -> list[Hit]:
-        """The k pages that best match `query`, best first.
+    def documents(self) -> list[Document]:
+        """Every indexed document (live generation), sorted by path."""
+        return sorted((d for d in self._open().documents().values() if d.sha256), key=lambda d: d.path)
 
-        `mode`: "visual" (the model's MaxSim ranking, exact scores), "text" (BM25 over the
-        pages' text layer) or "hybrid" (reciprocal rank fusion of both); each Hit says which
-        mode ranked it and its rank in each ranking. `allowed`: a filter, one bool per row of
-        ``searcher().rows()``, applied before ranking.
-        """
-        if mode not in MODES:
-            raise RagvlError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
-        searcher = self.searcher()
-        if k > len(searcher):
-            self.log(f"note: -k {k} is more than the {len(searcher)} pages in the index; returning all")
-        q = None
-        if mode != "text":  # the model's ranking: the index's vectors must be this embedder's
-            searcher.store.check_embedder(self.embedder.id)
-            q = self.embedder.embed_queries([query])[0]
-        return searcher.search(q, k, allowed=allowed, mode=mode, text=query)
+    def status(self) -> dict:
+        """What `ragvl status` shows: sizes, the embedder, and what needs attention."""
+        from .index.embedder_ref import folder_id
+
+        store = self._open().pin()
+        docs = store.documents()
+        record = store.meta.get(K_EMBEDDER) or {}
+        now = folder_id(record.get("folder"), record.get("max_pixels"))
+        stale = sorted(d.path for d in docs.values() if d.sha256 and d.embedders - {record.get("id")})
+        reasons = []
+        if now is not None and now != record.get("id"):
+            reasons.append(f"the embedder at {record.get('folder')} now makes {now}, the index holds "
+                           f"{record.get('id')}")
+        if stale:
+            reasons.append(f"{len(stale)} documents were embedded by another embedder")
+        return {
+            "db": str(self.db), "format_version": FORMAT_VERSION, "version": store.version,
+            "documents": sum(1 for d in docs.values() if d.sha256), "pages": store.count(),
+            "embedder": {"id": record.get("id"), "folder": record.get("folder"),
+                         "max_pixels": record.get("max_pixels"), "found": now == record.get("id")},
+            "dpi": store.dpi, "size_bytes": store.size_on_disk(),
+            "incomplete": sorted(str(store.resolve(d.path)) for d in docs.values() if d.pending),
+            "skipped_pages": [{"path": str(store.resolve(d.path)), "page": p, "reason": r}
+                              for d in sorted(docs.values(), key=lambda d: d.path) for p, r in d.skipped],
+            "missing": sorted(str(store.resolve(d.path)) for d in docs.values()
+                              if d.sha256 and not store.resolve(d.path).exists()),
+            "needs_reembed": bool(reasons), "reembed_reasons": reasons,
+        }
 
     def searcher(self) -> PageSearch:
         """The search over the index's current version (cached until the index changes)."""
@@ -146,11 +222,41 @@ class Index:
                 self._search = PageSearch(store, log=self.log)
             return self._search
 
+    def search(self, query: str, k: int = 5, *, mode: str = "visual", in_paths: Iterable | None = None,
+               globs: Iterable | str | None = None, where: Iterable | str | None = None) -> list[Hit]:
+        """The k pages that best match `query`, best first.
+
+        `mode`: "visual" (the model's MaxSim ranking, exact scores), "text" (BM25 over the
+        pages' text layer) or "hybrid" (reciprocal rank fusion of both); each Hit says which
+        mode ranked it and its rank in each ranking. Filters (ragvl.index.filters), applied
+        before ranking: `in_paths` files/folders, `globs` patterns on document paths, `where`
+        conditions on PDF metadata ("author=Alice", "created>=2024").
+        """
+        if mode not in MODES:
+            raise RagvlError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+        filters = Filters.of(in_paths, globs, where)
+        searcher = self.searcher()
+        store = searcher.store
+        allowed = _allowed_mask(searcher, store.allowed_keys(filters))
+        n = len(searcher) if allowed is None else int(allowed.sum())
+        if k > n:
+            self.log(f"note: -k {k} is more than the {n} pages {'matching the filters' if filters else 'in the index'}"
+                     "; returning all")
+        q = None
+        if mode != "text":  # the model's ranking: the index's vectors must be this embedder's
+            embedder = self._load_embedder(store)
+            store.check_embedder(embedder.id)
+            q = embedder.embed_queries([query])[0]
+        hits = searcher.search(q, k, allowed=allowed, mode=mode, text=query)
+        # stored paths are relative to the index's parent folder: give them whole
+        return [replace(h, path=str(store.resolve(h.path))) for h in hits]
+
     def ask(self, question: str, k: int = 3, settings: GenerationSettings | None = None,
-            max_pixels: int = ANSWER_MAX_PIXELS, *, mode: str = "visual", allowed=None, vision_cache: bool = True,
+            max_pixels: int = ANSWER_MAX_PIXELS, *, mode: str = "visual", in_paths: Iterable | None = None,
+            globs: Iterable | str | None = None, where: Iterable | str | None = None, vision_cache: bool = True,
             follow_up: Answer | None = None) -> Answer:
-        """Retrieve the top-k pages (`mode` as in :meth:`search`) and answer over their images;
-        iterate the result to stream.
+        """Retrieve the top-k pages (`mode` and filters as :meth:`search`) and answer over their
+        images; iterate the result to stream.
 
         Pages whose vision features were stored at indexing by an identical vision tower are not
         encoded again (`vision_cache=False` encodes every page); `Answer.vision` says what happened.
@@ -159,7 +265,9 @@ class Index:
         over the new pages, and a note says so.
         """
         t0 = time.perf_counter()
-        hits = self.search(question, k, mode=mode, allowed=allowed)
+        hits = self.search(question, k, mode=mode, in_paths=in_paths, globs=globs, where=where)
+        if not hits:
+            raise RagvlError(f"{self.db}: no page matches the filters")
         store = self._search.store
         settings = settings or self.answerer.defaults
         if follow_up is not None:
@@ -178,8 +286,7 @@ class Index:
                                    "started a new prompt over them (the earlier turns are not in it)")
         return answer
 
-
-    # -- pages, maps and documents (the web page, HTTP API and MCP server use these) ------------
+    # -- pages and maps (the web page, HTTP API and MCP server use these) ----------------------
     def page_image(self, page_id: str) -> bytes:
         """The stored PNG of the page `page_id` (Hit.id)."""
         from .index.pages import page_row
@@ -191,28 +298,41 @@ class Index:
         from .index.explain import explain_page
 
         store = self._store()
-        store.check_embedder(self.embedder.id)
-        q = self.embedder.embed_queries([query])[0]
-        ids = self.embedder.query_ids(query)
-        return [explain_page(store, self.embedder, q, ids, pid) for pid in page_ids]
+        embedder = self._load_embedder(store)
+        store.check_embedder(embedder.id)
+        q = embedder.embed_queries([query])[0]
+        ids = embedder.query_ids(query)
+        return [explain_page(store, embedder, q, ids, pid) for pid in page_ids]
 
-    def documents(self) -> list[dict]:
-        """Every indexed document: path, sha256, pages. (A thin listing until `ragvl ls` lands in the API.)"""
+
+def _is_index(db: Path | str) -> bool:
+    """Whether `db` holds an index (of any format), as opposed to nothing or a bare lock file."""
+    from .index.schema import LEGACY_META_FILE, META_TABLE
+
+    if is_uri(db):  # object storage: opening it tells
         try:
-            store = PageStore(self.db)
+            PageStore(db)
+            return True
         except RagvlError:
-            return []
-        return [{"path": p, "sha256": sha, "pages": n} for p, (sha, n) in sorted(store.documents().items())]
+            return False
+    return (db / f"{META_TABLE}.lance").exists() or (db / LEGACY_META_FILE).exists()
 
-    def remove(self, paths: Iterable[str]) -> list[str]:
-        """Remove the documents indexed under exactly these paths (one commit); returns those removed.
-        (A thin version through PageStore.remove_documents until `ragvl rm` lands in the API.)"""
-        store = PageStore(self.db)
-        known = store.documents()
-        gone = [p for p in paths if p in known]
-        store.remove_documents(gone)
-        self._search = None
-        return gone
+
+def _under(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def _allowed_mask(searcher: PageSearch, allowed: set[tuple[str, int]] | None) -> np.ndarray | None:
+    """The filter's allowed (stored path, page) pairs as one bool per row of the searcher's view."""
+    if allowed is None:
+        return None
+    rows = searcher.rows()
+    return np.array([(p, int(n)) in allowed for p, n in zip(rows["doc_path"].to_pylist(), rows["page"].to_pylist())],
+                    dtype=bool)
 
 
 def _vision_cap(store: PageStore, requested: int | None) -> int:

@@ -15,7 +15,8 @@ from typing import Callable, IO
 
 from .errors import RagvlError, os_error_cause
 
-__all__ = ["atomic_write", "atomic_write_with", "sha256_file", "cpu_threads", "cache_home"]
+__all__ = ["atomic_write", "atomic_write_with", "sha256_file", "cpu_threads", "cache_home", "replace_dir",
+           "remove_stale_partials"]
 
 
 def atomic_write_with(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -81,3 +82,61 @@ def cache_home() -> Path:
     if os.environ.get("RAGVL_CACHE"):
         return Path(os.environ["RAGVL_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ragvl"
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux renameat2(RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    return fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
+
+
+def replace_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Make the complete folder `new` take the place of `target` (which may exist), then delete the old one.
+
+    On Linux the two folders are exchanged in one atomic rename (renameat2 RENAME_EXCHANGE): a
+    reader opening `target` sees the old folder or the new one, never none. Elsewhere, two
+    renames with the old folder moved aside first (a window of microseconds).
+    """
+    import shutil
+
+    new, target = Path(new), Path(target)
+    if not target.exists():
+        os.replace(new, target)
+        return
+    if _exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)  # `new` now names the old folder
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(target: str | os.PathLike) -> None:
+    """Delete `.NAME.partial-PID` / `.NAME.old-PID` folders beside `target` left by dead processes."""
+    import shutil
+
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    for p in target.parent.glob(f".{target.name}.*-*"):
+        kind, _, pid = p.name.rpartition("-")
+        if kind.endswith((".partial", ".old")) and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)

@@ -41,7 +41,7 @@ def rows(db: Path) -> dict:
     store = PageStore(db)
     t = store.scan(["doc_path", "page", "doc_sha256", "vectors", "embedder"])
     flat, offsets = vectors_from_column(t["vectors"])
-    return {(p, n): (sha, flat[offsets[i]:offsets[i + 1]].tobytes(), e)
+    return {(str(store.resolve(p)), n): (sha, flat[offsets[i]:offsets[i + 1]].tobytes(), e)
             for i, (p, n, sha, e) in enumerate(zip(t["doc_path"].to_pylist(), t["page"].to_pylist(),
                                                    t["doc_sha256"].to_pylist(), t["embedder"].to_pylist()))}
 

@@ -13,6 +13,9 @@ from .chat import chat
 from .eval import eval_cmd
 from .index import index
 from .mcp import mcp
+from .ls import ls
+from .rm import rm
+from .status import status
 from .models import models_app
 from .search import search
 from .serve import serve
@@ -27,6 +30,9 @@ app.command("ask")(ask)
 app.command("eval")(eval_cmd)
 app.command("serve")(serve)
 app.command("mcp")(mcp)
+app.command("ls")(ls)
+app.command("rm")(rm)
+app.command("status")(status)
 
 
 def main() -> None:

@@ -7,15 +7,69 @@ Environment defaults are read by typer (`envvar=`), so `--help` shows them.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import typer
+
+from ..errors import RagvlError, os_error_cause
 
 def fail(message: str, code: int = 1) -> None:
     """Print the one-line error and exit non-zero."""
     print(f"ragvl: error: {message}", file=sys.stderr)
     raise typer.Exit(code)
+
+
+# Causes recognised in the messages of LanceDB / object_store errors (they carry no errno).
+_CAUSES = (("no space left on device", "disk full (no space left on device)"),
+           ("disk quota exceeded", "disk quota exceeded"),
+           ("read-only file system", "read-only file system"),
+           ("permission denied", "permission denied"),
+           ("commit conflict", "commit conflict with another writer; run again"),
+           ("retryable commit conflict", "commit conflict with another writer; run again"))
+
+
+def describe_failure(e: BaseException) -> str:
+    """A short, one-line cause for an unexpected failure (disk full, permissions, corruption...)."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return "disk full (no space left on device)"
+    if isinstance(e, OSError) and e.errno == errno.EROFS:
+        return "read-only file system"
+    text = str(e)
+    low = text.lower()
+    for needle, cause in _CAUSES:
+        if needle in low:
+            return cause
+    if isinstance(e, OSError):
+        return os_error_cause(e)
+    if any(w in low for w in ("corrupt", "invalid", "not found", "no such file", "unexpected eof", "protobuf")):
+        return f"damaged index files ({' '.join(text.split())[:160]})"
+    return f"{type(e).__name__}: {' '.join(text.split())[:200]}"
+
+
+@contextlib.contextmanager
+def guarded(db: str | os.PathLike | None) -> Iterator[None]:
+    """Turn every failure in the body into one line naming the index and the cause, non-zero exit.
+
+    RAGVL_DEBUG=1 re-raises unexpected errors so their traceback shows.
+    """
+    where = str(db) if db is not None else "ragvl"
+    try:
+        yield
+    except RagvlError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail(f"{where}: interrupted; the index stays at its last committed version", 130)
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except Exception as e:
+        if os.environ.get("RAGVL_DEBUG", "") not in ("", "0"):
+            raise
+        fail(f"{where}: {describe_failure(e)} (RAGVL_DEBUG=1 shows the traceback)")
 
 
 def log(msg: str) -> None:
@@ -54,6 +108,19 @@ EMBEDDER = typer.Option(None, "--embedder", envvar="RAGVL_EMBEDDER",
                         help="A converted colqwen2 model folder or installed name [default: the installed one].")
 ANSWERER = typer.Option(None, "--answerer", envvar="RAGVL_ANSWERER",
                         help="A converted qwen2-vl model folder or installed name [default: the installed one].")
+
+
+IN_PATHS = typer.Option([], "--in", help="Only documents that are this file or lie under this folder (repeatable).")
+GLOBS = typer.Option([], "--glob", help="Only documents whose path matches this pattern, e.g. '*2024*' (repeatable).")
+WHERE = typer.Option([], "--where", help="Only documents whose PDF metadata match FIELD OP VALUE: fields title, "
+                     "author, subject, created, modified; OP = != ~(contains) < <= > >=, e.g. 'author~smith', "
+                     "'created>=2024' (repeatable: all must hold).")
+
+
+def db_or_default(db: Path | None) -> Path:
+    from ..index.store import default_db
+
+    return db if db is not None else default_db()
 
 
 def display_path(path: str) -> str:

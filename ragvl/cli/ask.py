@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from ..errors import RagvlError
-from ._common import (ANSWERER, DB, DEVICE, EMBEDDER, GREEDY, MODE, MAX_NEW_TOKENS, REPETITION_PENALTY, SEED,
-                      TEMPERATURE, TOP_K_SAMPLING, TOP_P, display_path, fail, generation_settings, log,
+from ._common import (ANSWERER, DB, DEVICE, EMBEDDER, GLOBS, GREEDY, IN_PATHS, MAX_NEW_TOKENS, MODE,
+                      REPETITION_PENALTY, SEED, TEMPERATURE, TOP_K_SAMPLING, TOP_P, WHERE, db_or_default,
+                      display_path, generation_settings, guarded, log,
                       timings_line)
 
 
@@ -30,6 +30,9 @@ def ask(
     seed: Optional[int] = SEED,
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Each page image's resolution for the "
                                              "answer, in pixels (default 602112: 768 visual tokens)."),
+    in_paths: List[Path] = IN_PATHS,
+    globs: List[str] = GLOBS,
+    where: List[str] = WHERE,
     device: Optional[str] = DEVICE,
     mode: str = MODE,
     no_vision_cache: bool = typer.Option(False, "--no-vision-cache", help="Encode every page again instead of "
@@ -43,7 +46,7 @@ def ask(
     from ..answer.answering import ANSWER_MAX_PIXELS
     from ..api import Index
 
-    try:
+    with guarded(db_or_default(db)):
         idx = Index(db, embedder=embedder, answerer=answerer, device=device, log=log)
         idx.answerer  # fail on a missing answer model before any retrieval work
         settings = generation_settings(idx.answerer.defaults, max_new_tokens, temperature, top_p, top_k_sampling,
@@ -51,7 +54,7 @@ def ask(
 
         def ask_one(q, prev):
             return idx.ask(q, k, settings, max_pixels or ANSWER_MAX_PIXELS, vision_cache=not no_vision_cache,
-                           follow_up=prev, mode=mode)
+                           follow_up=prev, mode=mode, in_paths=in_paths, globs=globs, where=where)
 
         result = ask_one(question, None)
         _emit(result, as_json)
@@ -63,8 +66,6 @@ def ask(
                 break
             result = ask_one(line, result)
             _emit(result, as_json)
-    except RagvlError as e:
-        fail(str(e))
 
 
 def _emit(result, as_json: bool) -> None:

@@ -8,15 +8,20 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import RagvlError
-from ._common import DB, DEVICE, EMBEDDER, fail, log
+from ._common import DB, DEVICE, EMBEDDER, db_or_default, fail, guarded, log
 
 
 def index(
-    paths: List[Path] = typer.Argument(..., help="PDF or image files, or folders (searched recursively for PDFs and images)."),
+    paths: List[Path] = typer.Argument(None, help="PDF or image files, or folders (searched recursively for PDFs and images)."),
     db: Optional[str] = DB,
     embedder: Optional[Path] = EMBEDDER,
-    dpi: Optional[int] = typer.Option(None, "--dpi", help="Rasterization DPI (default 120)."),
+    dpi: Optional[int] = typer.Option(None, "--dpi", help="Rasterization DPI [default: the index's, else 120]; "
+                                      "another value re-renders the documents indexed now."),
+    prune: bool = typer.Option(False, "--prune", help="Also remove indexed documents whose files are gone."),
+    reembed: bool = typer.Option(False, "--reembed", help="Re-embed every document the current embedder did not "
+                                 "embed (after a converter change gave the embedder a new id)."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Fail at once if another writer holds the index "
+                                 "(default: wait for it)."),
     device: Optional[str] = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -34,12 +39,16 @@ def index(
                                                     "vision features, in GB, recorded in the index (default 4; "
                                                     "least recently used pages go first)."),
 ) -> None:
-    """Index PDFs and images: rasterize every page, embed it with ColQwen2, store it in LanceDB (incrementally)."""
-    from ..api import Index
-    from ..ingest import DEFAULT_DPI
+    """Index PDFs and images: rasterize every page, embed it with ColQwen2, store it in LanceDB (incrementally).
 
-    idx = Index(db, embedder=embedder, device=device, log=log)
-    try:
+    Exit 1 when a file or a page could not be indexed (each is named); the rest is indexed.
+    """
+    from ..api import Index
+
+    if not paths and not (prune or reembed):
+        fail("give PDF or image files or folders to index (or --prune / --reembed alone)", 2)
+    idx = Index(db, embedder=embedder, device=device, log=log, wait=not no_wait)
+    with guarded(db_or_default(db)):
         cluster = None
         if workers is not None or ray_address is not None or threads_per_worker or gpus_per_worker:
             from ..distributed.options import RayOptions  # Ray itself is imported only past this point
@@ -47,13 +56,10 @@ def index(
             cluster = RayOptions(workers=workers, address=ray_address, threads_per_worker=threads_per_worker,
                                  gpus_per_worker=gpus_per_worker)
         cap = None if vision_cache_gb is None else int(vision_cache_gb * 1024 ** 3)
-        summary = idx.index(paths, dpi=dpi or DEFAULT_DPI, progress=not quiet, cluster=cluster,
+        summary = idx.index(paths or [], dpi=dpi, progress=not quiet, prune=prune, reembed=reembed, cluster=cluster,
                             vision_cache=not no_vision_cache, vision_cache_bytes=cap)
-    except RagvlError as e:
-        fail(str(e))
-        return
     if as_json:
         print(json.dumps({**summary.as_dict(), "db": str(idx.db)}, ensure_ascii=False))
     log(summary.line())
-    if summary.failed or summary.skipped_pages:  # exit 1 so that scripts notice what is missing
+    if not summary.ok:
         raise typer.Exit(1)

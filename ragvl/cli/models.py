@@ -38,7 +38,7 @@ def models_convert(
             out = models_dir() / f"{src.resolve().name.lower()}-{dtype}"
         folder = convert(src, out, dtype=dtype, force=force, base=base, log=log, optimize=not no_optimized,
                          share_vision=[f for f, _ in installed_models() if f.resolve() != out.resolve()])
-        kind = read_manifest(folder)["kind"]
+        kind = read_manifest(folder, verify=False)["kind"]  # just written and hashed
         if default or (in_home and default_model(kind) in (None, folder)):
             set_default(kind, folder)
             log(f"{folder.name} is now the default {kind} model")

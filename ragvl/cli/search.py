@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from ..errors import RagvlError
-from ._common import DB, DEVICE, EMBEDDER, MODE, display_path, fail, hit_ranks, log
+from ._common import (DB, DEVICE, EMBEDDER, GLOBS, IN_PATHS, MODE, WHERE, db_or_default, display_path, fail, guarded,
+                      hit_ranks, log)
 
 
 def search(
@@ -17,6 +18,9 @@ def search(
     k: int = typer.Option(5, "-k", "--top-k", min=1, help="How many pages."),
     db: Optional[str] = DB,
     embedder: Optional[Path] = EMBEDDER,
+    in_paths: List[Path] = IN_PATHS,
+    globs: List[str] = GLOBS,
+    where: List[str] = WHERE,
     device: Optional[str] = DEVICE,
     mode: str = MODE,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {rank, path, page, score, id, mode, "
@@ -31,14 +35,11 @@ def search(
 
     if explain_tokens and explain is None:
         fail("--explain-tokens needs --explain DIR")
-    try:
+    with guarded(db_or_default(db)):
         idx = Index(db, embedder=embedder, device=device, log=log)
-        hits = idx.search(query, k, mode=mode)
+        hits = idx.search(query, k, mode=mode, in_paths=in_paths, globs=globs, where=where)
         if explain is not None:
             write_maps(idx, query, hits, explain, explain_tokens)
-    except RagvlError as e:
-        fail(str(e))
-        return
     if as_json:
         print(json.dumps([h.as_dict() for h in hits], ensure_ascii=False))
         return

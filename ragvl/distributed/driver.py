@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import RagvlError, os_error_cause
-from ..index.indexer import IndexSummary, PlannedDocument, finish_index, plan_index
+from ..index.indexer import IndexSummary, _Work, commit_document, finish_index, plan_index
 from ..index.objstore import writer_lock
 from ..index.store import PageRow, PageStore
 from ..ingest import DEFAULT_DPI
@@ -38,7 +38,7 @@ IN_FLIGHT_PER_WORKER = 2  # one computing, one queued: workers never wait on the
 
 @dataclass
 class _Doc:
-    plan: PlannedDocument
+    plan: _Work
     ref: object = None  # the bytes in Ray's object store
     rows: dict = field(default_factory=dict)
     waiting: int = 0
@@ -91,23 +91,24 @@ def index_on_ray(paths: Iterable[str | Path], db: str | Path, embedder_folder: P
     planned_id = embedder_id(read_manifest(embedder_folder, kind=KIND_EMBEDDER))
     with writer_lock(db, log=log) as lock:
         store = PageStore(db, create=True)
-        plan = plan_index(paths, store, planned_id, dpi, log)
-        if plan.todo:
+        meta = {"id": planned_id, "folder": str(Path(embedder_folder).resolve()), "max_pixels": None}
+        plan = plan_index(paths, store, meta, dpi=dpi, log=log)
+        if plan.work:
             with ray_session(opts, log) as ray:
                 pool, worker_id = _start_workers(ray, embedder_folder, opts, log)
                 if worker_id != planned_id:
                     raise RagvlError(f"the Ray workers loaded embedder {worker_id}, not {planned_id} (the model at "
                                      f"{embedder_folder} on this machine): install the same model on every node")
-                _run(ray, pool, plan.todo, store, plan.summary, planned_id, dpi, opts, log, progress, on_progress,
+                _run(ray, pool, plan.work, store, plan.summary, planned_id, plan.dpi, opts, log, progress, on_progress,
                      check=getattr(lock, "check", lambda: None))
         finish_index(plan, store)
     plan.summary.seconds = time.perf_counter() - t0
     return plan.summary
 
 
-def _run(ray, pool, todo: list[PlannedDocument], store: PageStore, summary: IndexSummary, embedder_id: str,
+def _run(ray, pool, todo: list[_Work], store: PageStore, summary: IndexSummary, embedder_id: str,
          dpi: int, opts: RayOptions, log, progress: bool, on_progress, check) -> None:
-    bar = Progress(sum(d.n_pages for d in todo), enabled=progress)
+    bar = Progress(sum(d.n_todo for d in todo), enabled=progress)
     load = {i: 0 for i in range(len(pool))}  # tasks in flight per worker
     inflight: dict = {}  # ObjectRef -> (doc, pages, worker index)
     tasks = _tasks(todo, opts.pages_per_task)
@@ -118,7 +119,7 @@ def _run(ray, pool, todo: list[PlannedDocument], store: PageStore, summary: Inde
     def fail(d: _Doc, message: str) -> None:
         if d.error is None:
             d.error = message
-            summary.failed.append((d.plan.key, message))
+            summary.failed.append((str(d.plan.path), message))
             log(f"skipped: {message}")
 
     def finish(d: _Doc) -> None:
@@ -130,12 +131,9 @@ def _run(ray, pool, todo: list[PlannedDocument], store: PageStore, summary: Inde
         rows = [PageRow(p, w, h, png, vec, text=text) for p, w, h, png, vec, text in (d.rows[k] for k in sorted(d.rows))]
         check()  # a writer that lost its lease stops: it commits nothing more
         try:
-            store.put_document(d.plan.key, d.plan.sha256, rows, embedder_id)  # the document's one commit
+            commit_document(store, d.plan, rows, summary)  # the document's commit, as in one process
         except RagvlError as e:
             fail(d, str(e))
-            return
-        summary.pages += len(rows)
-        (summary.changed if d.plan.was_indexed else summary.new).append(d.plan.key)
 
     try:
         while True:
@@ -152,14 +150,14 @@ def _run(ray, pool, todo: list[PlannedDocument], store: PageStore, summary: Inde
                         d.ref = ray.put(_read(d.plan))  # local bytes -> the object store, once per document
                     except RagvlError as e:
                         fail(d, str(e))
-                        bar.update(d.plan.n_pages)  # its pages will not come: the total stays true
+                        bar.update(d.plan.n_todo)  # its pages will not come: the total stays true
                         continue
                     docs_open += 1
                     d.waiting = len(ranges)
                     pending = [(d, r) for r in ranges]
                 d, pages = pending.pop(0)
                 w = min(load, key=load.get)
-                ref = pool[w].embed.remote(d.ref, d.plan.key, d.plan.sha256, pages, dpi)
+                ref = pool[w].embed.remote(d.ref, str(d.plan.path), d.plan.sha256, pages, dpi)
                 inflight[ref] = (d, pages, w)
                 load[w] += 1
             if not inflight:
@@ -171,14 +169,14 @@ def _run(ray, pool, todo: list[PlannedDocument], store: PageStore, summary: Inde
                 try:
                     status, value = ray.get(ref)
                 except Exception as e:  # the task's retries ran out (workers kept dying on it)
-                    status, value = "error", (f"{d.plan.key}: pages {pages[0] + 1}-{pages[-1] + 1}: embedding "
+                    status, value = "error", (f"{d.plan.path}: pages {pages[0] + 1}-{pages[-1] + 1}: embedding "
                                               f"worker died {TASK_RETRIES + 1} times ({type(e).__name__})")
                 if status == "ok":
                     for row in value:
                         d.rows[row[0]] = row
                 else:
                     fail(d, value)
-                bar.note = Path(d.plan.key).name
+                bar.note = d.plan.path.name
                 bar.update(len(pages))
                 if on_progress is not None:
                     on_progress(bar.done, bar.total)
@@ -189,17 +187,18 @@ def _run(ray, pool, todo: list[PlannedDocument], store: PageStore, summary: Inde
         bar.close()
 
 
-def _tasks(todo: list[PlannedDocument], per_task: int):
+def _tasks(todo: list[_Work], per_task: int):
     for p in todo:
-        yield _Doc(p), [list(range(i, min(i + per_task, p.n_pages))) for i in range(0, p.n_pages, per_task)]
+        left = [i for i in range(p.fields.n_pages) if i + 1 not in p.done]  # 0-based; resumes a cut-short run
+        yield _Doc(p), [left[i:i + per_task] for i in range(0, len(left), per_task)]
 
 
-def _read(p: PlannedDocument) -> bytes:
+def _read(p: _Work) -> bytes:
     """The document's bytes, checked against the planned hash (as the single-process run checks)."""
     try:
-        data = Path(p.key).read_bytes()
+        data = p.path.read_bytes()
     except OSError as e:
-        raise RagvlError(f"{p.key}: {os_error_cause(e)}") from None
+        raise RagvlError(f"{p.path}: {os_error_cause(e)}") from None
     if hashlib.sha256(data).hexdigest() != p.sha256:
-        raise RagvlError(f"{p.key}: changed while being indexed; run again")
+        raise RagvlError(f"{p.path}: changed while being indexed; run again")
     return data

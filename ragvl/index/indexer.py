@@ -1,10 +1,18 @@
 """`ragvl index`: PDFs and image files -> page images -> ColQwen2 multi-vectors -> the LanceDB page table.
 
-Incremental by content: a document whose sha256 is already indexed under its path is skipped
-with no model work; a changed one has all its pages replaced in one commit; documents gone from
-an indexed folder are removed. A file that cannot be read is reported and skipped, and the
-others are still indexed. A page that cannot be rendered (corrupt, or it hangs or crashes MuPDF)
-is skipped and named; the document's other pages are indexed.
+Planning (one process, under the writer lock, see lock.py):
+- a document whose size and mtime equal the stored ones is unchanged without being read;
+  otherwise it is hashed, and it is unchanged if its sha256, dpi and embedder are the stored ones;
+- a new or changed document is rendered and embedded page by page, committed in bounded
+  batches (BATCH_PAGES pages or BATCH_BYTES bytes) as a new generation that searches do not
+  see, then switched live in one commit (store.switch); the old generation stays searchable
+  until then. A run killed mid-document resumes at its last committed batch;
+- documents gone from a folder being indexed are removed; `prune` also removes every indexed
+  document whose file is gone; `reembed` redoes every document not embedded by this embedder.
+A file that cannot be read is reported and skipped; a page that cannot be rendered (corrupt, or it
+hangs or crashes MuPDF in the render worker) is stored as skipped (named in the summary and by
+`ragvl status`); the others are still indexed. The Ray driver (ragvl.distributed) plans with
+`plan_index` and commits with `commit_document`, so both indexers decide and write alike.
 """
 
 from __future__ import annotations
@@ -23,9 +31,13 @@ from ..errors import RagvlError
 from ..fsutil import sha256_file
 from ..ingest import DEFAULT_DPI, Renderer, find_documents, open_document, png_bytes
 from ..progress import Progress
-from .store import PageRow, PageStore, page_id
+from .schema import K_DPI, K_EMBEDDER
+from .source import open_source
+from .store import DocFields, Document, PageRow, PageStore, page_id
 from .vision_store import Producer, VisionStore
 
+BATCH_PAGES = 32
+BATCH_BYTES = 256 << 20  # PNG + float16 vectors of one batch
 # Stored vision features are written every this many pages (float32 until then: ~5 MB a page at
 # the 2B shape), not per document, so a long document never holds them all in memory.
 VISION_FLUSH_PAGES = 16
@@ -49,34 +61,60 @@ class IndexSummary:
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    skipped_pages: list[tuple[str, int, str]] = field(default_factory=list)  # (path, page number, reason)
+    skipped_pages: list[tuple[str, int, str]] = field(default_factory=list)  # (path, page, reason)
     pages: int = 0  # pages embedded in this run
     seconds: float = 0.0
 
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.skipped_pages
+
     def line(self) -> str:
+        skipped = f", {len(self.skipped_pages)} pages skipped" if self.skipped_pages else ""
         return (f"documents: {len(self.new)} new, {len(self.changed)} changed, {len(self.unchanged)} unchanged, "
-                f"{len(self.removed)} removed, {len(self.failed)} failed; {self.pages} pages embedded, "
-                f"{len(self.skipped_pages)} skipped in {self.seconds:.1f}s")
+                f"{len(self.removed)} removed, {len(self.failed)} failed; {self.pages} pages embedded{skipped} "
+                f"in {self.seconds:.1f}s")
 
     def as_dict(self) -> dict:
         return {"new": self.new, "changed": self.changed, "unchanged": self.unchanged, "removed": self.removed,
-                "failed": [{"path": p, "reason": r} for p, r in self.failed], "pages": self.pages,
+                "failed": [{"path": p, "reason": r} for p, r in self.failed],
                 "skipped_pages": [{"path": p, "page": n, "reason": r} for p, n, r in self.skipped_pages],
-                "seconds": round(self.seconds, 3)}
+                "pages": self.pages, "seconds": round(self.seconds, 3)}
 
 
-def _under(path: str, folder: Path) -> bool:
+@dataclass
+class _Work:
+    """One document to embed: the file, how the index stores it, and what the index has of it."""
+
+    path: Path  # the file
+    stored: str  # its path in the index
+    sha256: str
+    doc: Document | None  # what the index has under `stored`
+    explicit: bool
+    size: int
+    mtime_ns: int
+    fields: DocFields | None = None  # every row's fields (set by plan_index)
+    done: set = field(default_factory=set)  # pages committed by an earlier, interrupted run
+    n_todo: int = 0  # pages left to embed
+
+
+def _under(path: Path, folder: Path) -> bool:
     try:
-        Path(path).relative_to(folder)
+        path.relative_to(folder)
         return True
     except ValueError:
         return False
 
 
+def _embedder_meta(embedder) -> dict:
+    folder = getattr(embedder, "folder", None)
+    return {"id": embedder.id, "folder": str(Path(folder).resolve()) if folder else None,
+            "max_pixels": getattr(embedder, "max_pixels", None)}
+
 
 def _test_pause(pages_seen: int) -> None:
     """Test hook: with RAGVL_TEST_PAUSE_AFTER_PAGES=N, stop for good after the N-th page is embedded
-    (before its document is committed) and say so on stderr, so that a test kills the run at a
+    (before its batch is committed) and say so on stderr, so that a test kills the run at a
     known point instead of guessing one with a timer."""
     if os.environ.get("RAGVL_TEST_PAUSE_AFTER_PAGES") == str(pages_seen):
         print(f"ragvl-test: paused after {pages_seen} pages", file=sys.stderr, flush=True)
@@ -84,153 +122,160 @@ def _test_pause(pages_seen: int) -> None:
 
 
 def embed_page(doc, index: int, dpi: int, embedder: PageEmbedder) -> PageRow:
-    """Render the page at 0-based `index` in this process and embed exactly that image (a Ray
-    worker's way; the single-process indexer renders in ragvl.ingest's worker process)."""
-    image = doc.render_page(index, dpi)
+    """Render the page at 0-based `index` in this process and embed exactly the stored pixels (a
+    Ray worker's way; the single-process indexer renders in ragvl.ingest's worker process)."""
+    import io
+
+    png = png_bytes(doc.render_page(index, dpi))
+    with Image.open(io.BytesIO(png)) as im:
+        image = im.convert("RGB")
     vectors = embedder.embed_images([image])[0]  # (n, 128)
-    return PageRow(index + 1, image.width, image.height, png_bytes(image), vectors,
-                   text=doc.page_text(index) or None)
-
-
-@dataclass
-class PlannedDocument:
-    """A document that needs embedding: its stored key, sha256, page count, and whether an older
-    version of it is in the index."""
-
-    key: str
-    sha256: str
-    n_pages: int
-    was_indexed: bool
+    return PageRow(index + 1, image.width, image.height, png, vectors.astype(np.float16),
+                   doc.page_text(index) or None)
 
 
 @dataclass
 class IndexPlan:
-    """What a run will do: the documents to embed and the indexed documents to remove at the end.
+    """What a run will do: the documents to embed (with their page counts) and the indexed
+    documents to remove at the end. Both indexers (this process, the Ray driver) plan with
+    `plan_index`, so they decide alike what is unchanged, changed, new, failed and removed."""
 
-    The single-process indexer and the Ray driver both plan with `plan_index`, so both decide the
-    same way what is unchanged, changed, new, failed and removed.
-    """
-
-    todo: list[PlannedDocument]
-    gone: list[str]
+    work: list[_Work]
+    gone: list[str]  # stored paths
     summary: IndexSummary
+    dpi: int
+    embedder_id: str
 
     @property
     def total_pages(self) -> int:
-        return sum(d.n_pages for d in self.todo)
+        return sum(w.n_todo for w in self.work)
 
 
-def plan_index(paths: Iterable[str | Path], store: PageStore, embedder_id: str, dpi: int,
-               log: Callable[[str], None], renderer: Renderer | None = None) -> IndexPlan:
-    """Check the embedder, record the metadata, hash every file and sort the documents."""
+def plan_index(paths: Iterable[str | Path], store: PageStore, embedder_meta: dict, *, dpi: int | None = None,
+               prune: bool = False, reembed: bool = False, log: Callable[[str], None],
+               renderer: Renderer | None = None) -> IndexPlan:
+    """Check the embedder, record the index's metadata, and sort the documents under `paths`.
+
+    `embedder_meta`: {"id", "folder", "max_pixels"} of the embedder. `renderer`: open documents
+    in the render worker (a file that crashes MuPDF costs nothing); else in this process.
+    """
     paths = [Path(p) for p in paths]
     docs = find_documents(paths)  # a missing path is an error before any work
-    store.check_embedder(embedder_id)
-    if not store.embedder:
-        store.write_meta(embedder=embedder_id, dpi=dpi)
+    explicit = {Path(os.path.abspath(p)).resolve() for p in paths if not p.is_dir()}
+    embedder_id = embedder_meta["id"]
+    if not reembed:
+        store.check_embedder(embedder_id)
+    target_dpi = int(dpi or store.dpi or DEFAULT_DPI)
+    if dpi and store.dpi and int(dpi) != store.dpi:
+        log(f"note: {store.name} was rendered at {store.dpi} dpi; documents indexed now are re-rendered at "
+            f"{dpi} dpi, which becomes the index's default")
+    meta = {}
+    if store.embedder != embedder_id or not (store.meta.get(K_EMBEDDER) or {}).get("folder"):
+        meta[K_EMBEDDER] = embedder_meta
+    if store.dpi != target_dpi:
+        meta[K_DPI] = target_dpi
+    store.write_meta(**meta)
+
     indexed = store.documents()
     summary = IndexSummary()
+    work = _plan(docs, explicit, indexed, store, embedder_id, target_dpi, summary, log)
+    if reembed:  # also every indexed document outside `paths` that another embedder made
+        planned = {w.stored for w in work} | {store.stored_path(p) for p in summary.unchanged}
+        for d in list(indexed.values()):
+            if d.sha256 and d.path not in planned and d.embedders != {embedder_id}:
+                _plan_file(store.resolve(d.path), d.explicit, indexed, store, embedder_id, target_dpi, summary,
+                           log, work, force=True)
 
-    todo = []
-    for path in docs:
-        key = str(path)
+    # Page counts and metadata first: they are the progress bar's total and every row's fields.
+    for w in list(work):
         try:
-            sha = sha256_file(path)
-            if key in indexed and indexed[key][0] == sha:
-                summary.unchanged.append(key)
-                continue
-            if renderer is not None:  # validated in the render worker: a file that crashes MuPDF costs nothing
-                n_pages = renderer.open(path).page_count
+            if renderer is not None:
+                src = open_source(w.path, renderer)
+                n_pages, metadata = src.n_pages, src.metadata
             else:
-                with open_document(path) as doc:
-                    n_pages = doc.page_count
+                with open_document(w.path) as doc:
+                    n_pages, metadata = doc.page_count, doc.metadata.as_dict()
         except RagvlError as e:
-            summary.failed.append((key, str(e)))
+            work.remove(w)
+            summary.failed.append((str(w.path), str(e)))
             log(f"skipped: {e}")
             continue
-        todo.append(PlannedDocument(key, sha, n_pages, key in indexed))
+        metadata = {k: metadata.get(k) for k in ("title", "author", "subject", "created", "modified")}
+        w.fields = DocFields(w.sha256, n_pages, embedder_id, target_dpi, w.size, w.mtime_ns, w.explicit, metadata)
+        w.done = set(w.doc.pending.get(w.fields.generation, ())) if w.doc else set()
+        w.n_todo = n_pages - len(w.done)
 
-    # Documents that vanished from a folder we were asked to index.
-    found = {str(p) for p in docs}
+    # Documents that vanished from a folder we were asked to index, or (prune) from anywhere.
+    found = {store.stored_path(p) for p in docs}
     folders = [p.resolve() for p in paths if p.is_dir()]
-    gone = sorted(p for p in indexed if p not in found and any(_under(p, f) for f in folders))
-    return IndexPlan(todo, gone, summary)
+    gone = sorted(d for d in indexed if d not in found and not store.resolve(d).exists()
+                  and (prune or any(_under(store.resolve(d), f) for f in folders)))
+    return IndexPlan(work, gone, summary, target_dpi, embedder_id)
 
 
 def finish_index(plan: IndexPlan, store: PageStore) -> None:
-    """Remove the documents that vanished (one commit), after every new page is in; then maintain
-    the table (compaction, old versions, the full-text index) if anything changed."""
+    """Remove the documents that vanished (one commit) after every new page is in; then, if
+    anything changed, maintain the table (compaction, old versions, the full-text index)."""
     store.remove_documents(plan.gone)
-    plan.summary.removed = plan.gone
+    plan.summary.removed = [str(store.resolve(d)) for d in plan.gone]
     if plan.summary.new or plan.summary.changed or plan.gone:
         from .maintain import maintain
 
         maintain(store)
 
 
-def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmbedder, dpi: int = DEFAULT_DPI,
-                log: Callable[[str], None] | None = None, progress: bool = True,
+def commit_document(store: PageStore, w: _Work, rows: list[PageRow], summary: IndexSummary) -> None:
+    """Commit a whole document's rows at once (the Ray driver's way): one commit for a new
+    document, else its batch and then the switch that makes it the searched version."""
+    if sha256_file(w.path) != w.sha256:
+        raise RagvlError(f"{w.path}: changed while being indexed; run again")
+    marked = bool(w.doc) and w.fields.generation in w.doc.pending
+    if w.doc is None:
+        store.add_pages(w.stored, w.fields, rows)
+    else:
+        store.add_pages(w.stored, w.fields, rows, start_pending=not marked)
+        store.switch(w.stored, w.fields.generation)
+    summary.pages += sum(1 for r in rows if r.skip_reason is None)
+    summary.skipped_pages += [(str(w.path), r.page, r.skip_reason) for r in rows if r.skip_reason]
+    (summary.changed if w.doc and w.doc.sha256 else summary.new).append(str(w.path))
+
+
+def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmbedder, *, dpi: int | None = None,
+                prune: bool = False, reembed: bool = False, log: Callable[[str], None] | None = None,
+                progress: bool = True, batch_pages: int = BATCH_PAGES, batch_bytes: int = BATCH_BYTES,
                 on_progress: Callable[[Progress], None] | None = None,
                 vision: VisionStore | None = None) -> IndexSummary:
     """Bring the index up to date with the PDFs and image files under `paths`; returns what happened.
 
+    The caller holds the index's writer lock (ragvl.index.lock.writer_lock), as Index.index does.
     `on_progress(bar)` is called once the plan is made and after every page (the web server's jobs).
     With `vision`, each embedded page's vision tower output is kept there for the answer model
-    (unless its cap is 0), and the features of pages no longer indexed are dropped."""
+    (unless its cap is 0), and the features of pages no longer indexed are dropped.
+    """
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
     report = on_progress or (lambda b: None)
-    # Rendering happens in ragvl.ingest's worker process (a time limit per page; a page that hangs
-    # or crashes MuPDF is skipped and named, never the run).
+    # Rendering happens in ragvl.ingest's worker process: a time limit per page; a page that hangs
+    # or crashes MuPDF is skipped and named, never the run.
     with Renderer() as renderer:
-        plan = plan_index(paths, store, embedder.id, dpi, log, renderer)
+        plan = plan_index(paths, store, _embedder_meta(embedder), dpi=dpi, prune=prune, reembed=reembed, log=log,
+                          renderer=renderer)
         summary = plan.summary
-        bar = Progress(plan.total_pages, enabled=progress)
-        report(bar)
-        pages_seen = 0
         keep = vision is not None and vision.max_bytes > 0
         producer = Producer(embedder.vision_hash, embedder.image_key, embedder.max_pixels) if keep else None
-        pending: list = []  # (page_id, ImageFeatures) not yet stored
-        for d in plan.todo:
-            key, sha = d.key, d.sha256
+        run = _Run(store, embedder, Progress(plan.total_pages, enabled=progress), summary, log, report,
+                   vision if keep else None, producer, batch_pages, batch_bytes)
+        report(run.bar)
+        for w in plan.work:
             try:
-                if sha256_file(Path(key)) != sha:
-                    raise RagvlError(f"{key}: changed while being indexed; run again")
-                rows = []
-                bar.note = Path(key).name
-                info = renderer.open(key)  # ingest.DocumentInfo: page count, kind, metadata (title, dates)
-                for page in renderer.pages(info, dpi):  # RenderedPage (png, size, text) or SkippedPage
-                    if page.skipped:
-                        summary.skipped_pages.append((key, page.number, page.reason))
-                        log(f"skipped: {page.message(key)}")
-                    else:  # embed exactly the stored image
-                        feats: list = []
-                        vectors = (embedder.embed_images([page.image()], vision_out=feats) if keep
-                                   else embedder.embed_images([page.image()]))[0]
-                        rows.append(PageRow(page.number, page.width, page.height, page.png, vectors,
-                                            text=page.text or None))
-                        if feats:
-                            pending.append((page_id(sha, page.number), feats[0]))
-                            if len(pending) >= VISION_FLUSH_PAGES:
-                                vision.put(pending, producer)
-                                pending = []
-                    bar.update()
-                    report(bar)
-                    pages_seen += 1
-                    _test_pause(pages_seen)
-                if not rows:
-                    raise RagvlError(f"{key}: no page could be rendered")
-                store.put_document(key, sha, rows, embedder.id)  # the commit point for this document
+                run.document(w, open_source(w.path, renderer), plan.dpi)
             except RagvlError as e:
-                summary.failed.append((key, str(e)))
+                summary.failed.append((str(w.path), str(e)))
                 log(f"skipped: {e}")
                 continue
-            summary.pages += len(rows)
-            (summary.changed if d.was_indexed else summary.new).append(key)
-        bar.close()
-
-        if keep:
-            vision.put(pending, producer)
+            (summary.changed if w.doc and w.doc.sha256 else summary.new).append(str(w.path))
+        run.bar.close()
+        run.flush_vision()
 
     finish_index(plan, store)
     if vision is not None:
@@ -238,3 +283,107 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
         vision.prune({page_id(s, p) for s, p in zip(t["doc_sha256"].to_pylist(), t["page"].to_pylist())})
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+@dataclass
+class _Run:
+    """One single-process run's page loop: embed, batch, commit, report."""
+
+    store: PageStore
+    embedder: PageEmbedder
+    bar: Progress
+    summary: IndexSummary
+    log: Callable[[str], None]
+    report: Callable[[Progress], None]
+    vision: VisionStore | None
+    producer: Producer | None
+    batch_pages: int
+    batch_bytes: int
+    pages_seen: int = 0
+    pending_vision: list = field(default_factory=list)  # (page_id, ImageFeatures) not yet stored
+
+    def flush_vision(self) -> None:
+        if self.vision is not None and self.pending_vision:
+            self.vision.put(self.pending_vision, self.producer)
+        self.pending_vision = []
+
+    def embed(self, w: _Work, page) -> PageRow:
+        feats: list = []
+        image = page.image  # the stored pixels, decoded: embedded exactly as stored
+        vectors = (self.embedder.embed_images([image], vision_out=feats) if self.vision is not None
+                   else self.embedder.embed_images([image]))[0]
+        if feats:
+            self.pending_vision.append((page_id(w.sha256, page.number), feats[0]))
+            if len(self.pending_vision) >= VISION_FLUSH_PAGES:
+                self.flush_vision()
+        return PageRow(page.number, page.width, page.height, page.png, vectors.astype(np.float16), page.text)
+
+    def document(self, w: _Work, src, dpi: int) -> None:
+        store, fields, summary = self.store, w.fields, self.summary
+        if w.done:
+            self.log(f"resuming {w.path} after {len(w.done)} of {src.n_pages} pages committed by an earlier run")
+        fresh = w.doc is None  # no rows at all under this path: a single batch may be searchable at once
+        marked = fields.generation in (w.doc.pending if w.doc else {})  # resuming: the marker is there
+        batch: list[PageRow] = []
+        nbytes = 0
+        self.bar.note = w.path.name
+        for page in src.pages(dpi, skip=w.done):
+            if page.skip_reason is not None:
+                row = PageRow(page.number, text=page.text, skip_reason=page.skip_reason)
+                summary.skipped_pages.append((str(w.path), page.number, page.skip_reason))
+                self.log(f"skipped: {w.path}: page {page.number}: {page.skip_reason}")
+            else:
+                row = self.embed(w, page)
+                summary.pages += 1
+            batch.append(row)
+            nbytes += len(row.image_png) + (row.vectors.nbytes if row.vectors is not None else 0)
+            self.bar.update()
+            self.report(self.bar)
+            self.pages_seen += 1
+            _test_pause(self.pages_seen)
+            if len(batch) >= self.batch_pages or nbytes >= self.batch_bytes:
+                store.add_pages(w.stored, fields, batch, start_pending=not marked)  # a commit: resumable from here
+                batch, nbytes, marked = [], 0, True
+        if sha256_file(w.path) != w.sha256:
+            raise RagvlError(f"{w.path}: changed while being indexed; run again")
+        if fresh and not marked:
+            store.add_pages(w.stored, fields, batch)  # the whole document in one commit
+            return
+        store.add_pages(w.stored, fields, batch, start_pending=not marked)
+        store.switch(w.stored, fields.generation)  # the commit point: this generation is now the searched one
+
+
+def _plan(docs, explicit, indexed, store, embedder_id, dpi, summary, log) -> list[_Work]:
+    work: list[_Work] = []
+    for pdf in docs:
+        _plan_file(pdf, pdf in explicit, indexed, store, embedder_id, dpi, summary, log, work)
+    return work
+
+
+def _plan_file(pdf: Path, explicit: bool, indexed: dict, store: PageStore, embedder_id: str, dpi: int,
+               summary: IndexSummary, log, work: list, force: bool = False) -> None:
+    stored = store.stored_path(pdf)
+    d = indexed.get(stored)
+    try:
+        st = os.stat(pdf)
+        current = d is not None and d.sha256 and d.dpi == dpi and d.embedders == {embedder_id} \
+            and d.pages == d.n_pages and not force
+        if current and d.file_size == st.st_size and d.file_mtime_ns == st.st_mtime_ns and d.explicit >= explicit:
+            summary.unchanged.append(str(pdf))  # size + mtime: not even read
+            return
+        sha = sha256_file(pdf)
+    except RagvlError as e:
+        summary.failed.append((str(pdf), str(e)))
+        log(f"skipped: {e}")
+        return
+    except OSError as e:
+        from ..errors import os_error_cause
+
+        summary.failed.append((str(pdf), f"{pdf}: {os_error_cause(e)}"))
+        log(f"skipped: {pdf}: {os_error_cause(e)}")
+        return
+    if current and d.sha256 == sha:
+        store.touch(stored, st.st_size, st.st_mtime_ns, explicit or d.explicit)
+        summary.unchanged.append(str(pdf))
+        return
+    work.append(_Work(pdf, stored, sha, d, explicit or bool(d and d.explicit), st.st_size, st.st_mtime_ns))

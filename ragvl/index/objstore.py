@@ -31,7 +31,6 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
-import pyarrow as pa
 
 from ..errors import RagvlError
 from ..fsutil import cache_home
@@ -115,45 +114,6 @@ def cache_dir(db: str, index_id: str) -> Path:
     """
     key = hashlib.sha256(f"{db}\0{index_id}".encode()).hexdigest()[:24]
     return cache_home() / "search" / key
-
-
-# -- metadata in the database -------------------------------------------------------------------
-class MetaTable:
-    """The index metadata as one JSON row of a `meta` table in the same database."""
-
-    SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("json", pa.string())])
-
-    def __init__(self, conn, db: str):
-        self.conn, self.db = conn, db
-
-    def exists(self) -> bool:
-        return META_TABLE in _table_names(self.conn)
-
-    def read(self) -> dict:
-        if not self.exists():
-            return {}
-        try:
-            rows = self.conn.open_table(META_TABLE).search().limit(None).to_arrow().to_pylist()
-            return json.loads(rows[0]["json"]) if rows else {}
-        except Exception as e:
-            raise RagvlError(f"{self.db}: unreadable index metadata ({_short(e)})") from None
-
-    def write(self, meta: dict) -> None:
-        """Replace the metadata in one commit (overwrite mode is one new table version)."""
-        data = pa.table({"key": ["index"], "json": [json.dumps(meta, sort_keys=True)]}, schema=self.SCHEMA)
-        self.conn.create_table(META_TABLE, data=data, mode="overwrite" if self.exists() else "create")
-
-
-def _table_names(conn) -> list[str]:
-    if hasattr(conn, "list_tables"):  # lancedb >= 0.30 (table_names is deprecated there)
-        names, token = [], None
-        while True:
-            r = conn.list_tables(page_token=token) if token else conn.list_tables()
-            names += list(r.tables)
-            token = r.page_token
-            if not token:
-                return names
-    return list(conn.table_names())
 
 
 def new_index_id() -> str:

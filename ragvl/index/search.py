@@ -37,7 +37,7 @@ class Hit:
     (visual: MaxSim; text: BM25; hybrid: reciprocal-rank-fusion score)."""
 
     rank: int
-    path: str
+    path: str  # absolute path of the document
     page: int
     score: float
     id: str = ""  # the page's stable id (store.page_id): survives re-indexing and compaction

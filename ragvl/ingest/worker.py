@@ -28,7 +28,7 @@ import sys
 import time
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from ..errors import RagvlError
 from .document import DEFAULT_DPI, MAX_SIDE, open_document
@@ -186,13 +186,15 @@ class Renderer:
         return value
 
     def pages(self, info: DocumentInfo, dpi: float = DEFAULT_DPI, *,
-              max_side: int | None = MAX_SIDE) -> Iterator[PageResult]:
-        """Every page of `info`'s document in order: RenderedPage, or SkippedPage when it failed,
-        hung past the time limit or crashed the worker. The next page renders while the caller
-        works on this one."""
+              max_side: int | None = MAX_SIDE, skip: Iterable[int] = ()) -> Iterator[PageResult]:
+        """Every page of `info`'s document in order, except the 1-based page numbers in `skip`:
+        RenderedPage, or SkippedPage when it failed, hung past the time limit or crashed the
+        worker. The next page renders while the caller works on this one."""
         self._drain()
-        n, in_flight, lost = info.page_count, False, None
-        for index in range(n):
+        skip = set(skip)
+        todo = [i for i in range(info.page_count) if i + 1 not in skip]  # 0-based indexes to render
+        in_flight, lost = False, None
+        for pos, index in enumerate(todo):
             try:
                 if lost is not None:  # the document could not be reopened after a worker restart
                     raise lost
@@ -207,9 +209,9 @@ class Renderer:
                 lost = lost or e
                 result = SkippedPage(index + 1, f"the document could not be reopened ({short(e)})")
             in_flight = False
-            if index + 1 < n and self._proc is not None and self._open_path == info.path:
+            if pos + 1 < len(todo) and self._proc is not None and self._open_path == info.path:
                 try:  # the worker renders the next page while the caller works on this one
-                    self._send(("render", index + 1, dpi, max_side))
+                    self._send(("render", todo[pos + 1], dpi, max_side))
                     in_flight = True
                 except _WorkerLost:
                     pass  # a fresh worker reopens the document at the top of the loop

@@ -34,15 +34,6 @@ class ServeOptions:
     max_pixels: int | None = None
 
 
-def writer_lock(db: Path):
-    """The index writer lock: one writer at a time across processes (ragvl.index.lock)."""
-    try:
-        from ..index.lock import writer_lock as lock
-    except ImportError:  # TODO(issue 8): ragvl.index.lock.writer_lock(db) lands with the store rewrite
-        return contextlib.nullcontext()
-    return lock(db)
-
-
 class Service:
     """The Index behind both servers, with the locks that make sharing it across threads safe."""
 
@@ -86,7 +77,12 @@ class Service:
         return self.index.explain(query, [page_id])[0].png()
 
     def documents(self) -> list[dict]:
-        return self.index.documents()
+        """What `ragvl ls --json` lists; empty while there is no index yet."""
+        try:
+            docs = self.index.documents()
+        except RagvlError:
+            return []
+        return [d.as_dict() for d in docs]
 
     def status(self) -> dict:
         """Models in use, pages, documents, index size; `problems` says what to run when something is missing."""
@@ -170,12 +166,12 @@ class Service:
         return out
 
     def index_paths(self, paths: list[Path], on_progress: Callable[[object], None]):
-        """Index `paths` with half the CPU threads (answers stay responsive), under the writer lock."""
+        """Index `paths` with half the CPU threads (answers stay responsive); Index.index takes the
+        index's writer lock, so a `ragvl index` in another process waits for this job, or it for that."""
         job = Index(self.index.db, embedder=self.opts.embedder, device=self.opts.device, log=self.log,
                     threads=max(1, cpu_threads() // 2))
-        with writer_lock(self.index.db):
-            return job.index(paths, progress=False, on_progress=on_progress)
+        return job.index(paths, progress=False, on_progress=on_progress)
 
     def remove(self, path: str) -> list[str]:
-        with writer_lock(self.index.db):
-            return self.index.remove([path])
+        """Remove a document (or every document under a folder) in one commit, under the writer lock."""
+        return self.index.remove([path])

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ...errors import RagvlError
-from ...fsutil import sha256_file
+from ...fsutil import atomic_write, cache_home, sha256_file
 from .config import Qwen2VLConfig
 
 MANIFEST = "ragvl.json"
@@ -26,7 +26,7 @@ def write_manifest(folder: Path, manifest: dict) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def read_manifest(folder: str | Path, kind: str | None = None) -> dict:
+def read_manifest(folder: str | Path, kind: str | None = None, *, verify: bool = True) -> dict:
     """Load and sanity-check a model folder's manifest; `kind` restricts what is accepted."""
     folder = Path(folder)
     path = folder / MANIFEST
@@ -43,13 +43,63 @@ def read_manifest(folder: str | Path, kind: str | None = None) -> dict:
         raise RagvlError(f"{path}: not a ragvl model manifest of version {FORMAT_VERSION}")
     if kind is not None and m.get("kind") != kind:
         raise RagvlError(f"{folder}: is a {m.get('kind')} model, expected a {kind} model")
+    root = folder.resolve()
     for name, info in m.get("files", {}).items():
         f = folder / name
+        if Path(name).is_absolute() or ".." in Path(name).parts or not _inside(f, root):
+            raise RagvlError(f"{path}: file entry {name!r} points outside the model folder; refusing to use it")
         if not f.exists():
             raise RagvlError(f"{f}: missing from the model folder (re-run `ragvl models convert`)")
         if f.stat().st_size != info["bytes"]:
             raise RagvlError(f"{f}: size differs from the manifest (truncated or modified)")
+    if verify:
+        verify_files(folder, m)
     return m
+
+
+def _inside(f: Path, root: Path) -> bool:
+    try:
+        f.resolve().relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def verified_cache() -> Path:
+    """Where verified file hashes are remembered: the user cache home, never the model folder
+    (a model home may be read-only, and a shared vision graph is hard-linked between folders)."""
+    return cache_home() / "verified-models.json"
+
+
+def verify_files(folder: Path, manifest: dict) -> None:
+    """Check each file's sha256 against the manifest, once per (file, size, mtime).
+
+    The first use of a folder hashes its files (seconds for a 2B model); the result is cached by
+    resolved path, size and mtime, so later uses only stat. A mismatch is a one-line error.
+    """
+    cache_file = verified_cache()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    changed = False
+    for name, info in manifest.get("files", {}).items():
+        f = (folder / name).resolve()
+        st = f.stat()
+        key = str(f)
+        if cache.get(key) == [st.st_size, st.st_mtime_ns, info["sha256"]]:
+            continue
+        if sha256_file(f) != info["sha256"]:
+            raise RagvlError(f"{folder / name}: contents differ from the manifest's sha256 (corrupt or modified); "
+                             "re-run `ragvl models convert` or `ragvl models pull`")
+        cache[key] = [st.st_size, st.st_mtime_ns, info["sha256"]]
+        changed = True
+    if changed:
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(cache_file, json.dumps(cache))
+        except OSError:
+            pass  # an unwritable cache only costs hashing again next time
 
 
 def model_config(manifest: dict) -> Qwen2VLConfig:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ... import __version__
 from ...errors import RagvlError
+from ...fsutil import remove_stale_partials, replace_dir
 from .checkpoint import Checkpoint, TensorSource
 from ..contract.config import COLQWEN2_ARCHITECTURES, read_config
 from .decoder_graph import build_decoder, build_embed, colbert_tensor_names, text_tensor_names
@@ -154,6 +155,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
     source.check(expected)
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out)  # left by killed conversions
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -208,9 +210,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
                        "checkpoint_dtype": cfg.torch_dtype},
             "ragvl_version": __version__,
         })
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)  # atomic: the old model stays usable until this instant
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,0 +1,31 @@
+"""`ragvl ls`: the indexed documents."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import DB, display_path, guarded, log
+
+
+def ls(db: Optional[Path] = DB,
+       as_json: bool = typer.Option(False, "--json", help="Print a JSON object: documents and totals.")) -> None:
+    """List the indexed documents: path, pages, sha256 (short), indexed-at time; totals."""
+    from ..api import Index
+
+    idx = Index(db, log=log)
+    with guarded(idx.db):
+        store = idx._open()
+        docs = idx.documents()
+        rows = [{**d.as_dict(), "path": str(store.resolve(d.path))} for d in docs]
+    total = sum(r["pages"] for r in rows)
+    if as_json:
+        print(json.dumps({"documents": rows, "total_documents": len(rows), "total_pages": total},
+                         ensure_ascii=False))
+        return
+    for r in rows:
+        print(f"{r['pages']:>5}  {r['sha256'][:12]}  {r['indexed_at'] or '-':<20}  {display_path(r['path'])}")
+    print(f"{len(rows)} documents, {total} pages")
