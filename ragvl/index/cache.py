@@ -189,12 +189,17 @@ def _build_view(store: PageStore, root: Path, idkey: str, version: int, log) -> 
     t0 = time.perf_counter()
     built: dict = {"loaded": False}
     table = store.at_version(version)
-    rows = table.search().select(["doc_path", "doc_sha256", "page", "n_vectors"]).limit(None).to_arrow()
+    # Only what a search may rank: complete generations' embedded pages (not a document's new
+    # version still being written in batches, nor pages stored as skipped).
+    rows = (table.search().select(["doc_path", "doc_sha256", "generation", "page", "n_vectors"])
+            .where(store.searchable_in(table)).limit(None).to_arrow())
     doc_path = np.asarray(rows["doc_path"].to_pylist(), dtype=str)
     sha = np.asarray(rows["doc_sha256"].to_pylist(), dtype=str)
     page = np.asarray(rows["page"].to_numpy(), dtype=np.int32)
     n_vec = np.asarray(rows["n_vectors"].to_numpy(), dtype=np.int64)
-    keys = [page_key(s, p) for s, p in zip(sha, page)]
+    # A unit's key is its generation (sha256, dpi and embedder) and page: the same bytes
+    # re-rendered or re-embedded are new vectors, so a new key.
+    keys = [page_key(g, p) for g, p in zip(rows["generation"].to_pylist(), page)]
 
     segs: list[Segment] = []
     base = _newest_view(root, idkey)
@@ -254,14 +259,14 @@ def _read_vectors(table, need: dict[str, int], tmp: Path, stage_from: CentroidSt
     np.cumsum([need[k] for k in order], out=offsets[1:])
     vectors = np.lib.format.open_memmap(tmp / "vectors.npy", mode="w+", dtype=np.float16,
                                         shape=(int(offsets[-1]), DIM))
-    q = table.search().select(["doc_sha256", "page", "vectors"])
+    q = table.search().select(["generation", "page", "vectors"])
     if not full:                                               # only the documents that have new pages
-        shas = sorted({k.rsplit(":", 1)[0] for k in order})
-        q = q.where("doc_sha256 IN (" + ", ".join(f"'{s}'" for s in shas) + ")")
+        gens = sorted({k.rsplit(":", 1)[0] for k in order})
+        q = q.where("generation IN (" + ", ".join(f"'{g}'" for g in gens) + ")")
     done = np.zeros(len(order), dtype=bool)
     for batch in q.limit(None).to_batches(SCAN_BATCH):
         flat, offs = vectors_from_column(batch.column("vectors"))
-        for r, (s, p) in enumerate(zip(batch.column("doc_sha256").to_pylist(), batch.column("page").to_pylist())):
+        for r, (s, p) in enumerate(zip(batch.column("generation").to_pylist(), batch.column("page").to_pylist())):
             i = slot.get(page_key(s, p))
             if i is None or done[i]:
                 continue

@@ -32,9 +32,10 @@ TMP_PREFIX = ".tmp-"
 __all__ = ["Segment", "page_key", "write_segment", "load_segment", "merged_stage", "SEG_PREFIX", "TMP_PREFIX"]
 
 
-def page_key(doc_sha256: str, page: int) -> str:
-    """A page's stable cache key: its document's content hash and its 1-based page number."""
-    return f"{doc_sha256}:{int(page)}"
+def page_key(generation: str, page: int) -> str:
+    """A page's stable cache key: its document's generation (content hash, dpi, embedder) and its
+    1-based page number. Stable across compaction and re-indexing of other documents."""
+    return f"{generation}:{int(page)}"
 
 
 @dataclass

@@ -271,13 +271,18 @@ class PageStore:
         self.table.checkout(self.table.version)
         return self
 
-    def pending_generations(self) -> set[str]:
-        """Generations with a pending marker: written in part, not searched yet."""
-        t = self.table.search().select(["generation"]).where(f"page = 0 AND skip_reason = '{PENDING}'")
+    def pending_generations(self, table=None) -> set[str]:
+        """Generations with a pending marker: written in part, not searched yet (in `table`, a
+        handle pinned to some version, else this store's)."""
+        t = (table or self.table).search().select(["generation"]).where(f"page = 0 AND skip_reason = '{PENDING}'")
         return set(t.limit(None).to_arrow()["generation"].to_pylist())
 
-    def _hiding(self, base: str) -> str:
-        pending = self.pending_generations()
+    def searchable_in(self, table) -> str:
+        """The searchable-pages predicate for `table`, a handle pinned to some version (at_version)."""
+        return self._hiding(SEARCHABLE, table)
+
+    def _hiding(self, base: str, table=None) -> str:
+        pending = self.pending_generations(table)
         if not pending:
             return base
         return f"{base} AND generation NOT IN ({', '.join(sql_quote(g) for g in sorted(pending))})"

@@ -37,14 +37,14 @@ def text_ranking(store: PageStore, table, query: str, limit: int | None) -> list
     """BM25 ranking of `query` over the text layer of `table` (a handle pinned to the version
     being searched): ``[(doc_path, page, score)]`` best first, at most `limit` (None: all)."""
     if not store.has_column(TEXT_COLUMN):
-        raise RagvlError(f"{store.path}: this index has no text layer (it was built before ragvl stored one); "
+        raise RagvlError(f"{store.name}: this index has no text layer (it was built before ragvl stored one); "
                          "re-index with `ragvl index --reembed`, or search with --mode visual")
     if not has_text_index(table):
         try:
             if not ensure_text_index(store):
                 return []
         except (OSError, RuntimeError, ValueError) as e:     # e.g. a read-only index folder
-            raise RagvlError(f"{store.path}: no full-text index yet and it cannot be built here ({e}); run "
+            raise RagvlError(f"{store.name}: no full-text index yet and it cannot be built here ({e}); run "
                              "`ragvl index` on this index once where it is writable") from None
         table = store.at_version(store.version)
     if not query.strip():

@@ -6,7 +6,6 @@ searches and page images keep being served while an answer generates or a job in
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import threading
