@@ -237,16 +237,16 @@ class Index:
         filters = Filters.of(in_paths, globs, where)
         searcher = self.searcher()
         store = searcher.store
-        allowed = _allowed_mask(searcher, store.allowed_keys(filters))
-        n = len(searcher) if allowed is None else int(allowed.sum())
-        if k > n:
-            self.log(f"note: -k {k} is more than the {n} pages {'matching the filters' if filters else 'in the index'}"
-                     "; returning all")
         q = None
         if mode != "text":  # the model's ranking: the index's vectors must be this embedder's
             embedder = self._load_embedder(store)
             store.check_embedder(embedder.id)
             q = embedder.embed_queries([query])[0]
+        allowed = _allowed_mask(searcher, store.allowed_keys(filters))
+        n = len(searcher) if allowed is None else int(allowed.sum())
+        if k > n:
+            self.log(f"note: -k {k} is more than the {n} pages {'matching the filters' if filters else 'in the index'}"
+                     "; returning all")
         hits = searcher.search(q, k, allowed=allowed, mode=mode, text=query)
         # stored paths are relative to the index's parent folder: give them whole
         return [replace(h, path=str(store.resolve(h.path))) for h in hits]

@@ -216,7 +216,7 @@ def test_bad_pages_are_skipped_and_named_images_are_documents(tmp_path, tiny_emb
     assert skipped[("slow.pdf", 4)] == "rendering took longer than 5 s"
     assert f"skipped: {broken}: page 2: corrupt page" in r.stderr
     assert f"skipped: {slow}: page 4: rendering took longer than 5 s" in r.stderr
-    assert "2 skipped" in r.stderr.splitlines()[-1]
+    assert "2 pages skipped" in r.stderr.splitlines()[-1]
     stored = rows(tmp_path / "db")
     assert sorted((Path(p).name, n) for p, n in stored) == [
         ("broken.pdf", 1), ("broken.pdf", 3), ("poster.pdf", 1), ("receipt.png", 1),

@@ -207,7 +207,7 @@ def test_ls_rm_status(tmp_path, library):
     out = json.loads(r.stdout)
     assert (out["total_documents"], out["total_pages"]) == (3, 5)
     q1 = next(d for d in out["documents"] if d["path"].endswith("q1.pdf"))
-    assert q1["pages"] == 2 and q1["title"] == "Q1 results" and q1["created"] == "2023-01-10T12:00:00"
+    assert q1["pages"] == 2 and q1["title"] == "Q1 results" and q1["created"] == "2023-01-10T12:00:00+00:00"
     assert q1["path"] == str(lib / "docs" / "2023" / "q1.pdf") and q1["indexed_at"]
     r = ragvl("ls", "--db", db)
     assert r.stdout.strip().splitlines()[-1] == "3 documents, 5 pages"

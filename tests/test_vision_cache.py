@@ -75,7 +75,7 @@ def test_features_stored_at_indexing(db, models):
     assert sorted(r["page_id"] for r in rows) == sorted(ids) and len(ids) == 4
     assert all(r["vision_hash"] == ans.vision_hash and r["max_pixels"] == emb.max_pixels for r in rows)
     assert all(r["bytes"] == 2 * r["n_tokens"] * r["hidden"] for r in rows)  # float16
-    assert json.loads((db / "ragvl-index.json").read_text())["vision_cache"]["max_bytes"] == 4 * 1024 ** 3
+    assert PageStore(db).meta["vision_cache"]["max_bytes"] == 4 * 1024 ** 3  # recorded in the index
     # The stored features are the embedder's vision output for the page, rounded to float16.
     img = store.page_image(*store.scan(["doc_path", "page"]).to_pylist()[0].values())
     from io import BytesIO

@@ -119,6 +119,7 @@ def explain_page(store: PageStore, embedder: ColQwen2, query: np.ndarray, query_
     grids = similarity_grids(query, flat, mask, grid)
     score = float((query.astype(np.float32) @ flat.astype(np.float32).T).max(axis=1).sum())
     tokens = [embedder.tokenizer.decode([int(t)], skip_special_tokens=False) for t in query_ids]
-    return SimilarityMap(page_id, row["doc_path"], int(row["page"]), score, grids.max(axis=0), grids, tokens,
+    path = str(store.resolve(row["doc_path"]))  # stored relative to the index's parent folder
+    return SimilarityMap(page_id, path, int(row["page"]), score, grids.max(axis=0), grids, tokens,
                          Image.open(io.BytesIO(row["image_png"])).convert("RGB"))
 

@@ -42,7 +42,7 @@ def migrate_to_current(store: "PageStore") -> None:
     except RagvlError:
         raise
     except (OSError, ValueError, RuntimeError) as e:
-        raise RagvlError(f"{store.path}: cannot migrate the index from format 1 to {FORMAT_VERSION} ({e}); "
+        raise RagvlError(f"{store.name}: cannot migrate the index from format 1 to {FORMAT_VERSION} ({e}); "
                          "it is still readable by the previous ragvl, and the next open retries") from None
 
 

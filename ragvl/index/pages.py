@@ -30,5 +30,5 @@ def page_row(store: PageStore, page_id: str, columns: list[str]) -> dict:
     t: pa.Table = store.scan(list(dict.fromkeys(["doc_path", "page", *columns])),
                              where=f"page = {page} AND doc_sha256 LIKE '{prefix}%'")
     if t.num_rows == 0:
-        raise RagvlError(f"{page_id}: no such page in {store.path}")
+        raise RagvlError(f"{page_id}: no such page in {store.name}")
     return {c: t[c][0].as_py() for c in t.column_names}

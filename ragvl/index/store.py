@@ -386,6 +386,15 @@ class PageStore:
         """
         self.table.delete(f"doc_path = {sql_quote(doc_path)} AND (generation != {sql_quote(gen)} OR page = 0)")
 
+    def put_document(self, doc_path: str, sha256: str, pages: list[PageRow], embedder_id: str) -> None:
+        """Write a whole document at once as its searched version (what tests and tools that hold
+        every page use): a new path in one commit, a replaced one as a batch then the switch."""
+        fields = DocFields(sha256, max((p.page for p in pages), default=0), embedder_id, int(self.dpi or 0))
+        fresh = self.table.count_rows(f"doc_path = {sql_quote(doc_path)}") == 0
+        self.add_pages(doc_path, fields, pages, start_pending=not fresh)
+        if not fresh:
+            self.switch(doc_path, fields.generation)
+
     def touch(self, doc_path: str, file_size: int, file_mtime_ns: int, explicit: bool) -> None:
         """Record a new size/mtime for an unchanged document (its hash was checked)."""
         self.table.update(where=f"doc_path = {sql_quote(doc_path)} AND page > 0",

@@ -53,10 +53,10 @@ class Cancellation:
     def __init__(self, model):
         self.options: ort.RunOptions | None = None
         self._lock = threading.Lock()
-        for name in _GRAPHS:
-            session = getattr(model, name)
+        for name in _GRAPHS:  # the model's session cache then hands out the wrapped session
+            session = model.session(name)
             if not isinstance(session, _Session):
-                setattr(model, name, _Session(session, self))
+                model._sessions[name] = _Session(session, self)
 
     @contextlib.contextmanager
     def running(self) -> Iterator[ort.RunOptions]:
