@@ -185,6 +185,11 @@ class Index:
         """Every indexed document (live generation), sorted by path."""
         return sorted((d for d in self._open().documents().values() if d.sha256), key=lambda d: d.path)
 
+    def listing(self) -> list[dict]:
+        """What `ragvl ls --json` lists: every indexed document as a dict, its path absolute."""
+        store = self._open()
+        return [{**d.as_dict(), "path": str(store.resolve(d.path))} for d in self.documents()]
+
     def status(self) -> dict:
         """What `ragvl status` shows: sizes, the embedder, and what needs attention."""
         from .index.embedder_ref import folder_id

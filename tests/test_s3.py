@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -102,6 +103,20 @@ def test_two_writers_on_s3_store_every_page_once(s3, docs, tiny_embedder):
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert len(all_rows(uri)) == 6  # all_rows fails on a page stored twice
+
+
+def test_ls_rm_status_on_s3(s3, docs, tiny_embedder):
+    uri = "s3://bkt/managed"
+    assert ragvl("index", docs, "--db", uri, "--embedder", tiny_embedder, "-q").returncode == 0
+    listed = json.loads(ragvl("ls", "--db", uri, "--json").stdout)
+    paths = sorted(d["path"] for d in listed["documents"])
+    assert len(paths) == 3 and all(Path(p).is_absolute() for p in paths)  # stored as given: absolute
+    assert json.loads(ragvl("status", "--db", uri, "--json").stdout)["documents"] == 3
+    r = ragvl("rm", paths[0], "--db", uri)
+    assert r.returncode == 0, r.stderr
+    assert [d["path"] for d in json.loads(ragvl("ls", "--db", uri, "--json").stdout)["documents"]] == paths[1:]
+    r = ragvl("rm", paths[0], "--db", uri)  # gone now: named, exit 1, nothing removed
+    assert r.returncode == 1 and paths[0] in r.stderr
 
 
 def test_lock_object_conditional_put_and_lease(s3):

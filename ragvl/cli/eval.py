@@ -16,7 +16,7 @@ def eval_cmd(
     questions: Path = typer.Argument(..., help="A JSON list of {question, file, page[, answer, keys]} "
                                      "(the format of sample_pdfs/questions.json)."),
     k: int = typer.Option(5, "-k", "--top-k", min=1, help="A question is a hit when its page is in the top k."),
-    db: Optional[Path] = DB,
+    db: Optional[str] = DB,
     embedder: Optional[Path] = EMBEDDER,
     answerer: Optional[Path] = ANSWERER,
     mode: str = MODE,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -11,16 +10,14 @@ import typer
 from ._common import DB, display_path, guarded, log
 
 
-def ls(db: Optional[Path] = DB,
+def ls(db: Optional[str] = DB,
        as_json: bool = typer.Option(False, "--json", help="Print a JSON object: documents and totals.")) -> None:
     """List the indexed documents: path, pages, sha256 (short), indexed-at time; totals."""
     from ..api import Index
 
     idx = Index(db, log=log)
     with guarded(idx.db):
-        store = idx._open()
-        docs = idx.documents()
-        rows = [{**d.as_dict(), "path": str(store.resolve(d.path))} for d in docs]
+        rows = idx.listing()
     total = sum(r["pages"] for r in rows)
     if as_json:
         print(json.dumps({"documents": rows, "total_documents": len(rows), "total_pages": total},

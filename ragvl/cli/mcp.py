@@ -13,7 +13,7 @@ from .serve import model_options
 
 
 def mcp(
-    db: Optional[Path] = DB,
+    db: Optional[str] = DB,
     embedder: Optional[Path] = EMBEDDER,
     answerer: Optional[Path] = ANSWERER,
     max_new_tokens: Optional[int] = MAX_NEW_TOKENS,

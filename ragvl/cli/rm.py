@@ -11,7 +11,7 @@ from ._common import DB, display_path, guarded, log
 
 
 def rm(paths: List[Path] = typer.Argument(..., help="Indexed files, or folders (every document under them)."),
-       db: Optional[Path] = DB) -> None:
+       db: Optional[str] = DB) -> None:
     """Remove documents from the index in one commit (a path not in the index: exit 1, nothing removed)."""
     from ..api import Index
 

@@ -36,7 +36,7 @@ def model_options(db, embedder, answerer, device, max_new_tokens, temperature, t
 
 
 def serve(
-    db: Optional[Path] = DB,
+    db: Optional[str] = DB,
     host: str = typer.Option("127.0.0.1", "--host", help="Listen address. Beyond loopback, --token is required."),
     port: int = typer.Option(8765, "--port", min=0, max=65535),
     root: List[Path] = typer.Option([], "--root", help="A folder whose files the page may add (repeatable) "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -11,7 +10,7 @@ import typer
 from ._common import DB, db_or_default, display_path, guarded, log
 
 
-def status(db: Optional[Path] = DB,
+def status(db: Optional[str] = DB,
            as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
     """The index at a glance: size, embedder, and what needs attention (exit 0 even then)."""
     from ..api import Index

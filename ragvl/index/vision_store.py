@@ -71,14 +71,16 @@ class Lookup:
 
 
 class VisionStore:
-    """The `vision` table of the index database folder `db` (absent until first written)."""
+    """The `vision` table of the index database `db`, a folder or an object-storage URI (absent
+    until first written)."""
 
     def __init__(self, db: str | Path, max_bytes: int = DEFAULT_MAX_BYTES):
         import lancedb
 
-        self.path = Path(db)
+        from .objstore import connect, is_uri
+
         self.max_bytes = int(max_bytes)
-        self._db = lancedb.connect(str(self.path))
+        self._db = connect(str(db)) if is_uri(db) else lancedb.connect(str(Path(db)))
         try:
             self.table = self._db.open_table(TABLE)
         except (ValueError, FileNotFoundError):

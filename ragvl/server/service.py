@@ -78,10 +78,9 @@ class Service:
     def documents(self) -> list[dict]:
         """What `ragvl ls --json` lists; empty while there is no index yet."""
         try:
-            docs = self.index.documents()
+            return self.index.listing()
         except RagvlError:
             return []
-        return [d.as_dict() for d in docs]
 
     def status(self) -> dict:
         """Models in use, pages, documents, index size; `problems` says what to run when something is missing."""
