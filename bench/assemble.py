@@ -162,7 +162,7 @@ def practice(col: dict | None, ask: dict | None, qv: dict | None) -> list[str]:
     out = []
     page = (((col or {}).get("derived") or {}).get("engines") or {}).get("ragvl-int8", {}).get("page_s_warm")
     if page:
-        out.append(f"- **Indexing** 100 pages takes about {100 * page / 60:.0f} minutes in int8 on this machine.")
+        out.append(f"- **Indexing** 100 pages takes about {100 * page / 60:.0f} minutes at this run's int8 speed (see its load).")
     c3 = ((((ask or {}).get("engines") or {}).get("ragvl-int8") or {}).get("cases") or {}).get("3 pages") or {}
     ttft = c3.get("ttft_s_warm") or c3.get("ttft_s_cold")
     e8 = ((qv or {}).get("engines") or {}).get("ragvl-int8") or {}
