@@ -162,15 +162,18 @@ def practice(col: dict | None, ask: dict | None, qv: dict | None) -> list[str]:
     out = []
     page = (((col or {}).get("derived") or {}).get("engines") or {}).get("ragvl-int8", {}).get("page_s_warm")
     if page:
-        out.append(f"- **Indexing** 100 pages takes about {100 * page / 60:.0f} minutes in int8 on this machine.")
+        out.append(f"- **Indexing** 100 pages takes about {100 * page / 60:.0f} minutes at this run's int8 speed (see its load).")
     c3 = ((((ask or {}).get("engines") or {}).get("ragvl-int8") or {}).get("cases") or {}).get("3 pages") or {}
     ttft = c3.get("ttft_s_warm") or c3.get("ttft_s_cold")
     e8 = ((qv or {}).get("engines") or {}).get("ragvl-int8") or {}
     tok = e8.get("decode_tok_s_warm") or e8.get("decode_tok_s_cold")
-    if ttft or tok:
-        out.append("- **Asking** with `--dtype int8`: an answer over 3 pages starts after about "
-                   + (f"{ttft:.0f} s" if ttft else "(not measured)") + " and then streams at about "
-                   + (f"{tok:.0f} tokens a second." if tok else "(not measured)."))
+    if ttft and tok:
+        out.append(f"- **Asking** with `--dtype int8`: an answer over 3 pages starts after about {ttft:.0f} s "
+                   f"and then streams at about {tok:.1f} tokens a second.")
+    elif ttft:
+        out.append(f"- **Asking** with `--dtype int8`: an answer over 3 pages starts after about {ttft:.0f} s.")
+    elif tok:
+        out.append(f"- **Asking** with `--dtype int8`: answers stream at about {tok:.1f} tokens a second.")
     sizes = {dt: (((qv or {}).get("conversions") or {}).get(dt) or {}).get("sizes", {}).get("total")
              for dt in ("fp32", "int8", "int4")}
     if any(sizes.values()):

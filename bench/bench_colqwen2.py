@@ -50,7 +50,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from bench_qwen2vl import (DEFAULT_MAX_PIXELS, SHARD_BYTES, _target, add_shared_args, child_main,  # noqa: E402
-                           conversion_md, default_init_std, ensure_checkpoint, ensure_converted, floors_md, fmt, gb,
+                           conversion_md, default_init_std, ensure_checkpoint, ensure_converted, floors_md, fmt, gb, over_floor_note,
                            log, proc_status_kb, ratio, resolve_spec, run_child, run_floors, save_results,
                            spec_from_dict, targets_md)
 
@@ -560,7 +560,7 @@ def tables(spec, machine, engines, convs, derived, args, n_queries: int) -> str:
                 f"(median best-to-worst spread {m['score_range_median']:.4f}); a quantized engine whose scores move "
                 f"by more than the gap can swap those pages.", ""]
 
-    parts = {"main": "\n".join(out)}
+    parts = {"main": "\n".join(out) + over_floor_note({k: x.get("frac_of_floor") for k, x in dx.items()})}
     out = []
     fp16 = derived.get("float16") or {}
     if fp16:
