@@ -140,14 +140,13 @@ def summary(folder: Path | None = None) -> str:
         rows.append("| peak memory while answering, GB | " + _f((e.get("hf") or {}).get("peak_rss_gb"))
                     + " | " + " | ".join(_f((e.get(f"ragvl-{dt}") or {}).get("peak_rss_gb")) for dt in dts) + " |")
         when(qv, "decode and memory")
-    if srch:
+    if srch:  # bench_search.py's own JSON (machine, args, sizes; no Run meta)
         big = max(srch["sizes"], key=lambda r: r["n_pages"])
-        stages = sorted((k for k in big if k.startswith("stage_c")), key=lambda k: int(k[7:]))
-        st = big[stages[0]] if stages else None
-        cell = (f"first stage {st['p50_ms']:.0f} ms (recall@5 {st['recall5']:.3f} on synthetic data); "
-                if st else "") + f"exact {big['exact_f16']['p50_ms']:.0f} ms"
+        cell = (f"first stage + exact rescoring {big['staged']['p50_ms']:.0f} ms (recall@5 "
+                f"{big['staged']['recall5']:.3f} on synthetic data); exact {big['exact']['p50_ms']:.0f} ms")
         rows.append(f"| search, {big['n_pages']:,} synthetic pages, ms a query (p50) | — | {cell} | | |")
-        when(srch, "search")
+        runs.append(f"search: `bench/bench_search.py` (options in bench/README.md), load average "
+                    f"{srch['machine']['loadavg']:.1f}")
     if len(rows) == 2:
         return "*No benchmark results yet: run the scripts in bench/ (see bench/README.md).*\n"
     out = rows + ["", *practice(col, ask, qv)] + ["Ratios in parentheses: ragvl / the reference in the same run (below 1 is faster, "

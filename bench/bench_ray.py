@@ -205,7 +205,8 @@ def main(argv=None) -> int:
         (RESULTS / "ray.json").write_text(json.dumps(res, indent=2) + "\n")
         if "s3_search" in res:
             md = markdown(res)
-            (RESULTS / "ray.md").write_text(md)
+            (RESULTS / "ray.md").write_text("<!-- Written by bench/bench_ray.py; do not edit: rerun it and "
+                                            "bench/assemble.py. -->\n\n<!-- table: ray.all -->\n" + md)
             print(md)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
