@@ -162,7 +162,7 @@ class Index:
             chosen: dict[str, None] = {}
             for raw in paths:
                 p = Path(os.path.abspath(os.path.expanduser(os.fspath(raw))))
-                hits = [d for d in docs if store.resolve(d) == p or _under(store.resolve(d), p)
+                hits = [d for d in docs if store.resolve(d) == p or store.resolve(d).is_relative_to(p)
                         or d == os.fspath(raw)]
                 if not hits:
                     raise RagvlError(f"{raw}: not in the index {self.db}; nothing removed")
@@ -321,14 +321,6 @@ def _is_index(db: Path | str) -> bool:
         except RagvlError:
             return False
     return (db / f"{META_TABLE}.lance").exists() or (db / LEGACY_META_FILE).exists()
-
-
-def _under(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-        return True
-    except ValueError:
-        return False
 
 
 def _allowed_mask(searcher: PageSearch, allowed: set[tuple[str, int]] | None) -> np.ndarray | None:

@@ -89,7 +89,7 @@ def allowed_documents(store: "PageStore", filters: Filters) -> set[str] | None:
     out = set()
     for path, meta in docs.items():
         absolute = store.resolve(path)
-        if roots and not any(absolute == r or _under(absolute, r) for r in roots):
+        if roots and not any(absolute == r or absolute.is_relative_to(r) for r in roots):
             continue
         if filters.globs and not any(fnmatch.fnmatchcase(path, g) or fnmatch.fnmatchcase(str(absolute), g)
                                      for g in filters.globs):
@@ -117,11 +117,3 @@ def filter_sql(store: "PageStore", filters: Filters) -> str:
     if not docs:
         return "false"
     return f"({store.searchable}) AND doc_path IN ({', '.join(sql_quote(d) for d in sorted(docs))})"
-
-
-def _under(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-        return True
-    except ValueError:
-        return False

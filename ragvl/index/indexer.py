@@ -98,14 +98,6 @@ class _Work:
     n_todo: int = 0  # pages left to embed
 
 
-def _under(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-        return True
-    except ValueError:
-        return False
-
-
 def _embedder_meta(embedder) -> dict:
     folder = getattr(embedder, "folder", None)
     return {"id": embedder.id, "folder": str(Path(folder).resolve()) if folder else None,
@@ -209,7 +201,7 @@ def plan_index(paths: Iterable[str | Path], store: PageStore, embedder_meta: dic
     found = {store.stored_path(p) for p in docs}
     folders = [p.resolve() for p in paths if p.is_dir()]
     gone = sorted(d for d in indexed if d not in found and not store.resolve(d).exists()
-                  and (prune or any(_under(store.resolve(d), f) for f in folders)))
+                  and (prune or any(store.resolve(d).is_relative_to(f) for f in folders)))
     return IndexPlan(work, gone, summary, target_dpi, embedder_id)
 
 

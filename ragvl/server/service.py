@@ -145,8 +145,8 @@ class Service:
 
     # -- documents ------------------------------------------------------------------------
     def check_under_roots(self, raw_paths: list[str]) -> list[Path]:
-        """Resolve the paths given to "add documents"; each, and every PDF below it, must lie under a root."""
-        from ..pdf import find_pdfs
+        """Resolve the paths given to "add documents"; each, and every document below it, must lie under a root."""
+        from ..ingest import find_documents
 
         if not raw_paths or not all(isinstance(p, str) and p.strip() for p in raw_paths):
             raise RagvlError("'paths' must be a non-empty list of file or folder paths")
@@ -157,7 +157,7 @@ class Service:
             if not any(p.is_relative_to(r) for r in self.roots):
                 raise PermissionError(f"{raw}: outside the folders this server may read "
                                       f"({', '.join(map(str, self.roots))}; see `ragvl serve --root`)")
-            for pdf in find_pdfs([p]):  # symlinks below a root must not lead out of it either
+            for pdf in find_documents([p]):  # symlinks below a root must not lead out of it either
                 if not any(pdf.resolve().is_relative_to(r) for r in self.roots):
                     raise PermissionError(f"{pdf}: a link out of the allowed folders")
             out.append(p)
