@@ -45,7 +45,8 @@ if str(HERE) not in sys.path:
 from bench_colqwen2 import render_pages, sample_questions  # noqa: E402
 from bench_qwen2vl import (DEFAULT_MAX_PIXELS, SHARD_BYTES, ComparisonTable, add_shared_args,  # noqa: E402
                            child_main, conversion_md, default_init_std, ensure_checkpoint, ensure_converted,
-                           floors_md, fmt, gb, instrument_hf, over_floor_note, log, proc_status_kb, ratio, resolve_spec, run_child,
+                           floors_md, fmt, gb, instrument_hf, over_floor_note, log, proc_status_kb, ratio,
+                           resolve_spec, run_child,
                            run_floors, save_results, spec_from_dict)
 
 ANSWER_MAX_PIXELS = 768 * 28 * 28  # ragvl.answer.answering.ANSWER_MAX_PIXELS (checked in the children)
