@@ -149,7 +149,8 @@ def summary(folder: Path | None = None) -> str:
                     f"{srch['machine']['loadavg']:.1f}")
     if len(rows) == 2:
         return "*No benchmark results yet: run the scripts in bench/ (see bench/README.md).*\n"
-    out = rows + ["", *practice(col, ask, qv)] + ["Ratios in parentheses: ragvl / the reference in the same run (below 1 is faster, "
+    out = rows + ["", *practice(col, ask, qv)]
+    out += ["Ratios in parentheses: ragvl / the reference in the same run (below 1 is faster, "
                       "except tokens/s). Search recall is measured against exact MaxSim on synthetic "
                       "ColQwen2-like vectors, not on real documents.", ""]
     out += ["Runs: " + "; ".join(runs) + ". Machine, options and load of each run: bench/README.md."]
@@ -161,7 +162,8 @@ def practice(col: dict | None, ask: dict | None, qv: dict | None) -> list[str]:
     out = []
     page = (((col or {}).get("derived") or {}).get("engines") or {}).get("ragvl-int8", {}).get("page_s_warm")
     if page:
-        out.append(f"- **Indexing** 100 pages takes about {100 * page / 60:.0f} minutes at this run's int8 speed (see its load).")
+        out.append(f"- **Indexing** 100 pages takes about {100 * page / 60:.0f} minutes at this run's int8 speed "
+                   "(see its load).")
     c3 = ((((ask or {}).get("engines") or {}).get("ragvl-int8") or {}).get("cases") or {}).get("3 pages") or {}
     ttft = c3.get("ttft_s_warm") or c3.get("ttft_s_cold")
     e8 = ((qv or {}).get("engines") or {}).get("ragvl-int8") or {}

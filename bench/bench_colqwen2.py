@@ -50,7 +50,8 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from bench_qwen2vl import (DEFAULT_MAX_PIXELS, SHARD_BYTES, _target, add_shared_args, child_main,  # noqa: E402
-                           conversion_md, default_init_std, ensure_checkpoint, ensure_converted, floors_md, fmt, gb, over_floor_note,
+                           conversion_md, default_init_std, ensure_checkpoint, ensure_converted, floors_md, fmt, gb,
+                           over_floor_note,
                            log, proc_status_kb, ratio, resolve_spec, run_child, run_floors, save_results,
                            spec_from_dict, targets_md)
 
@@ -506,7 +507,8 @@ def tables(spec, machine, engines, convs, derived, args, n_queries: int) -> str:
     cols = [("colpali", "colpali-engine fp32")] + [(f"ragvl-{dt}", f"ragvl {dt}") for dt in args.dtypes]
     cols = [(k, t) for k, t in cols if k in engines]
     dx = derived["engines"]
-    head = ["per page / per engine"] + [t + (f" (failed: {engines[k]['error']})" if "error" in engines[k] else "") for k, t in cols]
+    head = ["per page / per engine"] + [t + (f" (failed: {engines[k]['error']})" if "error" in engines[k] else "")
+                                        for k, t in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def row(label, get, spec_=".3f", suffix=""):

@@ -260,7 +260,8 @@ def measure_gemm(shape: dict, threads: int, reps: int) -> dict:
         flops = 2.0 * m * k * n
     elif shape["kind"] == "bmm":  # activations x activations (decoder attention)
         model = _model([helper.make_node("MatMul", ["A", "B"], ["Y"])],
-                       [helper.make_tensor_value_info("A", F, [b, m, k]), helper.make_tensor_value_info("B", F, [b, k, n])],
+                       [helper.make_tensor_value_info("A", F, [b, m, k]),
+                        helper.make_tensor_value_info("B", F, [b, k, n])],
                        [helper.make_tensor_value_info("Y", F, [b, m, n])], [])
         feeds = {"A": rng.standard_normal((b, m, k), dtype=np.float32),
                  "B": rng.standard_normal((b, k, n), dtype=np.float32)}
