@@ -16,8 +16,7 @@ from ragvl.models.runtime.generation import GenerationSettings
 from ragvl.models.runtime.qwen2vl import Qwen2VL, user_message
 from ragvl.models.runtime.vlm import Prompt
 
-pytest.importorskip("torch")
-from tiny_checkpoints import make_checkpoint  # noqa: E402
+from tiny_numpy import make_numpy_checkpoint  # noqa: E402
 
 N_NEW = 32
 
@@ -29,7 +28,7 @@ def greedy(n=N_NEW, ignore_eos=True):
 @pytest.fixture(scope="module")
 def vlm(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("conv")
-    return Qwen2VL(convert(make_checkpoint(tmp / "ckpt", variant="b", seed=2), tmp / "m", log=lambda m: None))
+    return Qwen2VL(convert(make_numpy_checkpoint(tmp / "ckpt", variant="b", seed=2), tmp / "m", log=lambda m: None))
 
 
 def noise(w, h, seed):

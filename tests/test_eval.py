@@ -33,13 +33,8 @@ def db(tmp_path_factory, tiny_embedder):
 
 
 @pytest.fixture(scope="module")
-def answerer(tmp_path_factory):
-    from tiny_checkpoints import make_checkpoint
-
-    from ragvl.models.converter.convert import convert
-
-    tmp = tmp_path_factory.mktemp("answerer")
-    return convert(make_checkpoint(tmp / "ckpt", variant="a", seed=4), tmp / "qwen2-vl-tiny", log=lambda m: None)
+def answerer(tiny_answerer):
+    return tiny_answerer
 
 
 def _check_report(rep: dict, k: int, n: int) -> None:

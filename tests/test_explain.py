@@ -42,8 +42,6 @@ def indexed(tmp_path_factory, tiny_embedder):
 @pytest.mark.reference
 def test_token_grids_equal_colpali_engine(indexed, tiny_embedder):
     """Per-token grids equal get_similarity_maps_from_embeddings (transposed: colpali returns (n_x, n_y))."""
-    pytest.importorskip("colpali_engine")
-    pytest.importorskip("einops")
     import torch
     from colpali_engine.interpretability.similarity_map_utils import get_similarity_maps_from_embeddings
 

@@ -21,7 +21,6 @@ from ragvl.errors import RagvlError
 from ragvl.index.store import PageStore
 from tiny_pdfs import make_pdf
 
-pytest.importorskip("colpali_engine")
 
 
 def ragvl(*args, env=None, **kw):
@@ -186,11 +185,11 @@ def test_model_folder_is_verified_once_and_paths_cannot_escape(tmp_path, tiny_em
 
 
 def test_convert_force_replaces_atomically(tmp_path, tiny_embedder):
-    from tiny_colqwen2 import make_colqwen2_checkpoint
+    from tiny_numpy import make_numpy_checkpoint
 
     from ragvl.fsutil import replace_dir
 
-    ckpt = make_colqwen2_checkpoint(tmp_path / "ckpt", variant="a")
+    ckpt = make_numpy_checkpoint(tmp_path / "ckpt", variant="a", kind="colqwen2")
     out = tmp_path / "home" / "emb"
     shutil.copytree(tiny_embedder, out)
     old_manifest = (out / "ragvl.json").read_text()

@@ -23,7 +23,6 @@ from ragvl.index.store import PageStore, vectors_from_column
 from ragvl.models.runtime.colqwen2 import ColQwen2
 from tiny_pdfs import make_pdf
 
-pytest.importorskip("colpali_engine")
 
 
 class Counting:

@@ -80,13 +80,8 @@ def test_search_from_two_machines(s3, indexed, tiny_embedder, tmp_path):
     assert not [k for k in _keys("team/index/") if "/cache/" in k]
 
 
-def test_ask_on_s3(s3, indexed, tiny_embedder, tmp_path_factory):
-    from tiny_checkpoints import make_checkpoint
-
-    from ragvl.models.converter.convert import convert
-
-    tmp = tmp_path_factory.mktemp("s3answerer")
-    answerer = convert(make_checkpoint(tmp / "ckpt", variant="a", seed=4), tmp / "qwen2-vl-tiny", log=lambda m: None)
+def test_ask_on_s3(s3, indexed, tiny_embedder, tiny_answerer):
+    answerer = tiny_answerer
     args = ("ask", "What grew in region 1?", "-k", 2, "--embedder", tiny_embedder, "--answerer", answerer, "-n", 8,
             "--json")
     remote = ragvl(*args, "--db", URI)

@@ -12,8 +12,7 @@ from ragvl.models.converter.convert import convert
 from ragvl.models.runtime.generation import GenerationSettings
 from ragvl.models.runtime.qwen2vl import Qwen2VL, user_message
 
-pytest.importorskip("torch")
-from tiny_checkpoints import make_checkpoint  # noqa: E402
+from tiny_numpy import make_numpy_checkpoint  # noqa: E402
 
 
 def snapshot(folder):
@@ -30,7 +29,7 @@ def answer(vlm):
 
 @pytest.mark.parametrize("dtype", ["fp32", "int8"])
 def test_optimized_graphs_load_and_fall_back(tmp_path, dtype):
-    ckpt = make_checkpoint(tmp_path / "ckpt", variant="b", seed=1)
+    ckpt = make_numpy_checkpoint(tmp_path / "ckpt", variant="b", seed=1)
     folder = convert(ckpt, tmp_path / "m", dtype=dtype, log=lambda m: None)
     opt = json.loads((folder / "ragvl.json").read_text())["optimized"]
     import onnxruntime as ort
@@ -55,7 +54,7 @@ def test_optimized_graphs_load_and_fall_back(tmp_path, dtype):
 
 
 def test_convert_without_optimized_graphs(tmp_path):
-    folder = convert(make_checkpoint(tmp_path / "ckpt", variant="a"), tmp_path / "m", optimize=False,
+    folder = convert(make_numpy_checkpoint(tmp_path / "ckpt", variant="a"), tmp_path / "m", optimize=False,
                      log=lambda m: None)
     assert json.loads((folder / "ragvl.json").read_text())["optimized"] is None
     assert not list(folder.glob("*.opt.onnx*"))
@@ -63,11 +62,9 @@ def test_convert_without_optimized_graphs(tmp_path):
 
 
 def test_embedder_id_ignores_optimized_copies(tmp_path):
-    from tiny_colqwen2 import make_colqwen2_checkpoint
-
     from ragvl.models.runtime.colqwen2 import ColQwen2
 
-    ckpt = make_colqwen2_checkpoint(tmp_path / "ckpt", variant="a")
+    ckpt = make_numpy_checkpoint(tmp_path / "ckpt", variant="a", kind="colqwen2")
     with_opt = ColQwen2(convert(ckpt, tmp_path / "a", log=lambda m: None))
     without = ColQwen2(convert(ckpt, tmp_path / "b", optimize=False, log=lambda m: None))
     assert with_opt.manifest["optimized"] and not without.manifest["optimized"]

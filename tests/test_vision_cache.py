@@ -23,9 +23,7 @@ from ragvl.models.runtime.generation import GenerationSettings
 from ragvl.models.runtime.vlm import ImageFeatures
 from tiny_pdfs import make_pdf
 
-pytest.importorskip("torch")
-from tiny_checkpoints import make_checkpoint  # noqa: E402
-from tiny_colqwen2 import make_colqwen2_checkpoint  # noqa: E402
+from tiny_numpy import make_numpy_checkpoint  # noqa: E402
 
 N_NEW = 32
 QUESTION = "What grew in region 1?"
@@ -40,10 +38,10 @@ def ragvl(*args):
 def models(tmp_path_factory):
     """(answerer, embedder sharing its vision tower, answerer with another vision tower)."""
     tmp = tmp_path_factory.mktemp("vc_models")
-    gen = convert(make_checkpoint(tmp / "gen", variant="a", seed=0), tmp / "gen_model", log=lambda m: None)
-    col = convert(make_colqwen2_checkpoint(tmp / "col", variant="a", seed=0), tmp / "col_model",
+    gen = convert(make_numpy_checkpoint(tmp / "gen", variant="a", seed=0), tmp / "gen_model", log=lambda m: None)
+    col = convert(make_numpy_checkpoint(tmp / "col", variant="a", kind="colqwen2", seed=0), tmp / "col_model",
                   share_vision=[gen], log=lambda m: None)
-    other = convert(make_checkpoint(tmp / "other", variant="a", seed=5), tmp / "other_model", log=lambda m: None)
+    other = convert(make_numpy_checkpoint(tmp / "other", variant="a", seed=5), tmp / "other_model", log=lambda m: None)
     return gen, col, other
 
 

@@ -95,11 +95,14 @@ def hub_shapes(spec: TinySpec, kind: str = "qwen2-vl") -> dict[str, tuple[int, .
 
 
 def hub_tensors(spec: TinySpec, kind: str = "qwen2-vl", seed: int = 0) -> dict[str, np.ndarray]:
-    """Random float32 weights for hub_shapes(spec, kind): the same seed gives the same weights."""
-    rng = np.random.default_rng(seed)
+    """Random float32 weights for hub_shapes(spec, kind): the same seed gives the same weights, and
+    the same vision tower for either kind."""
+    # The vision tower draws from its own stream, so a Qwen2-VL and a ColQwen2 checkpoint of the
+    # same seed share it exactly, as the published pair does (the converter then links one graph).
+    rng, rng_visual = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     out = {}
     for name, shape in hub_shapes(spec, kind).items():
-        x = rng.standard_normal(shape, dtype=np.float32)
+        x = (rng_visual if name.startswith("visual.") else rng).standard_normal(shape, dtype=np.float32)
         is_norm = len(shape) == 1 and ("norm" in name or ".ln_q." in name)
         if is_norm and name.endswith(".weight"):
             out[name] = 1.0 + 0.1 * x  # around LayerNorm / RMSNorm's default 1
