@@ -85,13 +85,13 @@ def index_on_ray(paths: Iterable[str | Path], db: str | Path, embedder_folder: P
     starts Ray. The workers then must load an embedder with the planned id.
     """
     from ..models.contract.manifest import KIND_EMBEDDER, read_manifest
-    from ..models.runtime.colqwen2 import embedder_id
+    from ..models.runtime.colqwen2 import MAX_PIXELS, embedder_id
 
     t0 = time.perf_counter()
     planned_id = embedder_id(read_manifest(embedder_folder, kind=KIND_EMBEDDER))
     with writer_lock(db, log=log) as lock:
         store = PageStore(db, create=True)
-        meta = {"id": planned_id, "folder": str(Path(embedder_folder).resolve()), "max_pixels": None}
+        meta = {"id": planned_id, "folder": str(Path(embedder_folder).resolve()), "max_pixels": MAX_PIXELS}
         plan = plan_index(paths, store, meta, dpi=dpi, log=log)
         if plan.work:
             with ray_session(opts, log) as ray:
