@@ -94,10 +94,11 @@ def test_chat_sampling_is_seedable(model, page):
     b = json.loads(ragvl(*args, "--seed", 1).stdout)
     assert a["token_ids"] == b["token_ids"]
     # Really sampled: another seed draws other tokens, and neither is the greedy answer (the
-    # checkpoint's generation config is effectively greedy: top_k 1).
+    # checkpoint's generation config is effectively greedy: top_k 1). A sample may draw the
+    # end-of-text token early, so the lengths may differ.
     other = json.loads(ragvl(*args, "--seed", 2).stdout)
     greedy = json.loads(ragvl("chat", "Hi", "--image", page, "--answerer", model, "-n", 10, "--json").stdout)
-    assert len(a["token_ids"]) == len(other["token_ids"]) == 10
+    assert 0 < len(a["token_ids"]) <= 10 and 0 < len(other["token_ids"]) <= 10
     assert other["token_ids"] != a["token_ids"]
     assert greedy["token_ids"] not in (a["token_ids"], other["token_ids"])
 

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import inspect
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import typer
 
 from ..errors import RagvlError, os_error_cause
+
 
 def fail(message: str, code: int = 1) -> None:
     """Print the one-line error and exit non-zero."""
@@ -76,23 +80,72 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-# Options shared by the commands that generate text or load models.
+# Options shared by the commands that generate text: one definition, added to a command by
+# `@generation_options`, which hands them to it as one `gen: GenerationFlags`.
 MAX_NEW_TOKENS = typer.Option(None, "--max-new-tokens", "-n", help="Default: 256.")
-TEMPERATURE = typer.Option(None, "--temperature", help="Sample at this temperature.")
-TOP_P = typer.Option(None, "--top-p", help="Nucleus sampling.")
-REPETITION_PENALTY = typer.Option(None, "--repetition-penalty")
-GREEDY = typer.Option(None, "--greedy/--sample", help="Force greedy or sampled decoding (default: the "
-                      "checkpoint's generation_config).")
-SEED = typer.Option(None, "--seed", help="Seed for sampling.")
-TOP_K_SAMPLING = typer.Option(None, "--top-k-sampling", help="Sample from the k most likely tokens.")
+_GENERATION_OPTIONS = (
+    ("max_new_tokens", Optional[int], MAX_NEW_TOKENS),
+    ("temperature", Optional[float], typer.Option(None, "--temperature", help="Sample at this temperature.")),
+    ("top_p", Optional[float], typer.Option(None, "--top-p", help="Nucleus sampling.")),
+    ("top_k_sampling", Optional[int], typer.Option(None, "--top-k-sampling",
+                                                   help="Sample from the k most likely tokens.")),
+    ("repetition_penalty", Optional[float], typer.Option(None, "--repetition-penalty")),
+    ("greedy", Optional[bool], typer.Option(None, "--greedy/--sample", help="Force greedy or sampled decoding "
+                                            "(default: the checkpoint's generation_config).")),
+    ("seed", Optional[int], typer.Option(None, "--seed", help="Seed for sampling.")),
+)
+
+
+@dataclass(frozen=True)
+class GenerationFlags:
+    """The sampling flags as the user gave them (None: not given, keep the checkpoint's default)."""
+
+    max_new_tokens: Optional[int] = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k_sampling: Optional[int] = None
+    repetition_penalty: Optional[float] = None
+    greedy: Optional[bool] = None
+    seed: Optional[int] = None
+
+    def overrides(self) -> dict:
+        """The flags given, as GenerationSettings fields."""
+        o = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                 top_k=self.top_k_sampling, repetition_penalty=self.repetition_penalty, seed=self.seed,
+                 do_sample=None if self.greedy is None else not self.greedy)
+        return {k: v for k, v in o.items() if v is not None}
+
+    def settings(self, defaults):
+        """The checkpoint's generation defaults with these flags applied."""
+        return defaults.with_overrides(**self.overrides())
+
+
+def generation_options(command):
+    """Give a command the shared sampling flags, in place of its `gen` parameter.
+
+    typer reads the wrapper's signature, so `--help` lists each flag; the command receives them
+    as one `gen: GenerationFlags`.
+    """
+    sig = inspect.signature(command, eval_str=True)
+    params = []
+    for p in sig.parameters.values():
+        if p.name == "gen":
+            params += [inspect.Parameter(n, p.kind, default=opt, annotation=ann) for n, ann, opt in _GENERATION_OPTIONS]
+        else:
+            params.append(p)
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        gen = GenerationFlags(**{n: kwargs.pop(n) for n, _, _ in _GENERATION_OPTIONS})
+        return command(**kwargs, gen=gen)
+
+    wrapper.__signature__ = sig.replace(parameters=params)
+    # Evaluated, so that typer's get_type_hints needs no names from the command's module.
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
 DEVICE = typer.Option(None, "--device", envvar="RAGVL_DEVICE", help="cpu or cuda.")
-
-
-def generation_settings(defaults, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy):
-    """The checkpoint's generation defaults with the command-line overrides applied."""
-    return defaults.with_overrides(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                   top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
-                                   do_sample=None if greedy is None else not greedy)
 
 
 def timings_line(g) -> str:
@@ -129,8 +182,6 @@ def display_path(path: str) -> str:
         return str(Path(path).relative_to(Path.cwd()))
     except ValueError:
         return path
-
-
 
 
 MODE = typer.Option("visual", "--mode", help="Ranking: visual (the model's MaxSim), text (BM25 over the PDF "

@@ -9,25 +9,18 @@ from typing import List, Optional
 
 import typer
 
-from ._common import (ANSWERER, DB, DEVICE, EMBEDDER, GLOBS, GREEDY, IN_PATHS, MAX_NEW_TOKENS, MODE,
-                      REPETITION_PENALTY, SEED, TEMPERATURE, TOP_K_SAMPLING, TOP_P, WHERE, db_or_default,
-                      display_path, generation_settings, guarded, log,
-                      timings_line)
+from ._common import (ANSWERER, DB, DEVICE, EMBEDDER, GLOBS, IN_PATHS, MODE, WHERE, GenerationFlags, db_or_default,
+                      display_path, generation_options, guarded, log, timings_line)
 
 
+@generation_options
 def ask(
     question: str = typer.Argument(..., help="Your question about the indexed PDFs."),
     k: int = typer.Option(3, "-k", "--top-k", min=1, help="How many retrieved pages the answer reads."),
     db: Optional[str] = DB,
     embedder: Optional[Path] = EMBEDDER,
     answerer: Optional[Path] = ANSWERER,
-    max_new_tokens: Optional[int] = MAX_NEW_TOKENS,
-    temperature: Optional[float] = TEMPERATURE,
-    top_p: Optional[float] = TOP_P,
-    top_k_sampling: Optional[int] = TOP_K_SAMPLING,
-    repetition_penalty: Optional[float] = REPETITION_PENALTY,
-    greedy: Optional[bool] = GREEDY,
-    seed: Optional[int] = SEED,
+    gen: GenerationFlags = GenerationFlags(),  # the sampling flags: see generation_options
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Each page image's resolution for the "
                                              "answer, in pixels (default 602112: 768 visual tokens)."),
     in_paths: List[Path] = IN_PATHS,
@@ -49,8 +42,7 @@ def ask(
     with guarded(db_or_default(db)):
         idx = Index(db, embedder=embedder, answerer=answerer, device=device, log=log)
         idx.answerer  # fail on a missing answer model before any retrieval work
-        settings = generation_settings(idx.answerer.defaults, max_new_tokens, temperature, top_p, top_k_sampling,
-                                       repetition_penalty, seed, greedy)
+        settings = gen.settings(idx.answerer.defaults)
 
         def ask_one(q, prev):
             return idx.ask(q, k, settings, max_pixels or ANSWER_MAX_PIXELS, vision_cache=not no_vision_cache,

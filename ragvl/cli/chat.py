@@ -4,31 +4,26 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from ..errors import RagvlError
-from ._common import (ANSWERER, DEVICE, GREEDY, MAX_NEW_TOKENS, REPETITION_PENALTY, SEED, TEMPERATURE,
-                      TOP_K_SAMPLING, TOP_P, fail, generation_settings, log, timings_line)
+from ._common import ANSWERER, DEVICE, GenerationFlags, fail, generation_options, log, timings_line
 
 
+@generation_options
 def chat(
     prompt: str = typer.Argument(..., help="The user message."),
     image: List[Path] = typer.Option([], "--image", "-i", help="An image to show the model (repeatable)."),
     answerer: Optional[Path] = ANSWERER,
     model: Optional[Path] = typer.Option(None, "--model", "-m", hidden=True,
                                          help="Deprecated spelling of --answerer."),
-    max_new_tokens: Optional[int] = MAX_NEW_TOKENS,
-    temperature: Optional[float] = TEMPERATURE,
-    top_p: Optional[float] = TOP_P,
-    top_k_sampling: Optional[int] = TOP_K_SAMPLING,
+    gen: GenerationFlags = GenerationFlags(),  # the sampling flags: see generation_options
     top_k: Optional[int] = typer.Option(None, "--top-k", hidden=True,
                                         help="Deprecated spelling of --top-k-sampling."),
-    repetition_penalty: Optional[float] = REPETITION_PENALTY,
-    greedy: Optional[bool] = GREEDY,
-    seed: Optional[int] = SEED,
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Resize each image to at most this "
                                              "many pixels (default: the checkpoint's preprocessor config)."),
     device: Optional[str] = DEVICE,
@@ -41,7 +36,8 @@ def chat(
 
     if top_k is not None:
         log("note: `ragvl chat` --top-k is deprecated; it is now --top-k-sampling (in chat and ask alike)")
-        top_k_sampling = top_k_sampling if top_k_sampling is not None else top_k
+        if gen.top_k_sampling is None:
+            gen = replace(gen, top_k_sampling=top_k)
     if model is not None:
         log("note: `ragvl chat` --model is deprecated; it is now --answerer (as in ask)")
         answerer = answerer if answerer is not None else model
@@ -49,17 +45,15 @@ def chat(
         folder = resolve_model(KIND_ANSWERER, answerer, "--answerer")
         log(f"loading {folder}")
         vlm = Qwen2VL(folder, device=device)
-        settings = generation_settings(vlm.defaults, max_new_tokens, temperature, top_p, top_k_sampling,
-                                       repetition_penalty, seed, greedy)
-        gen = vlm.chat(prompt, image, settings, max_pixels=max_pixels)
+        reply = vlm.chat(prompt, image, gen.settings(vlm.defaults), max_pixels=max_pixels)
         if as_json:
-            gen.consume()
-            print(json.dumps(gen.as_dict(), ensure_ascii=False))
+            reply.consume()
+            print(json.dumps(reply.as_dict(), ensure_ascii=False))
             return
-        for piece in gen:
+        for piece in reply:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
-        log(timings_line(gen))
+        log(timings_line(reply))
     except RagvlError as e:
         fail(str(e))

@@ -9,8 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import (ANSWERER, DB, DEVICE, EMBEDDER, GREEDY, MAX_NEW_TOKENS, REPETITION_PENALTY, SEED, TEMPERATURE,
-                      TOP_K_SAMPLING, TOP_P, fail, log)
+from ._common import ANSWERER, DB, DEVICE, EMBEDDER, GenerationFlags, fail, generation_options, log
 
 
 def is_loopback(host: str) -> bool:
@@ -22,19 +21,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def model_options(db, embedder, answerer, device, max_new_tokens, temperature, top_p, top_k_sampling,
-                  repetition_penalty, greedy, seed, max_pixels=None, roots=None):
+def model_options(db, embedder, answerer, device, gen: GenerationFlags, max_pixels=None, roots=None):
     """ServeOptions from the options `ragvl ask` also takes (shared by serve and mcp)."""
     from ..server.service import ServeOptions
 
-    overrides = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k_sampling,
-                     repetition_penalty=repetition_penalty, seed=seed,
-                     do_sample=None if greedy is None else not greedy)
     return ServeOptions(db=db, embedder=embedder, answerer=answerer, device=device, max_pixels=max_pixels,
-                        overrides={k: v for k, v in overrides.items() if v is not None},
+                        overrides=gen.overrides(),
                         roots=list(roots) if roots else [Path.cwd()])
 
 
+@generation_options
 def serve(
     db: Optional[str] = DB,
     host: str = typer.Option("127.0.0.1", "--host", help="Listen address. Beyond loopback, --token is required."),
@@ -47,13 +43,7 @@ def serve(
                                          "(e.g. the machine's LAN name; repeatable)."),
     embedder: Optional[Path] = EMBEDDER,
     answerer: Optional[Path] = ANSWERER,
-    max_new_tokens: Optional[int] = MAX_NEW_TOKENS,
-    temperature: Optional[float] = TEMPERATURE,
-    top_p: Optional[float] = TOP_P,
-    top_k_sampling: Optional[int] = TOP_K_SAMPLING,
-    repetition_penalty: Optional[float] = REPETITION_PENALTY,
-    greedy: Optional[bool] = GREEDY,
-    seed: Optional[int] = SEED,
+    gen: GenerationFlags = GenerationFlags(),  # the sampling flags: see generation_options
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Page resolution for answers (as ask)."),
     device: Optional[str] = DEVICE,
 ) -> None:
@@ -71,8 +61,7 @@ def serve(
     for r in root:
         if not r.is_dir():
             fail(f"--root {r}: not a folder")
-    opts = model_options(db, embedder, answerer, device, max_new_tokens, temperature, top_p, top_k_sampling,
-                         repetition_penalty, greedy, seed, max_pixels, root)
+    opts = model_options(db, embedder, answerer, device, gen, max_pixels, root)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
