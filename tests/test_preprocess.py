@@ -18,6 +18,7 @@ import PIL.Image
 import pytest
 
 from ragvl.errors import RagvlError
+from tiny_hub import preprocessor_config
 from ragvl.models.runtime.preprocess import (
     ImageConfig,
     load_image,
@@ -296,17 +297,8 @@ def test_error_directory(tmp_path):
 
 # ---- config -------------------------------------------------------------------------------
 
-HUB_CONFIG = {
-    "min_pixels": 3136,
-    "max_pixels": 12845056,
-    "patch_size": 14,
-    "temporal_patch_size": 2,
-    "merge_size": 2,
-    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711],
-    "image_processor_type": "Qwen2VLImageProcessor",
-    "processor_class": "Qwen2VLProcessor",
-}
+# Qwen2-VL-2B-Instruct's preprocessor_config.json.
+HUB_CONFIG = preprocessor_config(min_pixels=3136, max_pixels=12845056)
 
 
 def _assert_config_like_hf(d):

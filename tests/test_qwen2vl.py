@@ -48,6 +48,15 @@ class Pair:
     def theirs(self, messages, images, n=N_NEW):
         return hf_generate(self.hf, self.processor, messages, images, max_new_tokens=n)
 
+    def assert_same_answer(self, n=8):
+        """Same greedy tokens and first logits as transformers on one small image."""
+        image = noise_image(120, 90, seed=5)
+        messages = user_message("Describe.", 1)
+        ours, ref = self.ours(messages, [image], n=n), self.theirs(messages, [image], n=n)
+        assert ours.token_ids == ref["new_token_ids"].tolist()
+        logits, _, _ = self.vlm.prefill(self.vlm.build_prompt(messages, [image]))
+        np.testing.assert_allclose(logits, ref["first_logits"], atol=1e-4, rtol=1e-4)
+
 
 @pytest.fixture(scope="module", params=["a", "b"])
 def pair(request, tmp_path_factory):
@@ -131,12 +140,7 @@ def test_text_only_and_multi_turn(pair):
 def test_checkpoint_layouts(make_ckpt, tmp_path, layout, sharded, dtype):
     ckpt = make_ckpt(variant="a", layout=layout, sharded=sharded, dtype=dtype, seed=3)
     p = Pair(ckpt, tmp_path / "model")
-    image = noise_image(120, 90, seed=5)
-    messages = user_message("Describe.", 1)
-    ours, ref = p.ours(messages, [image], n=8), p.theirs(messages, [image], n=8)
-    assert ours.token_ids == ref["new_token_ids"].tolist()
-    logits, _, _ = p.vlm.prefill(p.vlm.build_prompt(messages, [image]))
-    np.testing.assert_allclose(logits, ref["first_logits"], atol=1e-4, rtol=1e-4)
+    p.assert_same_answer()
 
 
 def teacher_forced_top1(vlm: Qwen2VL, prompt, tokens: list[int]) -> np.ndarray:
@@ -191,12 +195,7 @@ def test_stored_head_wins_over_tie_flag(make_ckpt, tmp_path, layout):
     p = Pair(ckpt, tmp_path / "model")
     assert torch.equal(p.hf.lm_head.weight, tensors["lm_head.weight"])  # the reference did untie
     assert p.vlm.config.tie_word_embeddings is False
-    image = noise_image(120, 90, seed=5)
-    messages = user_message("Describe.", 1)
-    ours, ref = p.ours(messages, [image], n=8), p.theirs(messages, [image], n=8)
-    assert ours.token_ids == ref["new_token_ids"].tolist()
-    logits, _, _ = p.vlm.prefill(p.vlm.build_prompt(messages, [image]))
-    np.testing.assert_allclose(logits, ref["first_logits"], atol=1e-4, rtol=1e-4)
+    p.assert_same_answer()
 
 
 @pytest.mark.reference
