@@ -42,16 +42,12 @@ if str(HERE) not in sys.path:
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from bench_ask import _case_pages, answer_cases  # noqa: E402
-from bench_qwen2vl import (DEFAULT_MAX_PIXELS, SHARD_BYTES, _cpu_name, child_main, default_init_std, ensure_checkpoint,  # noqa: E402
+from bench_qwen2vl import (DEFAULT_MAX_PIXELS, SHARD_BYTES, child_main, default_init_std, ensure_checkpoint,  # noqa: E402
                            ensure_converted, gb, log, proc_status_kb, resolve_spec, run_child)
+from results import Run, default_results_dir  # noqa: E402
 
-RESULTS = HERE / "results"
 NAME = "vision_cache"
 FOLLOW_UP = "And in Q4?"
-
-
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 # =============================================================================================
@@ -179,11 +175,10 @@ def fmt(x, spec=".2f") -> str:
     return "—" if x is None else format(x, spec)
 
 
-def tables(res: dict) -> str:
-    lines = [f"<!-- table: {NAME}.ttft -->",
-             f"Measured {res['created']} on {res['cpu']} ({res['threads']} threads), {res['spec']} shape, "
-             f"--runs {res['runs']}; load average {res['load_start']} at start, {res['load_end']} at end "
-             f"(a shared machine: compare within a row).", "",
+def tables(res: dict) -> dict[str, str]:
+    """{table name: Markdown} for the results file (Run adds when, where and how each was measured)."""
+    out = {}
+    lines = [f"The {res['spec']} shape, best of --runs {res['runs']}.", "",
              "| format, answer | prompt tokens | from scratch: vision + prefill (s) | TTFT (s) | stored features: "
              "TTFT (s) | its prefill (s) | TTFT / prefill (target <= 1.15) | speed-up | same first token | "
              "follow-up: new tokens | TTFT (s) | TTFT / its prefill (target <= 1.10) |",
@@ -200,26 +195,25 @@ def tables(res: dict) -> str:
                 f"{st['ttft_s'] / st['prefill_s']:.3f} | {s['ttft_s'] / st['ttft_s']:.2f}x | "
                 f"{'yes' if c['same_first_token'] else 'NO'} | {f['new_tokens']} | {f['ttft_s']:.3f} | "
                 f"{f['ttft_s'] / f['prefill_s']:.3f} |")
-    lines.append("")
+    out["ttft"] = "\n".join(lines)
     store = next((e["store"] for e in res["ttft"].values() if "store" in e), None)
     if store:
-        lines += [f"<!-- table: {NAME}.store -->",
+        out["store"] = "\n".join([
                   "| stored vision features | value |", "|---|---|",
                   f"| visual tokens per page | {store['tokens_per_page']} |",
                   f"| bytes per page (float16) | {store['bytes_per_page']:,} |",
                   f"| pages in the default 4 GiB cap | {4 * 1024 ** 3 // store['bytes_per_page']:,} |",
-                  f"| writing one page's features (s) | {store['put_one_page_s']:.3f} |", ""]
+                  f"| writing one page's features (s) | {store['put_one_page_s']:.3f} |"])
     if res.get("startup"):
-        lines += [f"<!-- table: {NAME}.startup -->",
-                  "| `ragvl search` embedder start (fresh process, warm page cache) | sessions opened | "
+        lines = ["| `ragvl search` embedder start (fresh process, warm page cache) | sessions opened | "
                   "import (s) | open + embed one query (s) |", "|---|---|---|---|"]
         for label, r in res["startup"].items():
             if "error" in r:
                 lines.append(f"| {label} | error | | |")
                 continue
             lines.append(f"| {label} | {', '.join(r['opened'])} | {r['import_s']:.2f} | {r['open_and_query_s']:.2f} |")
-        lines.append("")
-    return "\n".join(lines)
+        out["startup"] = "\n".join(lines)
+    return out
 
 
 def main(argv=None) -> int:
@@ -240,20 +234,17 @@ def main(argv=None) -> int:
     if args.child:
         child_main(args.child, json.loads(args.child_args), args.child_out, tasks=TASKS)
         return 0
-    load_start = _load()
+    run = Run(Path(__file__).name, NAME, argv, threads=args.threads)
     spec_d = resolve_spec(args.config, None, default_init_std(args.config, None))
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     ckpt, _ = ensure_checkpoint(work, spec_d, DEFAULT_MAX_PIXELS, 0, SHARD_BYTES)
     cases = answer_cases()
-    res: dict[str, Any] = {"created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "spec": spec_d["name"],
-                           "threads": args.threads, "runs": args.runs, "load_start": load_start, "ttft": {},
-                           "startup": {}}
-    res["cpu"] = _cpu_name()
+    res: dict[str, Any] = {"spec": spec_d["name"], "runs": args.runs, "ttft": {}, "startup": {}}
     if not args.skip_ttft:
         for dt in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
             folder, _ = ensure_converted(work, ckpt, dt, False)
-            log(f"TTFT {dt} (load average {_load()})")
+            log(f"TTFT {dt} (load average {os.getloadavg()[0]:.2f})")
             res["ttft"][dt] = run_child("ttft", {"folder": str(folder), "threads": args.threads, "runs": args.runs,
                                                  "cases": cases}, work, script=__file__)
     emb = args.embedder or work / f"ckpt-colqwen2-{ckpt.name[len('ckpt-'):]}-ragvl-int8"
@@ -269,12 +260,9 @@ def main(argv=None) -> int:
                                                           "mode": mode}, work, script=__file__)
     else:
         log(f"start-up rows skipped: no embedder at {emb}")
-    res["load_end"] = _load()
-    md = tables(res)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{NAME}.json").write_text(json.dumps(res, indent=2) + "\n")
-    (RESULTS / f"{NAME}.md").write_text(md)
-    print(md)
+    for table, md in tables(res).items():
+        run.add(table, md)
+    run.save(res, default_results_dir(args.config, work))
     return 0
 
 

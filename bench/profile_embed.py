@@ -22,7 +22,9 @@ from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+from results import Run  # noqa: E402
+
 NAME = "profile_embed"
 
 
@@ -98,20 +100,17 @@ def profile(folder: str, threads: int) -> dict:
             by_op[op] += e["dur"] / 1e6
     return {"folder": folder, "dtype": m.manifest["dtype"], "threads": threads, "wall_s": round(wall, 3),
             "by_part_s": dict(sorted(by_part.items(), key=lambda x: -x[1])),
-            "by_op_s": dict(sorted(by_op.items(), key=lambda x: -x[1])), "load": os.getloadavg()}
+            "by_op_s": dict(sorted(by_op.items(), key=lambda x: -x[1]))}
 
 
-def table(r: dict) -> str:
+def tables(r: dict) -> dict[str, str]:
+    """{table name: Markdown}: time by model part, and by operator (the 12 costliest)."""
     total = sum(r["by_part_s"].values())
-    lines = [f"<!-- table: {NAME}.parts -->",
-             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: ColQwen2 {r['dtype']}, one sample "
-             f"page, {r['threads']} threads, load average {[round(x, 2) for x in r['load']]} (a shared machine). "
-             f"Node time {total:.2f} s of {r['wall_s']:.2f} s wall.", "",
-             "| part | s | share |", "|---|---|---|"]
-    lines += [f"| {k} | {v:.2f} | {v / total:.0%} |" for k, v in r["by_part_s"].items()]
-    lines += ["", f"<!-- table: {NAME}.ops -->", "| operator | s | share |", "|---|---|---|"]
-    lines += [f"| {k} | {v:.2f} | {v / total:.0%} |" for k, v in list(r["by_op_s"].items())[:12]]
-    return "\n".join(lines) + "\n"
+    share = lambda rows: [f"| {k} | {v:.2f} | {v / total:.0%} |" for k, v in rows]  # noqa: E731
+    parts = [f"ColQwen2 {r['dtype']}, one sample page. Node time {total:.2f} s of {r['wall_s']:.2f} s wall.", "",
+             "| part | s | share |", "|---|---|---|", *share(r["by_part_s"].items())]
+    ops = ["| operator | s | share |", "|---|---|---|", *share(list(r["by_op_s"].items())[:12])]
+    return {"parts": "\n".join(parts), "ops": "\n".join(ops)}
 
 
 def main(argv=None) -> int:
@@ -119,12 +118,11 @@ def main(argv=None) -> int:
     p.add_argument("--embedder", type=Path, required=True, help="a converted ColQwen2 model folder")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = p.parse_args(argv)
+    run = Run(Path(__file__).name, NAME, argv, threads=args.threads)
     r = profile(str(args.embedder), args.threads)
-    md = table(r)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{NAME}.json").write_text(json.dumps(r, indent=2) + "\n")
-    (RESULTS / f"{NAME}.md").write_text(md)
-    print(md)
+    for table, md in tables(r).items():
+        run.add(table, md)
+    run.save(r)
     return 0
 
 
