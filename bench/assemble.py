@@ -53,8 +53,9 @@ def options_table(script: str) -> str:
             default = "`bench/out`"
         elif a.default is None:
             default = "—"
-        elif isinstance(a.default, Path) and a.default.is_relative_to(HERE.parent):
-            default = f"`{a.default.relative_to(HERE.parent)}`"  # not this checkout's absolute path
+        elif isinstance(a.default, (str, Path)) and Path(a.default).is_absolute() \
+                and Path(a.default).is_relative_to(HERE.parent):
+            default = f"`{Path(a.default).relative_to(HERE.parent)}`"  # not this checkout's absolute path
         else:
             default = f"`{a.default}`"
         meaning = (a.help or "").replace("|", "\\|")
