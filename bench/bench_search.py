@@ -208,6 +208,10 @@ def run_scale(n_pages: int, args, work: Path) -> dict:
         exact.append(m.exact(q, 5)[0].tolist())
         ex_ms.append((time.perf_counter() - t0) * 1e3)
     res["exact"] = _pct(ex_ms[1:] or ex_ms)
+    # The physical limit: exact MaxSim is at least one (query tokens x 128) @ (128 x vectors)
+    # MatMul; at the machine's measured MatMul rate (main) that takes this long.
+    nq = float(np.mean([len(q) for q in queries[:args.exact_queries]]))
+    res["exact"]["gflop"] = 2 * nq * DIM * res["n_vectors"] / 1e9
     res["hit1_target"] = float(np.mean([e[0] == t for e, t in zip(exact, targets)]))
     _log(f"[scale {n_pages}] exact p50 {res['exact']['p50_ms']:.0f} ms")
     del m
@@ -230,31 +234,25 @@ def run_scale(n_pages: int, args, work: Path) -> dict:
 
 
 def _bulk_index(db: Path, n_pages: int, args, doc_pages: int = 20):
-    """A real LanceDB index of synthetic documents of `doc_pages` pages (no images, no model)."""
+    """A real LanceDB index of synthetic documents of `doc_pages` pages (no images, no model),
+    written with the store's own row builder, 100 documents (2000 pages) a commit."""
     import pyarrow as pa
 
-    from ragvl.index.store import SCHEMA, PageStore, vectors_array
+    from ragvl.index.store import DocFields, PageRow, PageStore
 
     store = PageStore(db, create=True)
     store.write_meta(embedder="synthetic")
     X, offsets, meta = make_corpus(n_pages, seed=args.seed)
     queries, _ = make_queries(X, offsets, meta, args.queries, seed=args.seed + 1)
     n_docs = n_pages // doc_pages
-    for d0 in range(0, n_docs, 100):                     # 100 documents (2000 pages) per commit
-        rows = {k: [] for k in SCHEMA.names}
-        mats = []
+    for d0 in range(0, n_docs, 100):
+        batch = []
         for d in range(d0, min(d0 + 100, n_docs)):
-            sha = hashlib.sha256(f"doc{d}".encode()).hexdigest()
-            for p in range(doc_pages):
-                i = d * doc_pages + p
-                v = X[offsets[i]:offsets[i + 1]]
-                for k, val in (("key", f"doc{d}.pdf#{p + 1}"), ("doc_path", f"doc{d}.pdf"), ("doc_sha256", sha),
-                               ("page", p + 1), ("width", 1), ("height", 1), ("image_png", b""),
-                               ("n_vectors", len(v)), ("embedder", "synthetic"), ("text", None)):
-                    rows[k].append(val)
-                mats.append(v)
-        rows["vectors"] = vectors_array(mats)
-        store.table.add(pa.Table.from_pydict(rows, schema=SCHEMA))
+            fields = DocFields(hashlib.sha256(f"doc{d}".encode()).hexdigest(), doc_pages, "synthetic", 0)
+            pages = [PageRow(p + 1, 1, 1, b"", X[offsets[i]:offsets[i + 1]])
+                     for p, i in enumerate(range(d * doc_pages, (d + 1) * doc_pages))]
+            batch.append(store.rows_table(f"doc{d}.pdf", fields, pages))
+        store.table.add(pa.concat_tables(batch))
     return store, X, offsets, queries
 
 
@@ -326,6 +324,18 @@ def run_incremental(n_pages: int, args, work: Path) -> dict:
         _log(f"[filter {name}] p50 {res[f'filter {name}']['p50_ms']:.1f} ms")
     del v0, flat, offs
     return res
+
+
+def matmul_gflops(cores: int) -> float:
+    """The machine's fp32 MatMul rate at an exact search's shape: one chunk (25 query tokens x 128
+    @ 128 x CHUNK_VECTORS), on one thread, measured alone in onnxruntime, times the cores (exact
+    search runs one such MatMul per core). The physical limit the exact figures are set beside."""
+    from machine import measure_gemm
+
+    from ragvl.index.maxsim.matrix import CHUNK_VECTORS
+
+    one = measure_gemm({"kind": "bmm", "m": 25, "k": DIM, "n": CHUNK_VECTORS, "batch": 1}, 1, reps=20)
+    return one["gflops"] * cores
 
 
 def run_stage_only(n_pages: int, args, pairs_per_page: int = 200) -> dict:
@@ -409,12 +419,15 @@ def markdown(results: dict) -> str:
              "(other processes share these cores: latencies are upper bounds).", "",
              "### Scale: first stage (centroids) + exact rescoring of 128 candidates from a memory-mapped segment", "",
              "| pages | vectors | first stage build s (K) | staged p50 / p95 ms | recall@5 vs exact | exact p50 ms "
-             "| search process RSS MB: peak (own memory + mapped file pages) | segment on disk GB |",
+             "(x its MatMul floor) | search process RSS MB: peak (own memory + mapped file pages) | segment on disk GB |",
              "|---|---|---|---|---|---|---|---|"]
+    peak = m.get("matmul_gflops")
     for r in results["sizes"]:
+        ex = r["exact"]
+        floor = f" ({ex['p50_ms'] / (ex['gflop'] / peak * 1e3):.1f}x)" if peak and "gflop" in ex else ""
         lines.append(f"| {r['n_pages']:,} | {r['n_vectors']:,} | {r['build_stage_s']:.0f} ({r['n_centroids']}) "
                      f"| {r['staged']['p50_ms']:.1f} / {r['staged']['p95_ms']:.1f} | {r['staged']['recall5']:.3f} "
-                     f"| {r['exact']['p50_ms']:.0f} | {_rss(r)} | {r['disk_bytes'] / 1e9:.2f} |")
+                     f"| {ex['p50_ms']:.0f}{floor} | {_rss(r)} | {r['disk_bytes'] / 1e9:.2f} |")
     ex = results.get("extrapolated")
     if ex:
         lines.append(f"| {ex['n_pages']:,} (extrapolated, not run) | ~{int(ex['n_pages'] * 750):,} "
@@ -426,6 +439,11 @@ def markdown(results: dict) -> str:
         lines += ["", f"Extrapolation from the two largest sizes run: exact search and disk linear in pages; "
                   f"build time and RSS a fitted power law (exponents {ex['build_stage_s_exponent']:.2f} and "
                   f"{ex['search_rss_mb_exponent']:.2f}); staged search: {staged}."]
+    if peak:
+        lines += ["", f"MatMul floor: an exact search is at least a (query tokens x 128) @ (128 x vectors) MatMul; "
+                  f"this machine's fp32 MatMul rate at that shape, measured alone on one core in the same run "
+                  f"and multiplied by the cores, is {peak:.0f} GFLOP/s on {m['cpus']} cores. Exact search also widens the float16 vectors and takes the "
+                  "per-page maxima, so it stays above that floor."]
     so = results.get("stage_only")
     if so:
         lines += ["", "### The first stage alone at sizes whose vectors were not built (no vectors: random "
@@ -458,14 +476,14 @@ def markdown(results: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The options (bench/assemble.py lists them in bench/README.md from here)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--pages", default="3000,10000,30000", help="comma-separated page counts (scale part)")
+    ap.add_argument("--pages", default="3000,10000", help="comma-separated page counts (scale part)")
     ap.add_argument("--inc-pages", type=int, default=10000, help="pages of the incremental/filter index (0: skip)")
     ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--exact-queries", type=int, default=12, help="queries scored exactly (recall reference)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--candidates", type=int, default=128)
     ap.add_argument("--centroids", type=int, default=0, help="0: default_n_centroids (~sqrt of vectors)")
-    ap.add_argument("--stage-only", default="", help="comma-separated page counts for the vector-free first-stage "
+    ap.add_argument("--stage-only", default="10000,100000", help="comma-separated page counts for the vector-free first-stage "
                     "measurement (e.g. 10000,100000)")
     ap.add_argument("--resume", default=None, help="a results JSON of an earlier (possibly stopped) run: its parts "
                     "are kept, only the parts it lacks are measured")
@@ -484,6 +502,8 @@ def main(argv=None) -> int:
     if args.resume:
         prev = json.loads(Path(args.resume).read_text())
         results = {**prev, "resumed_with": dict(vars(args))}
+    if "matmul_gflops" not in results["machine"]:
+        results["machine"]["matmul_gflops"] = matmul_gflops(len(os.sched_getaffinity(0)))
     have_sizes = {r["n_pages"] for r in results["sizes"]}
     have_stage = {r["n_pages"] for r in results.get("stage_only", [])}
     t_all = time.perf_counter() - results.get("total_s", 0.0)   # resumed: count the earlier run's time too
