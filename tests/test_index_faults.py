@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -92,12 +91,19 @@ def test_interrupted_run_is_one_line_and_resumable(tmp_path, tiny_embedder):
     docs = tmp_path / "docs"
     for i in range(6):
         make_pdf(docs / f"d{i}.pdf", 2, seed=i)
+    # The indexer's test hook holds the run after its 3rd page (the first document is committed by
+    # then): the interrupt lands mid-run however fast the machine is.
     p = subprocess.Popen([sys.executable, "-m", "ragvl.cli", "index", str(docs), "--db", str(tmp_path / "db"),
-                          "--embedder", str(tiny_embedder), "-q"], stderr=subprocess.PIPE, text=True)
-    while not (tmp_path / "db" / "pages.lance").exists() or PageStore(tmp_path / "db").count() < 2:
-        time.sleep(0.2)
+                          "--embedder", str(tiny_embedder), "-q"], stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "RAGVL_TEST_PAUSE_AFTER_PAGES": "3"})
+    seen = []
+    for line in p.stderr:  # blocks until the hook speaks, or the run ends without it
+        seen.append(line)
+        if "ragvl-test: paused after 3 pages" in line:
+            break
+    assert PageStore(tmp_path / "db").count() == 2, "".join(seen)
     p.send_signal(signal.SIGINT)
-    err = p.communicate(timeout=120)[1]
+    err = "".join(seen) + p.communicate(timeout=120)[1]
     assert p.returncode == 130, err
     last = err.strip().splitlines()[-1]
     assert "interrupted" in last and str(tmp_path / "db") in last and "Traceback" not in err
