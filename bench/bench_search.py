@@ -41,6 +41,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -375,6 +376,9 @@ def extrapolate(sizes: list[dict], target: int = 100_000, stage_only: list[dict]
     largest size, minus its first stage, plus the first stage measured at `target` without
     vectors (``--stage-only``), when that was run; else the fitted power law, its exponent
     clamped at 0 (on a loaded machine a smaller size can measure slower: noise, not speed-up).
+    The search process's own memory likewise: the largest size's, plus the growth of the first
+    stage measured at `target`. (Its mapped file pages are the candidates' pages it has read so
+    far, in the page cache: they grow with the queries asked, not with what must fit in RAM.)
     """
     if len(sizes) < 2 or sizes[-1]["n_pages"] >= target:
         return None
@@ -398,6 +402,8 @@ def extrapolate(sizes: list[dict], target: int = 100_000, stage_only: list[dict]
     if b["n_pages"] in so and target in so:
         out["staged_p50_ms"] = b["staged"]["p50_ms"] - so[b["n_pages"]]["p50_ms"] + so[target]["p50_ms"]
         out["staged_from_stage_only"] = True
+        if "search_anon_mb" in b:
+            out["search_anon_mb"] = b["search_anon_mb"] - so[b["n_pages"]]["stage_mb"] + so[target]["stage_mb"]
     return out
 
 
@@ -409,6 +415,12 @@ def _rss(r: dict) -> str:
     if "search_anon_mb" not in r:
         return f"{r['search_rss_mb']:.0f}"
     return f"{r['search_rss_mb']:.0f} ({r['search_anon_mb']:.0f} + {r['search_file_mb']:.0f})"
+
+
+def _rss_extrapolated(ex: dict) -> str:
+    if "search_anon_mb" not in ex:
+        return f"~{ex['search_rss_mb']:.0f}"
+    return f"~{ex['search_anon_mb']:.0f} own memory + the mapped pages read (page cache)"
 
 
 def markdown(results: dict) -> str:
@@ -432,13 +444,17 @@ def markdown(results: dict) -> str:
     if ex:
         lines.append(f"| {ex['n_pages']:,} (extrapolated, not run) | ~{int(ex['n_pages'] * 750):,} "
                      f"| ~{ex['build_stage_s']:.0f} | ~{ex['staged_p50_ms']:.0f} / - | (measured above: flat in size) "
-                     f"| ~{ex['exact_p50_ms']:.0f} | ~{ex['search_rss_mb']:.0f} | ~{ex['disk_gb']:.1f} |")
+                     f"| ~{ex['exact_p50_ms']:.0f} | {_rss_extrapolated(ex)} | ~{ex['disk_gb']:.1f} |")
         staged = ("the largest size's staged time with its first stage replaced by the one measured at "
                   f"{ex['n_pages']:,} pages (below)" if ex.get("staged_from_stage_only") else
                   f"power law, exponent {ex['staged_p50_ms_exponent']:.2f} (clamped at 0)")
+        memory = ("the largest size's own memory plus the first stage's growth measured at "
+                  f"{ex['n_pages']:,} pages" if "search_anon_mb" in ex else
+                  f"peak RSS a fitted power law (exponent {ex['search_rss_mb_exponent']:.2f})")
         lines += ["", f"Extrapolation from the two largest sizes run: exact search and disk linear in pages; "
-                  f"build time and RSS a fitted power law (exponents {ex['build_stage_s_exponent']:.2f} and "
-                  f"{ex['search_rss_mb_exponent']:.2f}); staged search: {staged}."]
+                  f"build time a fitted power law (exponent {ex['build_stage_s_exponent']:.2f}); staged search: "
+                  f"{staged}; memory: {memory}. The mapped pages are the candidate pages read so far (page "
+                  "cache, shared and evictable): they grow with the queries asked, up to the segment's size."]
     if peak:
         lines += ["", f"MatMul floor: an exact search is at least a (query tokens x 128) @ (128 x vectors) MatMul; "
                   f"this machine's fp32 MatMul rate at that shape, measured alone on one core in the same run "
@@ -522,7 +538,6 @@ def main(argv=None) -> int:
         if args.inc_pages and "incremental" not in results:
             results["incremental"] = run_incremental(args.inc_pages, args, work)
             write()
-            import shutil
             shutil.rmtree(work / "inc_db")
             shutil.rmtree(work / "fresh_cache", ignore_errors=True)
         for n in [int(p) for p in args.stage_only.split(",") if p and int(p) not in have_stage]:
@@ -531,7 +546,6 @@ def main(argv=None) -> int:
         for n in [int(p) for p in args.pages.split(",") if p and int(p) not in have_sizes]:
             results["sizes"].append(run_scale(n, args, work))
             write()
-            import shutil
             shutil.rmtree(work / f"seg_{n}")             # free the disk before the next size
     write()
     print(out.with_suffix(".md").read_text())
