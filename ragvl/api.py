@@ -29,7 +29,6 @@ import numpy as np
 from .answer.answering import ANSWER_MAX_PIXELS, Answer, answer_question, follow_up_question
 from .errors import RagvlError
 from .index.filters import Filters
-from .index.indexer import IndexSummary, index_paths
 from .index.objstore import is_uri, normalize_db
 from .index.schema import FORMAT_VERSION, K_EMBEDDER
 from .index.search import MODES, Hit, PageSearch
@@ -45,6 +44,7 @@ from .progress import Progress
 if TYPE_CHECKING:
     from .distributed.options import RayOptions
     from .index.explain import SimilarityMap
+    from .index.indexer import IndexSummary
 
 
 class Index:
@@ -125,6 +125,8 @@ class Index:
         `vision_cache`: keep each page's vision features for `ask` (vision_store.py), within
         `vision_cache_bytes` (default: the index's recorded cap, else 4 GiB; recorded in the index).
         """
+        # Imported here: PyMuPDF costs ~1 s of every `ragvl search` / `ask` start otherwise.
+        from .index.indexer import index_paths
         from .ingest import find_documents
 
         paths = list(paths)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from ragvl.models.runtime.generation import GenerationSettings
 from ragvl.models.runtime.qwen2vl import Qwen2VL, user_message
 
 from tiny_numpy import make_numpy_checkpoint  # noqa: E402
+from tiny_pdfs import make_pdf  # noqa: E402
 
 
 def snapshot(folder):
@@ -71,3 +75,36 @@ def test_embedder_id_ignores_optimized_copies(tmp_path):
     assert with_opt.id == without.id
     q = with_opt.embed_queries(["a query"])[0]
     np.testing.assert_allclose(q, without.embed_queries(["a query"])[0], atol=1e-5)
+
+
+# A `ragvl search` run that reports, last on stderr, which of the costly packages it imported.
+_PROBE = """
+import runpy, sys
+sys.argv = ["ragvl", "search", "revenue", "--db", sys.argv[1], "-k", "1"]
+try:
+    runpy.run_module("ragvl.cli", run_name="__main__")
+except SystemExit as e:
+    assert not e.code, e.code
+print("imported:", *(m for m in ("onnx", "pymupdf") if m in sys.modules), file=sys.stderr)
+"""
+
+
+def test_search_imports_neither_onnx_nor_pymupdf(tmp_path, tiny_embedder):
+    """`ragvl search` starts without PyMuPDF (indexing only) and, once the MaxSim kernels are
+    cached, without the onnx package: each costs about a second of every start."""
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 2, seed=1)
+    env = {**os.environ, "RAGVL_CACHE": str(tmp_path / "cache")}
+    db = tmp_path / "db"
+    subprocess.run([sys.executable, "-m", "ragvl.cli", "index", str(docs), "--db", str(db), "--embedder",
+                    str(tiny_embedder), "-q"], check=True, env=env, capture_output=True)
+
+    def search() -> str:
+        r = subprocess.run([sys.executable, "-c", _PROBE, str(db)], capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        assert "a.pdf" in r.stdout
+        return r.stderr.strip().splitlines()[-1]
+
+    assert search() == "imported: onnx"  # the first search on this machine builds the kernels
+    assert sorted((tmp_path / "cache" / "kernels").iterdir())
+    assert search() == "imported:"
