@@ -201,27 +201,33 @@ def search_end_to_end(db: Path, runs: int = 3) -> dict:
 # =============================================================================================
 
 
-def optimized_copy(folder: Path, work: Path) -> Path:
-    """`folder` plus onnxruntime's optimized graphs, as `ragvl models convert` now writes it (the
-    graphs are hard links: nothing is written into `folder`)."""
+def with_optimized(folder: Path, work: Path, optimized: bool) -> Path:
+    """`folder` with (as `ragvl models convert` now writes it) or without onnxruntime's saved
+    optimized graphs: the folder itself when it already is so, else a copy of hard links with
+    its own manifest (nothing is written into `folder`)."""
     from ragvl.models.contract.manifest import MANIFEST, write_manifest
     from ragvl.models.contract.names import optimized_graph
     from ragvl.models.converter.optimize import key, save_optimized
 
-    out = work / f"{folder.name}-optimized"
+    m = json.loads((folder / MANIFEST).read_text())
+    if bool(m.get("optimized")) == optimized:
+        return folder
+    out = work / f"{folder.name}-{'optimized' if optimized else 'plain'}"
     if (out / MANIFEST).exists():
         return out
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
+    saved = set((m.get("optimized") or {}).get("graphs", {}).values())
     for f in folder.iterdir():
-        if f.name != MANIFEST:
+        if f.name != MANIFEST and not any(f.name in (o, o + ".data") for o in saved):
             os.link(f, out / f.name)
-    m = json.loads((folder / MANIFEST).read_text())
-    for g, file in m["graphs"].items():
-        log(f"  optimizing {g}")
-        save_optimized(out / file)
     m.pop("files")
-    m["optimized"] = {"key": key(), "graphs": {g: optimized_graph(f) for g, f in m["graphs"].items()}}
+    m["optimized"] = None
+    if optimized:
+        for g, file in m["graphs"].items():
+            log(f"  optimizing {g}")
+            save_optimized(out / file)
+        m["optimized"] = {"key": key(), "graphs": {g: optimized_graph(f) for g, f in m["graphs"].items()}}
     write_manifest(out, m)
     return out
 
@@ -311,9 +317,9 @@ def main(argv=None) -> int:
                                                  "cases": cases}, work, script=__file__)
     emb = args.embedder or work / f"ckpt-colqwen2-{ckpt.name[len('ckpt-'):]}-ragvl-int8"
     if (emb / "ragvl.json").exists():
-        opt = optimized_copy(emb, work)
-        for label, folder, mode in (("before: every graph, optimized at load (main)", emb, "eager"),
-                                    ("lazy sessions, optimized at load", emb, "lazy"),
+        plain, opt = with_optimized(emb, work, False), with_optimized(emb, work, True)
+        for label, folder, mode in (("before: every graph, optimized at load (main)", plain, "eager"),
+                                    ("lazy sessions, optimized at load", plain, "lazy"),
                                     ("lazy sessions, saved optimized graphs", opt, "lazy")):
             log(f"start-up: {label}")
             run_child("startup", {"folder": str(folder), "threads": args.threads, "mode": mode}, work,
