@@ -95,7 +95,10 @@ def test_interrupted_run_is_one_line_and_resumable(tmp_path, tiny_embedder):
     # then): the interrupt lands mid-run however fast the machine is.
     p = subprocess.Popen([sys.executable, "-m", "ragvl.cli", "index", str(docs), "--db", str(tmp_path / "db"),
                           "--embedder", str(tiny_embedder), "-q"], stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "RAGVL_TEST_PAUSE_AFTER_PAGES": "3"})
+                         env={**os.environ, "RAGVL_TEST_PAUSE_AFTER_PAGES": "3"},
+                         # A run started in the background by a non-interactive shell (as CI may
+                         # be) inherits SIGINT ignored; a terminal's Ctrl-C is what is tested here.
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in p.stderr:  # blocks until the hook speaks, or the run ends without it
         seen.append(line)
