@@ -408,7 +408,8 @@ def task_ragvl(folder: str, threads: int, new_tokens: int, runs: int) -> dict:
     from ragvl.models.runtime.qwen2vl import Qwen2VL, user_message
 
     t0 = time.perf_counter()
-    m = Qwen2VL(folder, threads=threads)
+    # Sessions open lazily; open them all here, as the reference loads its weights before timing.
+    m = Qwen2VL(folder, threads=threads).open()
     load_s = time.perf_counter() - t0
     rss_loaded = gb(proc_status_kb("VmRSS"))
     log(f"  loaded in {load_s:.2f}s, RSS {rss_loaded} GB")
