@@ -200,3 +200,20 @@ def test_missing_cuda_provider_is_loud(model, page):
         pytest.skip("CUDA is available here")
     assert_one_line_error(ragvl("chat", "Hi", "--answerer", model, "--device", "cuda", check=False),
                           "CUDAExecutionProvider")
+
+
+def test_int8_kernel_choice(make_np_ckpt, tmp_path):
+    """--int8-kernel nbits keeps MatMulNBits in the embedder's many-row graphs (the default is the rows
+    kernel, tests/test_quantize.py); a bad value is a one-line error and writes nothing."""
+    import onnx
+
+    ckpt = make_np_ckpt(variant="a", kind="colqwen2")
+    ragvl("models", "convert", ckpt, tmp_path / "nbits", "--dtype", "int8", "--int8-kernel", "nbits")
+    for graph in ("vision", "encoder"):
+        ops = {n.op_type for n in onnx.load(str(tmp_path / "nbits" / f"{graph}.onnx"), load_external_data=False).graph.node}
+        assert "MatMulNBits" in ops and "MatMulInteger" not in ops
+    wf = json.loads((tmp_path / "nbits" / "ragvl.json").read_text())["weight_format"]
+    assert {g: f["kernel"] for g, f in wf.items()} == {"vision": "nbits", "encoder": "nbits", "embed": "nbits"}
+    r = ragvl("models", "convert", ckpt, tmp_path / "bad", "--dtype", "int8", "--int8-kernel", "vnni", check=False)
+    assert_one_line_error(r, "--int8-kernel vnni", "rows or nbits")
+    assert not (tmp_path / "bad").exists()

@@ -21,6 +21,9 @@ def models_convert(
                                          "which makes it available to index/search/ask)."),
     dtype: str = typer.Option("fp32", "--dtype", help="Weights of the MatMuls: fp32, int8 or int4."),
     base: Optional[Path] = typer.Option(None, "--base", help="For a LoRA adapter folder: its base checkpoint."),
+    int8_kernel: str = typer.Option("rows", "--int8-kernel", help="int8 only: the kernel of the vision tower and "
+                                    "the page embedder. rows (int8 activations per row, MatMulInteger): 1.5-2x "
+                                    "faster than nbits on an AVX2 CPU; nbits (MatMulNBits, as every decoder uses)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing ragvl model folder."),
     default: bool = typer.Option(False, "--default", help="Make it the default model of its kind."),
     no_optimized: bool = typer.Option(False, "--no-optimized-graphs", help="Do not save onnxruntime's optimized "
@@ -37,6 +40,7 @@ def models_convert(
         if in_home:
             out = models_dir() / f"{src.resolve().name.lower()}-{dtype}"
         folder = convert(src, out, dtype=dtype, force=force, base=base, log=log, optimize=not no_optimized,
+                         int8_kernel=int8_kernel,
                          share_vision=[f for f, _ in installed_models() if f.resolve() != out.resolve()])
         kind = read_manifest(folder, verify=False)["kind"]  # just written and hashed
         if default or (in_home and default_model(kind) in (None, folder)):
@@ -70,8 +74,8 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON
 @models_app.command("pull")
 def models_pull(
     dtype: str = typer.Option("int8", "--dtype", help="fp32, int8 (default: a third of fp32's memory, 2.5x its "
-                              "decoding speed, but slower vision and prefill than fp32 on CPUs without AVX-512) "
-                              "or int4."),
+                              "decoding speed, page embedding 1.2x faster; the answer's prefill slower than fp32 on "
+                              "CPUs without AVX-512) or int4."),
     only: Optional[str] = typer.Option(None, "--only", help="One model name or kind (colqwen2, qwen2-vl)."),
 ) -> None:
     """Download the default models from the Hugging Face hub and convert them (needs the network once)."""

@@ -31,7 +31,7 @@ from ..contract.manifest import KIND_EMBEDDER, KIND_ANSWERER, MANIFEST, write_ma
 from ..contract.names import optimized_graph
 from .onnx_builder import GraphBuilder
 from .optimize import key as optimized_key, save_optimized
-from .quantize import FORMATS
+from .quantize import FORMATS, WeightFormat
 from .vision_graph import build_vision, vision_tensor_names
 
 # Files carried over verbatim; the runtime reads tokenizer, chat template and the
@@ -45,9 +45,11 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def vision_key(source: TensorSource, names: list[str], dtype: str, fused_attention: bool) -> str:
+def vision_key(source: TensorSource, names: list[str], fmt: WeightFormat, fused_attention: bool) -> str:
     """A hash of the vision tower's weights (as float32) and graph options: equal keys, equal graphs."""
-    h = hashlib.sha256(f"{dtype}|fused={fused_attention}|".encode())
+    # int8 vision graphs converted before the rows kernel existed used nbits: their keys differ
+    kernel = "|kernel=rows" if fmt.kernel == "rows" else ""
+    h = hashlib.sha256(f"{fmt.name}|fused={fused_attention}{kernel}|".encode())
     for name in names:
         h.update(name.encode())
         h.update(source.get(name).tobytes())
@@ -83,7 +85,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool = False,
             base: str | Path | None = None, share_vision: Sequence[str | Path] = (),
-            fused_attention: bool = True, optimize: bool = True, log: Callable[[str], None] = _log) -> Path:
+            fused_attention: bool = True, optimize: bool = True, int8_kernel: str = "rows",
+            log: Callable[[str], None] = _log) -> Path:
     """Convert the checkpoint folder `src` into the ragvl model folder `out`; returns `out`.
 
     - A Qwen2-VL checkpoint becomes an answerer (vision, embed, decoder with KV cache); a ColQwen2
@@ -96,10 +99,15 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
       1.4x faster there on a CPU than MatMul + Softmax, which materialise the N x N scores).
     - `optimize` saves onnxruntime's optimized copy of every graph (optimize.py): faster loads,
       about twice the disk.
+    - `int8_kernel` ("rows" or "nbits"): the int8 kernel of the graphs that only multiply many
+      rows at once (vision tower, ColQwen2's encoder; quantize.py); the answerer's decoder, which
+      decodes one row at a time, always uses MatMulNBits.
     """
     src, out = Path(src), Path(out)
     if dtype not in FORMATS:
         raise RagvlError(f"--dtype {dtype}: expected one of {', '.join(FORMATS)}")
+    if int8_kernel not in ("rows", "nbits"):
+        raise RagvlError(f"--int8-kernel {int8_kernel}: expected rows or nbits")
     fmt = FORMATS[dtype]
     if not src.is_dir():
         raise RagvlError(f"{src}: no such checkpoint folder")
@@ -160,15 +168,18 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        key = vision_key(source, v_names, dtype, fused_attention)
+        # The vision tower and ColQwen2's encoder only ever see many rows at once (patches, page
+        # tokens); the answerer's decoder also decodes one row at a time. Each gets its kernel.
+        many_rows = fmt.for_many_rows() if int8_kernel == "rows" else fmt
+        key = vision_key(source, v_names, many_rows, fused_attention)
         shared = _find_shared_vision(key, [Path(c) for c in share_vision])
         steps = [
             ("embed", lambda g: build_embed(g, source, cfg.text, fmt)),
-            ("encoder", lambda g: build_decoder(g, source, cfg.text, True, fmt, head="colbert")) if embedder else
+            ("encoder", lambda g: build_decoder(g, source, cfg.text, True, many_rows, head="colbert")) if embedder else
             ("decoder", lambda g: build_decoder(g, source, cfg.text, cfg.tie_word_embeddings, fmt)),
         ]
         if shared is None:
-            steps.insert(0, ("vision", lambda g: build_vision(g, source, cfg.vision, fmt, fused_attention)))
+            steps.insert(0, ("vision", lambda g: build_vision(g, source, cfg.vision, many_rows, fused_attention)))
         else:
             log(f"sharing the vision graph of {shared} (identical weights)")
             for f in ("vision.onnx", "vision.onnx.data"):
@@ -200,7 +211,8 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
             "kind": KIND_EMBEDDER if embedder else KIND_ANSWERER,
             "architecture": cfg.architecture,
             "dtype": dtype,
-            "weight_format": {"bits": fmt.bits, "block_size": fmt.block_size} if fmt.quantized else None,
+            "weight_format": {"vision": many_rows.describe(), text_graph: (many_rows if embedder else fmt).describe(),
+                              "embed": fmt.describe()} if fmt.quantized else None,
             "fused_attention": fused_attention,
             "config": cfg.to_dict(),
             "graphs": graphs,

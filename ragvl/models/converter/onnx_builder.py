@@ -79,6 +79,7 @@ class GraphBuilder:
         self._consts: dict[tuple, str] = {}
         self._names: set[str] = set()
         self._inline_limit = inline_limit
+        self.memo: dict = {}  # values derived once from an input and shared by its users
         self.data = ExternalData(self.path.with_name(self.path.name + ".data"))
 
     # -- graph interface -------------------------------------------------------------------

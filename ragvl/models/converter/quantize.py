@@ -1,18 +1,29 @@
-"""Weight-only block quantization for onnxruntime's MatMulNBits, one tensor at a time.
+"""Quantized Linear layers, one tensor at a time, in two kernels.
 
-Each Linear weight (N out, K in) is cut into blocks of `block_size` values along K; every block
-gets its own float scale and zero point (asymmetric, so skewed blocks keep their full range).
+* ``nbits``: weight-only block quantization for onnxruntime's MatMulNBits. Each Linear weight
+  (N out, K in) is cut into blocks of `block_size` values along K; every block gets its own
+  float scale and zero point (asymmetric, so skewed blocks keep their full range). With
+  accuracy_level 4 the kernel quantizes activations per block too. Fastest at one row (decode).
+* ``rows`` (int8 only): int8 weights per output column and int8 activations per row (token or
+  patch), symmetric, multiplied exactly in integers by MatMulInteger. On an AVX2 CPU this runs
+  the many-row matmuls of the vision tower and the page embedder 1.7-2x faster than MatMulNBits
+  and 1.1-1.4x faster than fp32 MatMul at the 2B shapes (bench/results/colqwen2.md, floors).
+  Per-row scales keep one outlier token from coarsening every other row, as a per-tensor scale
+  (onnxruntime's quantize_dynamic) would; the price is a larger error than MatMulNBits' blocks
+  of 64 (bench/results/int8_fidelity.md).
+
 Doing this per tensor while converting keeps peak memory at one tensor, where
 `onnxruntime.quantization.quantize_dynamic` over a finished 2B graph peaks near 20 GB.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+from onnx import TensorProto
 
-from .onnx_builder import MS_DOMAIN, GraphBuilder
+from .onnx_builder import FLOAT, MS_DOMAIN, GraphBuilder
 
 
 @dataclass(frozen=True)
@@ -23,12 +34,28 @@ class WeightFormat:
     bits: int = 0
     block_size: int = 32
     # accuracy_level 4 lets MatMulNBits quantize activations to int8 and use integer dot
-    # products: that is what makes it faster than fp32 on a CPU, not just smaller.
+    # products: that is what makes a decode step faster than fp32 on a CPU, not just smaller.
     accuracy_level: int = 4
+    kernel: str = "nbits"  # "nbits" (MatMulNBits) or "rows" (MatMulInteger, int8 only)
 
     @property
     def quantized(self) -> bool:
         return self.bits > 0
+
+    def for_many_rows(self) -> WeightFormat:
+        """The format for graphs that only ever multiply many rows at once (the vision tower,
+        ColQwen2's encoder): int8 takes the `rows` kernel; fp32 and int4 are unchanged (int4 is
+        chosen for size, and the rows kernel needs 8-bit weights)."""
+        return replace(self, kernel="rows") if self.bits == 8 else self
+
+    def describe(self) -> dict | None:
+        """What a manifest records about this format (None for fp32)."""
+        if not self.quantized:
+            return None
+        if self.kernel == "rows":
+            return {"bits": 8, "kernel": "rows", "weights": "per output column", "activations": "per row"}
+        return {"bits": self.bits, "block_size": self.block_size, "kernel": "nbits",
+                "accuracy_level": self.accuracy_level}
 
 
 # Block sizes measured on the 2-core AVX-512 dev machine with accuracy_level 4, for a
@@ -88,23 +115,62 @@ def dequantize_blockwise(packed: np.ndarray, scales: np.ndarray, zp: np.ndarray,
     return w.reshape(n, -1)[:, :k]
 
 
+def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output (a row of the HF weight `w` (N, K)), for the rows kernel.
+
+    Returns (q (K, N) uint8 holding int8 + 128, as MatMulInteger's B with zero point 128;
+    scales (N,) float32). uint8 on both sides because AVX2's u8 x s8 instruction saturates its
+    pairwise int16 sums, while the u8 x u8 path widens first and is exact.
+    """
+    scale = (np.abs(w).max(axis=1) / 127.0).astype(np.float32)  # (N,)
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    q = np.clip(np.round(w / scale[:, None]), -127, 127).astype(np.int16) + 128  # (N, K)
+    return np.ascontiguousarray(q.T.astype(np.uint8)), scale
+
+
+def rows_reference(x: np.ndarray, q: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """What the rows kernel computes for x (..., K), in numpy (integer products are exact)."""
+    s_row = np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.float32(1e-30)) / np.float32(127)
+    xq = np.round(x / s_row + np.float32(128)).astype(np.int64) - 128  # (..., K) in [-127, 127]
+    acc = xq @ (q.astype(np.int64) - 128)  # (..., N)
+    return (acc.astype(np.float32) * s_row) * scales
+
+
+def _quantized_rows(g: GraphBuilder, x: str, path: str) -> tuple[str, str]:
+    """x (..., K) -> (uint8 x/s + 128, s (..., 1)) with s = max|row| / 127; made once per input,
+    so q/k/v or gate/up projections of one hidden state share it."""
+    key = ("rows", x)
+    if key not in g.memo:
+        s = g.div(g.op("Max", [g.op("ReduceMax", [g.op("Abs", [x], path), g.const([-1])], path, keepdims=1),
+                               g.const(np.float32(1e-30), np.float32)], path),
+                  g.const(np.float32(127), np.float32), path + "/scale")  # (..., 1)
+        shifted = g.add(g.div(x, s, path), g.const(np.float32(128), np.float32), path)
+        xq = g.cast(g.op("Round", [shifted], path), TensorProto.UINT8, path)  # in [1, 255]
+        g.memo[key] = (xq, s)
+    return g.memo[key]
+
+
 def linear(g: GraphBuilder, x: str, name: str, weight: np.ndarray, bias: np.ndarray | None, path: str,
            fmt: WeightFormat) -> str:
     """Emit `x @ weight.T + bias` for a HF Linear weight (out, in); `name` is its checkpoint name.
 
-    fp32 stores the weight transposed to (in, out) for MatMul; quantized formats store
-    MatMulNBits' blocked layout, which keeps HF's (out, in) row order.
+    fp32 stores the weight transposed to (in, out) for MatMul, as does the rows kernel (uint8);
+    MatMulNBits' blocked layout keeps HF's (out, in) row order.
     """
     n, k = weight.shape
-    if fmt.quantized:
+    if fmt.kernel == "rows":
+        q, scales = quantize_columns(weight)
+        xq, s = _quantized_rows(g, x, path + "/quantize_rows")
+        zp = g.const(np.uint8(128), np.uint8)
+        acc = g.cast(g.op("MatMulInteger", [xq, g.weight(name + ".qweight", q), zp, zp], path), FLOAT, path)
+        y = g.mul(g.mul(acc, s, path + "/row_scale"), g.weight(name + ".scales", scales), path + "/col_scale")
+    elif fmt.quantized:
         packed, scales, zp = quantize_blockwise(weight, fmt.bits, fmt.block_size)
         y = g.op("MatMulNBits", [x, g.weight(name + ".qweight", packed), g.weight(name + ".scales", scales),
                                  g.weight(name + ".zero_points", zp)], path, domain=MS_DOMAIN,
                  K=k, N=n, bits=fmt.bits, block_size=fmt.block_size, accuracy_level=fmt.accuracy_level)
-        if bias is not None:
-            y = g.add(y, g.weight(name.removesuffix(".weight") + ".bias", bias), path)
-        return y
-    y = g.matmul(x, g.weight(name, np.ascontiguousarray(weight.T)), path)
+    else:
+        y = g.matmul(x, g.weight(name, np.ascontiguousarray(weight.T)), path)
     if bias is not None:
         y = g.add(y, g.weight(name.removesuffix(".weight") + ".bias", bias), path)
     return y
