@@ -315,7 +315,7 @@ def embed_items(spec, grid_thw: list[int], seq: int) -> list[dict]:
     none), and custom_text_proj on every token (seq x hidden x 128, kept fp32 by the converter)."""
     from machine import _lin, prefill_items, vision_items
 
-    return (vision_items(spec, grid_thw) + prefill_items(spec, seq, lm_head=False)
+    return (vision_items(spec, grid_thw) + prefill_items(spec, seq, lm_head=False, many_rows=True)
             + [_lin("projection", "custom_text_proj", seq, spec.hidden_size, EMBED_DIM, 1, quantized=False)])
 
 
@@ -418,7 +418,7 @@ def derive(spec, machine: dict, engines: dict[str, dict], work: Path) -> dict:
         x["page_gflop_mean"] = float(np.mean(flops)) / 1e9
         x["gflops_warm"] = sum(flops[warm]) / sum(secs[warm]) / 1e9
         # Floor of the warm pages: each page's matmuls at the rates measured for their shapes.
-        fdtype = "fp32" if name == "colpali" else name.split("-")[1]
+        fdtype = "fp32" if name == "colpali" else name.split("-", 1)[1]
         fls = [stage_floor(embed_items(spec, r["grid_thw"], r["n_vectors"]), fdtype, machine) for r in recs[warm]]
         if fls and all(fls):
             x["floor_s_warm"] = float(np.mean([f["floor_s"] for f in fls]))
@@ -632,9 +632,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not args.child:
         args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-        bad = [d for d in args.dtypes if d not in ("fp32", "int8", "int4")]
+        bad = [d for d in args.dtypes if d not in ("fp32", "int8", "int8-nbits", "int4")]
         if bad:
-            p.error(f"--dtypes: unknown {bad}; expected fp32, int8, int4")
+            p.error(f"--dtypes: unknown {bad}; expected fp32, int8, int8-nbits (int8 with MatMulNBits in "
+                    f"every graph, ragvl's kernel before the rows kernel), int4")
         if args.pages is not None and args.pages < 1:
             p.error("--pages must be >= 1")
     return args

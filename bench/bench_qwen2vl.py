@@ -359,10 +359,12 @@ def folder_sizes(folder: Path) -> dict[str, int]:
 
 
 def task_convert(ckpt: str, out: str, dtype: str) -> dict:
+    """`dtype`: a converter dtype, or "int8-nbits" (int8 with MatMulNBits in every graph)."""
     from ragvl.models.converter.convert import convert
 
     t0 = time.perf_counter()
-    convert(ckpt, out, dtype=dtype, force=True, log=lambda m: log(f"  {m}"))
+    base, _, kernel = dtype.partition("-")
+    convert(ckpt, out, dtype=base, force=True, int8_kernel=kernel or "rows", log=lambda m: log(f"  {m}"))
     wall = time.perf_counter() - t0  # convert() alone; the parent adds process_wall_s (interpreter + imports)
     return {"dtype": dtype, "convert_s": round(wall, 2), "sizes": folder_sizes(Path(out))}
 

@@ -154,9 +154,11 @@ def synthetic_index(db: Path, folder: Path, pages: int = 20) -> Path:
     from ragvl.index.store import PageRow, PageStore
     from ragvl.models.runtime.colqwen2 import ColQwen2
 
-    if (db / "pages.lance").exists():
-        return db
     m = ColQwen2(folder)                                   # opens no session
+    if (db / "pages.lance").exists():
+        if PageStore(db).embedder == m.id:
+            return db
+        shutil.rmtree(db)                                  # the embedder was converted again
     store = PageStore(db, create=True)
     store.write_meta(**{K_EMBEDDER: {"id": m.id, "folder": str(folder.resolve()), "max_pixels": m.max_pixels}})
     rng = np.random.default_rng(0)

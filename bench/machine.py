@@ -7,8 +7,10 @@ Two kinds of floor, both measured at the thread count the engines run with:
   each distinct shape is timed alone in onnxruntime, as ragvl's graphs run it: fp32 ``MatMul``
   with the weight a constant initializer (so MLAS may prepack it), or ``MatMulNBits`` (block 64
   int8 / block 128 int4, ``accuracy_level`` 4, exactly ragvl's ``quantize.FORMATS``) for the
-  linears ragvl quantizes; the vision attention as ragvl's ``MultiHeadAttention`` node, the
-  decoder attention as its two batched MatMuls. A stage's floor is then the sum over its
+  linears ragvl quantizes, or for int8 in the many-row graphs (vision tower, ColQwen2's
+  encoder) the converter's own ``rows`` kernel (per-row int8 activations, MatMulInteger); the
+  vision attention as ragvl's ``MultiHeadAttention`` node, the decoder attention as its two
+  batched MatMuls. A stage's floor is then the sum over its
   matmuls of FLOPs / the rate measured at that shape and format (:func:`stage_floor`): the time
   the matmuls alone would take, with everything else (norms, softmax, copies) free. A stage
   can only beat its floor if a kernel runs faster inside the model than alone.
@@ -44,11 +46,13 @@ PATCH_DIM = 3 * 2 * 14 * 14  # Conv3d kernel (2, 14, 14) over 3 channels, one fl
 # =============================================================================================
 
 
-def _lin(group: str, op: str, m: int, k: int, n: int, count: int, quantized: bool = True) -> dict:
-    """A Linear (m x k) @ (k x n), `count` times per forward; `quantized`: ragvl stores it as
-    MatMulNBits in the int8 / int4 formats (patch embedding and merger stay fp32)."""
+def _lin(group: str, op: str, m: int, k: int, n: int, count: int, quantized: bool = True,
+         many_rows: bool = False) -> dict:
+    """A Linear (m x k) @ (k x n), `count` times per forward; `quantized`: ragvl quantizes it in the
+    int8 / int4 formats (patch embedding and merger stay fp32); `many_rows`: it sits in a graph
+    whose int8 form takes the rows kernel (quantize.WeightFormat.for_many_rows)."""
     return {"group": group, "op": op, "kind": "linear", "m": m, "k": k, "n": n, "batch": 1, "count": count,
-            "quantized": quantized}
+            "quantized": quantized, "many_rows": many_rows}
 
 
 def vision_items(spec, grid_thw: list[int]) -> list[dict]:
@@ -66,10 +70,10 @@ def vision_items(spec, grid_thw: list[int]) -> list[dict]:
     depth = spec.vision_depth
     return [
         _lin("patch_embed", "patch_embed", n, PATCH_DIM, d, 1, quantized=False),
-        _lin("blocks_linear", "qkv", n, d, 3 * d, depth),
-        _lin("blocks_linear", "proj", n, d, d, depth),
-        _lin("blocks_linear", "fc1", n, d, mlp, depth),
-        _lin("blocks_linear", "fc2", n, mlp, d, depth),
+        _lin("blocks_linear", "qkv", n, d, 3 * d, depth, many_rows=True),
+        _lin("blocks_linear", "proj", n, d, d, depth, many_rows=True),
+        _lin("blocks_linear", "fc1", n, d, mlp, depth, many_rows=True),
+        _lin("blocks_linear", "fc2", n, mlp, d, depth, many_rows=True),
         {"group": "blocks_attention", "op": "mha", "kind": "mha", "m": n, "k": d, "n": n, "batch": 1,
          "heads": spec.vision_num_heads, "count": depth, "quantized": False},
         _lin("merger", "merger.0", n // 4, wide, wide, 1, quantized=False),
@@ -77,20 +81,21 @@ def vision_items(spec, grid_thw: list[int]) -> list[dict]:
     ]
 
 
-def prefill_items(spec, seq: int, lm_head: bool = True) -> list[dict]:
+def prefill_items(spec, seq: int, lm_head: bool = True, many_rows: bool = False) -> list[dict]:
     """One prefill over `seq` tokens: q / k / v / o and the MLP per layer, attention as ragvl's
     decoder graph computes it (grouped-query: (nkv, rep*S, hd) @ (nkv, hd, S), full S x S before
     masking), and lm_head on the last position only (a GEMV: bandwidth-bound, see
-    :func:`stage_floor`)."""
+    :func:`stage_floor`). `many_rows`: ColQwen2's encoder (int8 takes the rows kernel), not the
+    answerer's decoder."""
     H, inter, L = spec.hidden_size, spec.intermediate_size, spec.num_layers
     kv = spec.num_kv_heads * spec.head_dim
     rep = spec.num_heads // spec.num_kv_heads
     hd = spec.head_dim
     items = [
-        _lin("linear", "q/o", seq, H, H, 2 * L),
-        _lin("linear", "k/v", seq, H, kv, 2 * L),
-        _lin("linear", "gate/up", seq, H, inter, 2 * L),
-        _lin("linear", "down", seq, inter, H, L),
+        _lin("linear", "q/o", seq, H, H, 2 * L, many_rows=many_rows),
+        _lin("linear", "k/v", seq, H, kv, 2 * L, many_rows=many_rows),
+        _lin("linear", "gate/up", seq, H, inter, 2 * L, many_rows=many_rows),
+        _lin("linear", "down", seq, inter, H, L, many_rows=many_rows),
         {"group": "attention", "op": "qk", "kind": "bmm", "m": rep * seq, "k": hd, "n": seq,
          "batch": spec.num_kv_heads, "count": L, "quantized": False},
         {"group": "attention", "op": "pv", "kind": "bmm", "m": rep * seq, "k": seq, "n": hd,
@@ -117,7 +122,10 @@ def group_flops(items: list[dict]) -> dict[str, float]:
 
 def shape_key(it: dict, dtype: str) -> str:
     """The measured kernel for one item in one weight format (fp32 for what ragvl keeps fp32)."""
-    fmt = dtype if (it["quantized"] and dtype in ("int8", "int4")) else "fp32"
+    base = dtype.split("-")[0]  # "int8-nbits": int8 converted with MatMulNBits in every graph
+    fmt = base if (it["quantized"] and base in ("int8", "int4")) else "fp32"
+    if fmt == "int8" and it.get("many_rows") and dtype == "int8":
+        fmt = "int8-rows"
     extra = f"h{it['heads']}" if it["kind"] == "mha" else f"b{it['batch']}"
     return f"{it['kind']}:{fmt}:{it['m']}x{it['k']}x{it['n']}:{extra}"
 
@@ -165,10 +173,13 @@ def stage_floor(items: list[dict], dtype: str, floors: dict) -> dict | None:
 
 
 def quant_format(dtype: str):
-    """ragvl's own weight format for `dtype` (bits, block size, accuracy level)."""
+    """ragvl's own weight format for `dtype` (bits, block size, accuracy level, kernel);
+    "int8-rows" is int8 as the many-row graphs store it."""
     from ragvl.models.converter.quantize import FORMATS
 
-    return FORMATS[dtype]
+    if dtype == "int8-rows":
+        return FORMATS["int8"].for_many_rows()
+    return FORMATS[dtype.split("-")[0]]
 
 
 def weight_bytes(k: int, n: int, dtype: str) -> float:
@@ -177,6 +188,8 @@ def weight_bytes(k: int, n: int, dtype: str) -> float:
     if dtype in ("fp32", "hf-fp32"):
         return 4.0 * n * k
     f = quant_format(dtype)
+    if f.kernel == "rows":
+        return 1.0 * n * k + 4.0 * n  # int8 weights and one scale per output column
     nb = -(-k // f.block_size)
     zp = n * nb if f.bits == 8 else n * -(-nb // 2)
     return n * nb * f.block_size * f.bits / 8 + 4.0 * n * nb + zp
@@ -227,6 +240,8 @@ def _weights(k: int, n: int, fmt: str) -> tuple:
     from ragvl.models.converter.quantize import quantize_blockwise
 
     f = quant_format(fmt)
+    if f.kernel == "rows":
+        return (w,)  # quantized by the converter's own linear (see _rows_linear_model)
     return quantize_blockwise(w, f.bits, f.block_size)
 
 
@@ -244,6 +259,24 @@ def _linear_node(x: str, y: str, k: int, n: int, fmt: str, name: str):
     return node, [numpy_helper.from_array(a, nm) for a, nm in zip(arrays, names)]
 
 
+def _rows_linear_model(k: int, n: int):
+    """One Linear exactly as the converter emits it in the rows kernel (several nodes: the
+    activation quantization is part of its cost), built by ragvl's own GraphBuilder."""
+    import tempfile
+
+    import onnx
+
+    from ragvl.models.converter.onnx_builder import FLOAT, GraphBuilder
+    from ragvl.models.converter.quantize import linear
+
+    with tempfile.TemporaryDirectory() as tmp:
+        g = GraphBuilder("floor", Path(tmp) / "floor.onnx", inline_limit=1 << 40)  # weights inline
+        g.output(linear(g, g.input("A", FLOAT, ["m", k]), "W", _weights(k, n, "int8-rows")[0], None, "/W",
+                        quant_format("int8-rows")), "Y", FLOAT, ["m", n])
+        g.save()
+        return onnx.load(str(Path(tmp) / "floor.onnx"))
+
+
 def measure_gemm(shape: dict, threads: int, reps: int) -> dict:
     """Time one matmul of `shape` alone in onnxruntime; returns shape + best_s + gflops."""
     import numpy as np
@@ -252,7 +285,11 @@ def measure_gemm(shape: dict, threads: int, reps: int) -> dict:
     rng = np.random.default_rng(0)
     m, k, n, b = shape["m"], shape["k"], shape["n"], shape["batch"]
     F = TensorProto.FLOAT
-    if shape["kind"] == "linear":
+    if shape["kind"] == "linear" and shape["format"] == "int8-rows":
+        model = _rows_linear_model(k, n)
+        feeds = {"A": rng.standard_normal((m, k), dtype=np.float32)}
+        flops = 2.0 * m * k * n
+    elif shape["kind"] == "linear":
         node, inits = _linear_node("A", "Y", k, n, shape["format"], "W")
         model = _model([node], [helper.make_tensor_value_info("A", F, [m, k])],
                        [helper.make_tensor_value_info("Y", F, [m, n])], inits)
@@ -375,7 +412,9 @@ def floors_tables(floors: dict) -> str:
     names = {"linear": "Linear", "bmm": "attention MatMul", "mha": "MultiHeadAttention"}
     for r in sorted(floors.get("gemm", []), key=lambda r: (r["kind"], r["format"], -r["m"], r["op"])):
         what = f"{names[r['kind']]} {r['op']}"
-        if r["kind"] == "linear" and r["format"] != "fp32":
+        if r["kind"] == "linear" and r["format"] == "int8-rows":
+            fmt_s = "int8 rows: per-row activations, MatMulInteger"
+        elif r["kind"] == "linear" and r["format"] != "fp32":
             f = quant_format(r["format"])
             fmt_s = f"MatMulNBits {f.bits}-bit, block {f.block_size}, accuracy_level {f.accuracy_level}"
         else:

@@ -38,7 +38,7 @@ def part(node: str, op: str) -> str:
         if "/attn" in node:
             if op in ("MultiHeadAttention", "Softmax") or "/qk" in node or "/pv" in node:
                 return "vision: attention kernel"
-            if op in ("MatMulNBits", "MatMul", "Gemm", "FusedMatMul") or "qkv" in node or "proj" in node:
+            if op in ("MatMulNBits", "MatMulInteger", "MatMul", "Gemm", "FusedMatMul") or "qkv" in node or "proj" in node:
                 return "vision: attention projections"
             return "vision: rotary, reshapes"
         if "/mlp" in node:

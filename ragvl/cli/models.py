@@ -22,8 +22,9 @@ def models_convert(
     dtype: str = typer.Option("fp32", "--dtype", help="Weights of the MatMuls: fp32, int8 or int4."),
     base: Optional[Path] = typer.Option(None, "--base", help="For a LoRA adapter folder: its base checkpoint."),
     int8_kernel: str = typer.Option("rows", "--int8-kernel", help="int8 only: the kernel of the vision tower and "
-                                    "the page embedder. rows (int8 activations per row, MatMulInteger): 1.5-2x "
-                                    "faster than nbits on an AVX2 CPU; nbits (MatMulNBits, as every decoder uses)."),
+                                    "the page embedder. rows (int8 activations per row, MatMulInteger): pages embed "
+                                    "1.5x faster than with nbits on an AVX2 CPU, scores move ~2x further from fp32's; "
+                                    "nbits (MatMulNBits, as every decoder uses)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing ragvl model folder."),
     default: bool = typer.Option(False, "--default", help="Make it the default model of its kind."),
     no_optimized: bool = typer.Option(False, "--no-optimized-graphs", help="Do not save onnxruntime's optimized "
