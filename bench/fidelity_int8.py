@@ -12,8 +12,9 @@ questions:
   cannot flip; between one and two errors it may);
 * the same over every pair, and identical top-5 / top-1 per query.
 
-Pages: the sample_pdfs pages rendered at DEFAULT_DPI, then their top and bottom halves, a centred crop and left halves until
-`--pages` distinct images; questions: sample_pdfs/questions.json, then reworded ones. Each engine
+Pages: the sample_pdfs pages rendered at DEFAULT_DPI, then their top and bottom halves, centred
+crops and left halves until `--pages` distinct images; questions: sample_pdfs/questions.json,
+then reworded ones. Each engine
 embeds at `--max-pixels` (default 128 visual tokens a page, a sixth of what indexing uses, to
 keep 3 engines x 50 pages within half an hour on 2 cores; quantization error is per token).
 Speed is not measured here (bench_colqwen2.py does), so the run may share the machine.
@@ -102,8 +103,9 @@ def table(r: dict) -> str:
     rows = ["| int8 embedder (kernel) | max / p99 score error | pairs beyond the max error | kept order | "
             "all pairs kept | identical top-5 | top-1 equal |", "|---|---|---|---|---|---|---|"]
     for name, c in r["engines"].items():
+        kept = c["kept_beyond"] / max(c["pairs_beyond"], 1)
         rows.append(f"| {name} | {c['max_err']:.4f} / {c['p99_err']:.4f} | {c['pairs_beyond']} of {c['pairs']} "
-                    f"({c['pairs_beyond_2x']} beyond 2x) | {c['kept_beyond']} ({c['kept_beyond'] / max(c['pairs_beyond'], 1):.2%}) | "
+                    f"({c['pairs_beyond_2x']} beyond 2x) | {c['kept_beyond']} ({kept:.2%}) | "
                     f"{c['kept_all'] / c['pairs']:.2%} | {c['top5_identical']:.2f} | {c['top1_equal']:.2f} |")
     return (f"{r['n_pages']} page images x {r['n_queries']} questions, at most {r['max_pixels'] // 784} visual "
             f"tokens a page; fp32 MaxSim scores span {r['score_spread']:.2f}. A pair is two pages under one "

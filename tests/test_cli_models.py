@@ -210,7 +210,8 @@ def test_int8_kernel_choice(make_np_ckpt, tmp_path):
     ckpt = make_np_ckpt(variant="a", kind="colqwen2")
     ragvl("models", "convert", ckpt, tmp_path / "nbits", "--dtype", "int8", "--int8-kernel", "nbits")
     for graph in ("vision", "encoder"):
-        ops = {n.op_type for n in onnx.load(str(tmp_path / "nbits" / f"{graph}.onnx"), load_external_data=False).graph.node}
+        model = onnx.load(str(tmp_path / "nbits" / f"{graph}.onnx"), load_external_data=False)
+        ops = {n.op_type for n in model.graph.node}
         assert "MatMulNBits" in ops and "MatMulInteger" not in ops
     wf = json.loads((tmp_path / "nbits" / "ragvl.json").read_text())["weight_format"]
     assert {g: f["kernel"] for g, f in wf.items()} == {"vision": "nbits", "encoder": "nbits", "embed": "nbits"}
