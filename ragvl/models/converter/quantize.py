@@ -7,7 +7,8 @@
 * ``rows`` (int8 only): int8 weights per output column and int8 activations per row (token or
   patch), symmetric, multiplied exactly in integers by MatMulInteger. On an AVX2 CPU this runs
   the many-row matmuls of the vision tower and the page embedder 1.7-2x faster than MatMulNBits
-  and 1.1-1.4x faster than fp32 MatMul at the 2B shapes (bench/results/colqwen2.md, floors).
+  and up to 1.45x faster than fp32 MatMul at the 2B shapes (the small k/v projections excepted:
+  bench/results/colqwen2.md, floors).
   Per-row scales keep one outlier token from coarsening every other row, as a per-tensor scale
   (onnxruntime's quantize_dynamic) would; the price is a larger error than MatMulNBits' blocks
   of 64 (bench/results/int8_fidelity.md).
