@@ -285,14 +285,13 @@ def measure_gemm(shape: dict, threads: int, reps: int) -> dict:
     rng = np.random.default_rng(0)
     m, k, n, b = shape["m"], shape["k"], shape["n"], shape["batch"]
     F = TensorProto.FLOAT
-    if shape["kind"] == "linear" and shape["format"] == "int8-rows":
-        model = _rows_linear_model(k, n)
-        feeds = {"A": rng.standard_normal((m, k), dtype=np.float32)}
-        flops = 2.0 * m * k * n
-    elif shape["kind"] == "linear":
-        node, inits = _linear_node("A", "Y", k, n, shape["format"], "W")
-        model = _model([node], [helper.make_tensor_value_info("A", F, [m, k])],
-                       [helper.make_tensor_value_info("Y", F, [m, n])], inits)
+    if shape["kind"] == "linear":
+        if shape["format"] == "int8-rows":
+            model = _rows_linear_model(k, n)
+        else:
+            node, inits = _linear_node("A", "Y", k, n, shape["format"], "W")
+            model = _model([node], [helper.make_tensor_value_info("A", F, [m, k])],
+                           [helper.make_tensor_value_info("Y", F, [m, n])], inits)
         feeds = {"A": rng.standard_normal((m, k), dtype=np.float32)}
         flops = 2.0 * m * k * n
     elif shape["kind"] == "bmm":  # activations x activations (decoder attention)
