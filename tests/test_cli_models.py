@@ -205,13 +205,12 @@ def test_missing_cuda_provider_is_loud(model, page):
 def test_int8_kernel_choice(make_np_ckpt, tmp_path):
     """--int8-kernel nbits keeps MatMulNBits in the embedder's many-row graphs (the default is the rows
     kernel, tests/test_quantize.py); a bad value is a one-line error and writes nothing."""
-    import onnx
+    from test_quantize import graph_ops
 
     ckpt = make_np_ckpt(variant="a", kind="colqwen2")
     ragvl("models", "convert", ckpt, tmp_path / "nbits", "--dtype", "int8", "--int8-kernel", "nbits")
     for graph in ("vision", "encoder"):
-        model = onnx.load(str(tmp_path / "nbits" / f"{graph}.onnx"), load_external_data=False)
-        ops = {n.op_type for n in model.graph.node}
+        ops = graph_ops(tmp_path / "nbits", graph)
         assert "MatMulNBits" in ops and "MatMulInteger" not in ops
     wf = json.loads((tmp_path / "nbits" / "ragvl.json").read_text())["weight_format"]
     assert {g: f["kernel"] for g, f in wf.items()} == {"vision": "nbits", "encoder": "nbits", "embed": "nbits"}

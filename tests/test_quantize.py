@@ -127,7 +127,8 @@ def test_rows_kernel_equals_its_integer_reference(tmp_path, shape):
     assert rel.max() < 0.03, rel.max()
 
 
-def _ops(folder, graph: str) -> set[str]:
+def graph_ops(folder, graph: str) -> set[str]:
+    """The op types of a converted folder's graph."""
     return {n.op_type for n in onnx.load(str(folder / f"{graph}.onnx"), load_external_data=False).graph.node}
 
 
@@ -144,12 +145,12 @@ def test_int8_kernel_per_graph_and_embedding_fidelity(make_np_ckpt, tmp_path):
     ckpt = make_np_ckpt(variant="a", kind="colqwen2")
     fp32, int8 = (ColQwen2(convert(ckpt, tmp_path / d, dtype=d, log=lambda m: None)) for d in ("fp32", "int8"))
     for graph in ("vision", "encoder"):
-        assert "MatMulInteger" in _ops(int8.folder, graph) and "MatMulNBits" not in _ops(int8.folder, graph)
+        assert "MatMulInteger" in graph_ops(int8.folder, graph) and "MatMulNBits" not in graph_ops(int8.folder, graph)
     assert {k: v["kernel"] for k, v in int8.manifest["weight_format"].items()} == {
         "vision": "rows", "encoder": "rows", "embed": "nbits"}
     answerer = convert(make_np_ckpt(variant="a", seed=4), tmp_path / "answerer", dtype="int8", log=lambda m: None)
-    assert "MatMulNBits" in _ops(answerer, "decoder") and "MatMulInteger" not in _ops(answerer, "decoder")
-    assert "MatMulInteger" in _ops(answerer, "vision")
+    assert "MatMulNBits" in graph_ops(answerer, "decoder") and "MatMulInteger" not in graph_ops(answerer, "decoder")
+    assert "MatMulInteger" in graph_ops(answerer, "vision")
 
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(100, 100), (300, 140)]]

@@ -108,3 +108,27 @@ def test_search_imports_neither_onnx_nor_pymupdf(tmp_path, tiny_embedder):
     assert search() == "imported: onnx"  # the first search on this machine builds the kernels
     assert sorted((tmp_path / "cache" / "kernels").iterdir())
     assert search() == "imported:"
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_unpacked_weights_embed_as_packed(tmp_path, dtype):
+    """`prepack=False` (the CLI's search and ask: Index(quick_start=True)) leaves the weights
+    memory-mapped; onnxruntime packs them at each run instead. Same vectors up to float32
+    rounding (another summation order), far inside the 1e-5 parity bound with colpali-engine."""
+    from ragvl.models.runtime.colqwen2 import ColQwen2
+
+    folder = convert(make_numpy_checkpoint(tmp_path / "ckpt", variant="a", kind="colqwen2"), tmp_path / "m",
+                     dtype=dtype, log=lambda m: None)
+    packed, unpacked = ColQwen2(folder), ColQwen2(folder, prepack=False)
+    assert packed.encoder is not unpacked.encoder
+    queries = ["a query", "what was the revenue in 2023?"]
+    for a, b in zip(packed.embed_queries(queries), unpacked.embed_queries(queries)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    from PIL import Image
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    # int8 rounds activations per row: a last-bit difference of the fp32 parts before (the vision
+    # tower's attention and merger, ~5e-6) can cross a rounding boundary, one quantization step.
+    # The int8 page vectors' own error against fp32 is ~2e-2 on these weights.
+    atol = 1e-6 if dtype == "fp32" else 5e-3
+    np.testing.assert_allclose(packed.embed_images([img])[0], unpacked.embed_images([img])[0], rtol=0, atol=atol)

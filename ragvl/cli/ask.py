@@ -40,7 +40,7 @@ def ask(
     from ..api import Index
 
     with guarded(db_or_default(db)):
-        idx = Index(db, embedder=embedder, answerer=answerer, device=device, log=log)
+        idx = Index(db, embedder=embedder, answerer=answerer, device=device, log=log, quick_start=True)
         idx.answerer  # fail on a missing answer model before any retrieval work
         settings = gen.settings(idx.answerer.defaults)
 

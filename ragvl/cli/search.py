@@ -36,7 +36,7 @@ def search(
     if explain_tokens and explain is None:
         fail("--explain-tokens needs --explain DIR")
     with guarded(db_or_default(db)):
-        idx = Index(db, embedder=embedder, device=device, log=log)
+        idx = Index(db, embedder=embedder, device=device, log=log, quick_start=True)
         hits = idx.search(query, k, mode=mode, in_paths=in_paths, globs=globs, where=where)
         if explain is not None:
             write_maps(idx, query, hits, explain, explain_tokens)

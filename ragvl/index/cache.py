@@ -54,9 +54,10 @@ MERGE_FRACTION = 0.2       # merge when delta pages or tombstones exceed this fr
 RETRAIN_GROWTH = 2.0       # retrain the centroids when the index has grown this much since
 SCAN_BATCH = 256           # rows per batch when reading vectors (bounded memory: ~50 MB)
 
-_UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)  # a missing or damaged cache file
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)  # a missing or damaged cache file
 
-__all__ = ["View", "open_view", "cache_root", "GRACE_S", "view_segments"]
+__all__ = ["View", "open_view", "load_view", "cache_root", "local_cache_root", "GRACE_S", "UNREADABLE",
+           "view_segments"]
 
 
 @dataclass
@@ -76,6 +77,7 @@ class View:
     doc_sha256: np.ndarray     # (n_rows,) str
     page: np.ndarray           # (n_rows,) int32
     built: dict                # what building this view did (for logs and the bench)
+    path: Path | None = None   # the view file
 
     @property
     def n_rows(self) -> int:
@@ -92,7 +94,12 @@ def cache_root(store: PageStore) -> Path:
     else under the user's cache home."""
     if getattr(store, "remote", False):
         return store.cache_dir  # a remote index: keyed by its URI and index id, under the cache home
-    local = store.path / "cache" / "search"
+    return local_cache_root(store.path)
+
+
+def local_cache_root(db: Path) -> Path:
+    """cache_root of the local index folder `db` (made if missing)."""
+    local = db / "cache" / "search"
     try:
         local.mkdir(parents=True, exist_ok=True)
         probe = local / f"{TMP_PREFIX}probe-{os.getpid()}-{time.monotonic_ns()}"
@@ -100,7 +107,7 @@ def cache_root(store: PageStore) -> Path:
         probe.rmdir()
         return local
     except OSError:
-        digest = hashlib.sha256(str(store.path.resolve()).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(str(db.resolve()).encode()).hexdigest()[:16]
         root = cache_home() / "search" / digest
         root.mkdir(parents=True, exist_ok=True)
         return root
@@ -122,8 +129,8 @@ def open_view(store: PageStore, *, root: Path | None = None, version: int | None
     idkey = _id_key(store, store.embedder or "")
     path = _view_path(root, idkey, version)
     try:
-        return _load_view(root, path)
-    except _UNREADABLE:
+        return load_view(root, path)
+    except UNREADABLE:
         pass                                                   # absent, or lost a cleanup race: build
     view = _build_view(store, root, idkey, version, log)
     from .cache_cleanup import cleanup
@@ -154,7 +161,9 @@ def _save_view(path: Path, version: int, seg_ids: list[str], keep: list[np.ndarr
     atomic_write_with(path, write)
 
 
-def _load_view(root: Path, path: Path, built: dict | None = None) -> View:
+def load_view(root: Path, path: Path, built: dict | None = None) -> View:
+    """The view saved at `path` with its segments under `root`; raises one of UNREADABLE when
+    the file or a segment is missing or damaged."""
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         if meta.get("format") != FORMAT:
@@ -166,7 +175,7 @@ def _load_view(root: Path, path: Path, built: dict | None = None) -> View:
     if len(arrays["live"]) != offs[-1]:
         raise ValueError(f"{path}: view and segments disagree")
     return View(meta["version"], segs, offs, arrays["live"], arrays["row_unit"], arrays["doc_path"],
-                arrays["doc_sha256"], arrays["page"], built or {"loaded": True})
+                arrays["doc_sha256"], arrays["page"], built or {"loaded": True}, path)
 
 
 def _newest_view(root: Path, idkey: str) -> Path | None:
@@ -205,8 +214,8 @@ def _build_view(store: PageStore, root: Path, idkey: str, version: int, log) -> 
     base = _newest_view(root, idkey)
     if base is not None:
         try:
-            segs = _load_view(root, base).segments
-        except _UNREADABLE:
+            segs = load_view(root, base).segments
+        except UNREADABLE:
             segs = []
     known: dict[str, int] = {}                                 # key -> unit
     unit0 = 0
@@ -245,7 +254,7 @@ def _build_view(store: PageStore, root: Path, idkey: str, version: int, log) -> 
     built["segments"] = len(segs)
     if log and built["seconds"] > 1:
         log(f"search cache: {len(missing)} new pages, {len(segs)} segment(s) in {built['seconds']:.1f}s")
-    return _load_view(root, path, built)
+    return load_view(root, path, built)
 
 
 def _read_vectors(table, need: dict[str, int], tmp: Path, stage_from: CentroidStage | None, info: dict, *,

@@ -10,7 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .cache import _UNREADABLE, GRACE_S, view_segments
+from .cache import GRACE_S, UNREADABLE, view_segments
 from .segments import SEG_PREFIX, TMP_PREFIX
 
 __all__ = ["cleanup"]
@@ -44,7 +44,7 @@ def cleanup(root: Path, *, keep: Path | None = None, grace_s: float = GRACE_S) -
             continue
         try:
             referenced.update(view_segments(p))
-        except _UNREADABLE:
+        except UNREADABLE:
             continue
     for d in root.iterdir() if root.is_dir() else []:
         if d.name.startswith(SEG_PREFIX) and d.name[len(SEG_PREFIX):] not in referenced and _age(d, now) > grace_s:

@@ -23,6 +23,7 @@ from .fusion import DEPTH, rrf
 from .maxsim import EXACT_BELOW
 from .maxsim.matrix import top_k
 from .store import PageStore, page_id
+from .store_info import StoreInfo
 from .textsearch import text_ranking
 
 MODES = ("visual", "text", "hybrid")
@@ -50,12 +51,16 @@ class Hit:
 
 
 class PageSearch:
-    """Search over one version of a PageStore; build it again after the index changes."""
+    """Search over one version of a PageStore; build it again after the index changes.
 
-    def __init__(self, store: PageStore, *, cache_root: Path | None = None,
-                 log: Callable[[str], None] | None = None):
+    `view`: search this view of the store's version instead of opening one; with a search
+    Snapshot (snapshot.py) in place of the store, visual search only (no LanceDB is opened).
+    """
+
+    def __init__(self, store: PageStore | StoreInfo, *, cache_root: Path | None = None,
+                 log: Callable[[str], None] | None = None, view: View | None = None):
         self.store = store
-        self.view: View = open_view(store, root=cache_root, log=log)
+        self.view: View = view if view is not None else open_view(store, root=cache_root, log=log)
         self.version = self.view.version
         self._row_of: dict[tuple[str, int], int] | None = None
 

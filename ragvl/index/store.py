@@ -22,9 +22,10 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import RagvlError
-from .schema import (DIM, FORMAT_VERSION, K_DPI, K_EMBEDDER, K_FORMAT, LEGACY_META_FILE, META_SCHEMA, META_TABLE,
+from .schema import (DIM, FORMAT_VERSION, K_FORMAT, LEGACY_META_FILE, META_SCHEMA, META_TABLE,
                      METADATA_FIELDS, PAGE_ROWS, PAGES, PENDING, SCHEMA, SEARCHABLE, generation, page_id, row_key,
                      sql_quote)
+from .store_info import StoreInfo
 
 __all__ = ["PageStore", "PageRow", "DocFields", "Document", "vectors_array", "vectors_from_column", "page_id",
            "default_db", "DEFAULT_DB", "FORMAT_VERSION", "SEARCHABLE"]
@@ -120,12 +121,13 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class PageStore:
+class PageStore(StoreInfo):
     """The index in database folder `db`, or at an object-storage URI (`s3://bucket/path`).
     `create=True` makes a new one if none is there. `name` is what messages call either kind.
 
     Opening an index of an older format migrates it in place (ragvl.index.migrate), under the
     writer lock; `migrate=False` refuses instead (for callers that already hold the lock).
+    Its metadata reads (embedder, dpi, check_embedder, resolve) are StoreInfo's.
     """
 
     def __init__(self, db: str | Path, create: bool = False, *, migrate: bool = True):
@@ -203,24 +205,6 @@ class PageStore:
         self._meta.merge_insert("key").when_matched_update_all().when_not_matched_insert_all().execute(t)
         self.meta = {**self.meta, **fields}
 
-    @property
-    def embedder(self) -> str | None:
-        """The id of the embedder this index was built with."""
-        e = self.meta.get(K_EMBEDDER)
-        return e.get("id") if isinstance(e, dict) else e
-
-    @property
-    def dpi(self) -> int | None:
-        return self.meta.get(K_DPI)
-
-    def check_embedder(self, embedder_id: str) -> None:
-        """The vectors of one index must all come from one embedder: anything else is an error."""
-        if self.embedder and self.embedder != embedder_id:
-            e = self.meta.get(K_EMBEDDER) or {}
-            raise RagvlError(f"{self.name}: this index was built with embedder {self.embedder} "
-                             f"(at {e.get('folder')}), not {embedder_id}; pass the same --embedder, re-embed "
-                             "everything with `ragvl index --reembed`, or use another --db")
-
     # -- paths ------------------------------------------------------------------------------
     def stored_path(self, path: str | os.PathLike) -> str:
         """How `path` is stored: relative (posix) to the index folder's parent if under it."""
@@ -235,11 +219,6 @@ class PageStore:
             return p.resolve().relative_to(self.root).as_posix()
         except (ValueError, OSError):
             return str(p)
-
-    def resolve(self, stored: str) -> Path:
-        """The absolute path of a stored document path."""
-        p = Path(stored)
-        return p if p.is_absolute() or self.root is None else self.root / p
 
     # -- reads ------------------------------------------------------------------------------
     @property

@@ -41,13 +41,16 @@ def embedder_id(manifest: dict, max_pixels: int = MAX_PIXELS, mask_non_image_emb
 
 
 class ColQwen2(VisionLanguageModel):
-    """A ragvl model folder of kind colqwen2: `embed_images` and `embed_queries`."""
+    """A ragvl model folder of kind colqwen2: `embed_images` and `embed_queries`.
+
+    `prepack=False` for a process that embeds a query or two (`ragvl search`, `ask`): the
+    weights stay memory-mapped, the model opens seconds sooner (session.create_session)."""
 
     dim = VECTOR_DIM
 
     def __init__(self, folder: str | Path, device: str | None = None, threads: int | None = None,
-                 max_pixels: int = MAX_PIXELS, mask_non_image_embeddings: bool = False):
-        super().__init__(folder, KIND_EMBEDDER, device, threads)
+                 max_pixels: int = MAX_PIXELS, mask_non_image_embeddings: bool = False, *, prepack: bool = True):
+        super().__init__(folder, KIND_EMBEDDER, device, threads, prepack=prepack)
         self.max_pixels = max_pixels
         self.mask_non_image_embeddings = mask_non_image_embeddings
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \

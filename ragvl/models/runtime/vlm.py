@@ -60,7 +60,8 @@ def image_config_key(cfg: ImageConfig) -> str:
 class VisionLanguageModel:
     """A converted model folder of `kind`, with its vision and embedding sessions open."""
 
-    def __init__(self, folder: str | Path, kind: str, device: str | None = None, threads: int | None = None):
+    def __init__(self, folder: str | Path, kind: str, device: str | None = None, threads: int | None = None,
+                 *, prepack: bool = True):
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder, kind=kind)
         self.config = model_config(self.manifest)
@@ -69,6 +70,7 @@ class VisionLanguageModel:
         self.image_config = ImageConfig.from_file(pre) if pre.exists() else ImageConfig()
         self.device = device or default_device()
         self.threads = threads
+        self.prepack = prepack  # False: weights stay memory-mapped (session.create_session)
         # Sessions open on first use: `ragvl search` embeds a text query and never needs the
         # vision graph, an answer from stored features may not either.
         self._sessions: dict = {}
@@ -78,7 +80,8 @@ class VisionLanguageModel:
         sess = self._sessions.get(graph)
         if sess is None:
             path, preoptimized = self.graph_path(graph)
-            sess = self._sessions[graph] = create_session(path, self.device, self.threads, optimize=not preoptimized)
+            sess = self._sessions[graph] = create_session(path, self.device, self.threads, optimize=not preoptimized,
+                                                          prepack=self.prepack)
         return sess
 
     def graph_path(self, graph: str) -> tuple[Path, bool]:
