@@ -303,6 +303,8 @@ class Index:
         over the new pages, and a note says so.
         """
         t0 = time.perf_counter()
+        # The answer model's prompt graphs load (seconds) while the pages are retrieved.
+        self.answerer.open_in_background("embed", "decoder")
         # the full path: the answer reads the pages' images from the same pinned store
         hits, searcher = self._rank(question, k, mode, Filters.of(in_paths, globs, where), snapshot=False)
         if not hits:

@@ -132,3 +132,22 @@ def test_unpacked_weights_embed_as_packed(tmp_path, dtype):
     # The int8 page vectors' own error against fp32 is ~2e-2 on these weights.
     atol = 1e-6 if dtype == "fp32" else 5e-3
     np.testing.assert_allclose(packed.embed_images([img])[0], unpacked.embed_images([img])[0], rtol=0, atol=atol)
+
+
+def test_sessions_opened_in_background_are_opened_once(tmp_path, monkeypatch):
+    """`ask` opens the answer model's prompt graphs while it retrieves; a caller that needs one
+    meanwhile waits for it: one session per graph."""
+    from ragvl.models.runtime import vlm as vlm_mod
+
+    folder = convert(make_numpy_checkpoint(tmp_path / "ckpt", variant="b", seed=1), tmp_path / "m",
+                     log=lambda m: None)
+    opened = []
+    real = vlm_mod.create_session
+    monkeypatch.setattr(vlm_mod, "create_session", lambda path, *a, **k: opened.append(path.name) or real(path, *a, **k))
+    model = Qwen2VL(folder)
+    thread = model.open_in_background("embed", "decoder")
+    decoder = model.session("decoder")
+    thread.join()
+    assert model.session("decoder") is decoder and model.opened == ["decoder", "embed"]
+    assert sorted(opened) == ["decoder.opt.onnx", "embed.opt.onnx"]
+    assert answer(model) == answer(Qwen2VL(folder))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence, Union
@@ -74,14 +75,18 @@ class VisionLanguageModel:
         # Sessions open on first use: `ragvl search` embeds a text query and never needs the
         # vision graph, an answer from stored features may not either.
         self._sessions: dict = {}
+        self._opening = threading.Lock()  # one graph opens at a time: never two sessions of one graph
 
     def session(self, graph: str):
         """The onnxruntime session of one of the manifest's graphs, opened on first use."""
         sess = self._sessions.get(graph)
         if sess is None:
-            path, preoptimized = self.graph_path(graph)
-            sess = self._sessions[graph] = create_session(path, self.device, self.threads, optimize=not preoptimized,
-                                                          prepack=self.prepack)
+            with self._opening:
+                sess = self._sessions.get(graph)
+                if sess is None:
+                    path, preoptimized = self.graph_path(graph)
+                    sess = self._sessions[graph] = create_session(path, self.device, self.threads,
+                                                                  optimize=not preoptimized, prepack=self.prepack)
         return sess
 
     def graph_path(self, graph: str) -> tuple[Path, bool]:
@@ -98,6 +103,21 @@ class VisionLanguageModel:
         for g in graphs or tuple(self.manifest["graphs"]):
             self.session(g)
         return self
+
+    def open_in_background(self, *graphs: str) -> threading.Thread:
+        """Start opening these graphs' sessions in a thread (onnxruntime releases the GIL while
+        it loads), so that other start-up work overlaps it; `session()` waits for a graph being
+        opened. An error is left for the caller's own `session()` call to raise."""
+
+        def run():
+            try:
+                self.open(*graphs)
+            except Exception:  # noqa: BLE001 - raised again, with its message, by the caller's session()
+                pass
+
+        t = threading.Thread(target=run, name=f"open {', '.join(graphs)}", daemon=True)
+        t.start()
+        return t
 
     @property
     def opened(self) -> list[str]:
