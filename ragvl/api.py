@@ -58,8 +58,8 @@ class Index:
     `device` is "cpu" or "cuda"; `threads` onnxruntime's threads per session (default:
     RAGVL_THREADS, else every CPU). `wait`: a writer waits for another writer (else fails at once).
     `quick_start`: for a process that embeds a query or two (the CLI's `search` and `ask`): the
-    embedder's weights stay memory-mapped instead of being repacked at load; it opens ~2 s sooner
-    with ~1.3 GB less memory (2B int8, 2 cores), each query embeds ~0.2 s slower.
+    embedder's weights stay memory-mapped instead of being repacked at load; it opens 1-2 s sooner
+    with ~1.2 GB less private memory (2B int8, 2 cores), each query embeds ~0.2 s slower.
 
     A visual search without filters on a local index is answered from the index's search snapshot
     while it is exact (ragvl.index.snapshot), without opening LanceDB.

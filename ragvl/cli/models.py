@@ -75,7 +75,7 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON
 @models_app.command("pull")
 def models_pull(
     dtype: str = typer.Option("int8", "--dtype", help="fp32, int8 (default: a third of fp32's memory, 2.5x its "
-                              "decoding speed, page embedding 1.2x faster; the answer's prefill slower than fp32 on "
+                              "decoding speed, page embedding 1.2-1.4x faster; the answer's prefill slower than fp32 on "
                               "CPUs without AVX-512) or int4."),
     only: Optional[str] = typer.Option(None, "--only", help="One model name or kind (colqwen2, qwen2-vl)."),
 ) -> None:

@@ -5,10 +5,10 @@
   float scale and zero point (asymmetric, so skewed blocks keep their full range). With
   accuracy_level 4 the kernel quantizes activations per block too. Fastest at one row (decode).
 * ``rows`` (int8 only): int8 weights per output column and int8 activations per row (token or
-  patch), symmetric, multiplied exactly in integers by MatMulInteger. On an AVX2 CPU this runs
-  the many-row matmuls of the vision tower and the page embedder 1.7-2x faster than MatMulNBits
-  and up to 1.45x faster than fp32 MatMul at the 2B shapes (the small k/v projections excepted:
-  bench/results/colqwen2.md, floors).
+  patch), symmetric, multiplied exactly in integers by MatMulInteger. On an AVX2 CPU its integer
+  matmuls run 2.2-2.9x faster than MatMulNBits and 1.5-1.7x faster than fp32 MatMul at the 2B
+  shapes (bench/results/colqwen2.md, floors); with its quantizing and rescaling and the fp32
+  attention, a page embeds 1.2-1.4x faster than in fp32 (the same file, per run).
   Per-row scales keep one outlier token from coarsening every other row, as a per-tensor scale
   (onnxruntime's quantize_dynamic) would; the price is a larger error than MatMulNBits' blocks
   of 64 (bench/results/int8_fidelity.md).
