@@ -107,7 +107,7 @@ def task_ragvl(folder: str, threads: int, runs: int, cases: list[dict]) -> dict:
     from ragvl.answer.answering import ANSWER_MAX_PIXELS as MAX_PX
     from ragvl.answer.answering import answer_question
     from ragvl.answer.prompt import answer_messages
-    from ragvl.index.search import Hit
+    from ragvl.retrieval.page_search import Hit
     from ragvl.models.runtime.generation import GenerationSettings
     from ragvl.models.runtime.qwen2vl import Qwen2VL
 

@@ -234,7 +234,7 @@ def _index_sample_pdfs(m, folder: str, db: Path, known: dict, queries: list[str]
     serving as its embedder; pages embedded above are served from `known` (same model, same
     image, same vectors), any other page is embedded for real. Then search every query."""
     from ragvl import Index
-    from ragvl.index.store import PageStore
+    from ragvl.store.page_store import PageStore
 
     shutil.rmtree(db, ignore_errors=True)
     embed = m.embed_images
@@ -372,7 +372,7 @@ def rankings(queries, pages):
     """(scores (n_queries, n_pages), order (n_queries, n_pages)) by exact MaxSim, best first."""
     import numpy as np
 
-    from ragvl.index.maxsim import maxsim_scores
+    from ragvl.retrieval.maxsim import maxsim_scores
 
     scores = np.stack([maxsim_scores(q, pages) for q in queries])
     return scores, np.argsort(-scores, axis=1, kind="stable")

@@ -87,8 +87,8 @@ def run_index(docs: Path, db: str, embedder: Path, args: list[str], env: dict) -
 
 SEARCH_CHILD = r"""
 import json, sys, time
-from ragvl.index.search import PageSearch
-from ragvl.index.store import PageStore
+from ragvl.retrieval.page_search import PageSearch
+from ragvl.store.page_store import PageStore
 from ragvl.models.runtime.colqwen2 import ColQwen2
 q1, q2 = ColQwen2(sys.argv[2]).embed_queries(["revenue by region", "incident escalation steps"])
 t0 = time.perf_counter(); store = PageStore(sys.argv[1]); n = store.count()

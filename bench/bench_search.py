@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ragvl.index.maxsim import PageMatrix  # noqa: E402
+from ragvl.retrieval.maxsim import PageMatrix  # noqa: E402
 
 DIM = 128
 
@@ -162,7 +162,7 @@ def _du(path: Path) -> int:
 SEARCH_CHILD = r"""
 import json, sys, time
 import numpy as np
-from ragvl.index.maxsim import PageMatrix
+from ragvl.retrieval.maxsim import PageMatrix
 seg, qfile, k, cand, warm = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 z = np.load(qfile)
 qs = [z[f"q{i}"] for i in range(len(z.files))]
@@ -239,7 +239,7 @@ def _bulk_index(db: Path, n_pages: int, args, doc_pages: int = 20):
     written with the store's own row builder, 100 documents (2000 pages) a commit."""
     import pyarrow as pa
 
-    from ragvl.index.store import DocFields, PageRow, PageStore
+    from ragvl.store.page_store import DocFields, PageRow, PageStore
 
     store = PageStore(db, create=True)
     store.write_meta(embedder="synthetic")
@@ -258,9 +258,9 @@ def _bulk_index(db: Path, n_pages: int, args, doc_pages: int = 20):
 
 
 def run_incremental(n_pages: int, args, work: Path) -> dict:
-    from ragvl.index.cache import open_view
-    from ragvl.index.search import PageSearch
-    from ragvl.index.store import PageRow
+    from ragvl.retrieval.cache import open_view
+    from ragvl.retrieval.page_search import PageSearch
+    from ragvl.store.page_store import PageRow
 
     res: dict = {"n_pages": n_pages}
     t0 = time.perf_counter()
@@ -333,7 +333,7 @@ def matmul_gflops(cores: int) -> float:
     search runs one such MatMul per core). The physical limit the exact figures are set beside."""
     from machine import measure_gemm
 
-    from ragvl.index.maxsim.matrix import CHUNK_VECTORS
+    from ragvl.retrieval.maxsim.matrix import CHUNK_VECTORS
 
     one = measure_gemm({"kind": "bmm", "m": 25, "k": DIM, "n": CHUNK_VECTORS, "batch": 1}, 1, reps=20)
     return one["gflops"] * cores
@@ -345,7 +345,7 @@ def run_stage_only(n_pages: int, args, pairs_per_page: int = 200) -> dict:
     distinct centroids per page (the lists have the right lengths, not real content). What it
     measures is the first stage's cost and memory at a size whose vectors do not fit here; the
     exact rescoring of the 128 candidates after it does not depend on the index size."""
-    from ragvl.index.maxsim import CentroidStage, default_n_centroids
+    from ragvl.retrieval.maxsim import CentroidStage, default_n_centroids
 
     rng = np.random.default_rng(args.seed)
     k = default_n_centroids(n_pages * 750)

@@ -68,7 +68,7 @@ def task_ttft(folder: str, threads: int, runs: int, cases: list[dict]) -> dict:
 
     from ragvl.answer.answering import ANSWER_MAX_PIXELS
     from ragvl.answer.prompt import answer_messages
-    from ragvl.index.vision_store import Producer, VisionStore
+    from ragvl.store.vision_cache import Producer, VisionCache
     from ragvl.models.runtime.generation import GenerationSettings
     from ragvl.models.runtime.qwen2vl import Qwen2VL
     from ragvl.models.runtime.vlm import ImageFeatures
@@ -115,7 +115,7 @@ def task_ttft(folder: str, threads: int, runs: int, cases: list[dict]) -> dict:
         out["cases"][c["name"]] = best
     # The store: one page's features written to a LanceDB vision table.
     with tempfile.TemporaryDirectory() as d:
-        vs = VisionStore(d)
+        vs = VisionCache(d)
         t = time.perf_counter()
         vs.put([("page-1", recorded[0])], Producer(m.vision_hash, "key", ANSWER_MAX_PIXELS))
         out["store"] = {"put_one_page_s": round(time.perf_counter() - t, 4), "bytes_per_page": vs.total_bytes(),
@@ -156,8 +156,8 @@ def synthetic_index(db: Path, folder: Path, pages: int = 20) -> Path:
 
     import numpy as np
 
-    from ragvl.index.schema import K_EMBEDDER
-    from ragvl.index.store import PageRow, PageStore
+    from ragvl.store.schema import K_EMBEDDER
+    from ragvl.store.page_store import PageRow, PageStore
     from ragvl.models.runtime.colqwen2 import ColQwen2
 
     m = ColQwen2(folder)                                   # opens no session
@@ -206,7 +206,7 @@ runpy.run_module("ragvl.cli", run_name="__main__")
 _ASK_START = """
 import sys
 from ragvl.api import Index
-from ragvl.index.filters import Filters
+from ragvl.retrieval.filters import Filters
 now = sys.argv[1] == "after"
 idx = Index(sys.argv[2], answerer=sys.argv[3], quick_start=now, log=lambda m: None)
 if now:
@@ -335,7 +335,7 @@ def tables(res: dict) -> dict[str, str]:
                                  f"{a['warm_s']:.2f} | {b['warm_s'] / a['warm_s']:.2f}x | {target} |")
             lines.append("\nBefore: LanceDB opened for every search, the embedder's weights prepacked at "
                          "load, `ask` opening its answer model after retrieval; now: a visual search "
-                         "answered from the index's search snapshot (ragvl/index/snapshot.py), the "
+                         "answered from the index's search snapshot (ragvl/retrieval/snapshot.py), the "
                          "embedder's weights left memory-mapped (`quick_start`), the answer model's "
                          "sessions opened while the pages are retrieved. Cold: the page cache emptied "
                          "first ('—': not allowed here). Warm: best of 3. Private memory: the process's "

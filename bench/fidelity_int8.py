@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = p.parse_args(argv)
     run = Run(Path(__file__).name, NAME, argv, threads=args.threads)
-    from ragvl.index.maxsim import maxsim_scores
+    from ragvl.retrieval.maxsim import maxsim_scores
 
     pages, qs = page_images(args.pages), questions(args.queries)
     ref = embed(args.fp32, pages, qs, args.threads, args.max_pixels)

@@ -10,8 +10,8 @@
     idx.documents(); idx.remove(["docs/old.pdf"]); idx.status()
 
 The command line is a thin layer over this class. Every write takes the index's writer lock
-(ragvl.index.lock.writer_lock). The index remembers its embedder: without `embedder=` the
-recorded one is used (ragvl.index.embedder_ref).
+(ragvl.store.lock.writer_lock). The index remembers its embedder: without `embedder=` the
+recorded one is used (ragvl.indexing.embedder_ref).
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ import numpy as np
 
 from .answer.answering import ANSWER_MAX_PIXELS, Answer, answer_question, follow_up_question
 from .errors import RagvlError
-from .index.filters import Filters
-from .index.objstore import is_uri, normalize_db
-from .index.schema import FORMAT_VERSION, K_EMBEDDER
-from .index.search import MODES, Hit, PageSearch
-from .index.snapshot import fingerprint, read_snapshot, record_snapshot
-from .index.store import Document, PageStore, default_db
-from .index.store_info import StoreInfo
-from .index.vision_store import DEFAULT_MAX_BYTES, META_KEY as VISION_META, VisionStore
+from .retrieval.filters import Filters
+from .store.objstore import is_uri, normalize_db
+from .store.schema import FORMAT_VERSION, K_EMBEDDER
+from .retrieval.page_search import MODES, Hit, PageSearch
+from .retrieval.snapshot import fingerprint, read_snapshot, record_snapshot
+from .store.page_store import Document, PageStore, default_db
+from .store.info import StoreInfo
+from .store.vision_cache import DEFAULT_MAX_BYTES, META_KEY as VISION_META, VisionCache
 from .models.contract.manifest import KIND_ANSWERER, KIND_EMBEDDER
 from .models.contract.registry import resolve_model
 from .models.runtime.colqwen2 import MAX_PIXELS, ColQwen2
@@ -44,9 +44,9 @@ from .models.runtime.qwen2vl import Qwen2VL
 from .progress import Progress
 
 if TYPE_CHECKING:
-    from .distributed.options import RayOptions
-    from .index.explain import SimilarityMap
-    from .index.indexer import IndexSummary
+    from .indexing.distributed.options import RayOptions
+    from .retrieval.explain import SimilarityMap
+    from .indexing.run import IndexSummary
 
 
 class Index:
@@ -62,7 +62,7 @@ class Index:
     with ~1.2 GB less private memory (2B int8, 2 cores), each query embeds ~0.2 s slower.
 
     A visual search without filters on a local index is answered from the index's search snapshot
-    while it is exact (ragvl.index.snapshot), without opening LanceDB.
+    while it is exact (ragvl.retrieval.snapshot), without opening LanceDB.
     """
 
     def __init__(self, db: str | Path | None = None, embedder: str | Path | None = None,
@@ -88,7 +88,7 @@ class Index:
             if explicit:
                 folder = resolve_model(KIND_EMBEDDER, explicit, "--embedder")
             elif record.get("id"):
-                from .index.embedder_ref import find_recorded
+                from .indexing.embedder_ref import find_recorded
 
                 folder = find_recorded(self.db, record, allow_changed=reembed)
             else:
@@ -115,10 +115,10 @@ class Index:
     def writer_lock(self):
         """The index's one-writer lock (every writer takes it: CLI, API, server jobs, Ray driver)."""
         if is_uri(self.db):
-            from .index.objstore import writer_lock
+            from .store.objstore import writer_lock
 
             return writer_lock(self.db, log=self.log)
-        from .index.lock import writer_lock
+        from .store.lock import writer_lock
 
         return writer_lock(self.db, wait=self.wait, log=self.log)
 
@@ -132,18 +132,18 @@ class Index:
         the documents indexed now. `prune`: also remove documents whose files are gone.
         `reembed`: re-embed every document not embedded by the current embedder.
         `on_progress(p)` is called after every page with the Progress (done, total, rate(), note).
-        `cluster` (ragvl.distributed.RayOptions) embeds on a Ray cluster instead of this process.
-        `vision_cache`: keep each page's vision features for `ask` (vision_store.py), within
+        `cluster` (ragvl.indexing.distributed.RayOptions) embeds on a Ray cluster instead of this process.
+        `vision_cache`: keep each page's vision features for `ask` (store/vision_cache.py), within
         `vision_cache_bytes` (default: the index's recorded cap, else 4 GiB; recorded in the index).
         """
         # Imported here: PyMuPDF costs ~1 s of every `ragvl search` / `ask` start otherwise.
-        from .index.indexer import index_paths
+        from .indexing.run import index_paths
         from .ingest import find_documents
 
         paths = list(paths)
         find_documents(paths)  # a missing path fails before the model loads
         if cluster is not None:
-            from .distributed.driver import index_on_ray
+            from .indexing.distributed.driver import index_on_ray
 
             folder = resolve_model(KIND_EMBEDDER, self._embedder_arg)  # workers load it; the driver does not
             summary = index_on_ray(paths, self.db, folder, cluster, dpi=dpi, log=self.log, progress=progress)
@@ -156,7 +156,7 @@ class Index:
             cap = _vision_cap(store, vision_cache_bytes)
             if store.meta.get(VISION_META, {}).get("max_bytes") != cap:
                 store.write_meta(**{VISION_META: {"max_bytes": cap}})
-            vision = VisionStore(self.db, max_bytes=cap if vision_cache else 0)
+            vision = VisionCache(self.db, max_bytes=cap if vision_cache else 0)
             summary = index_paths(paths, store, embedder, dpi=dpi, prune=prune, reembed=reembed, log=self.log,
                                   progress=progress, on_progress=on_progress, vision=vision)
         self._search = None
@@ -205,7 +205,7 @@ class Index:
 
     def status(self) -> dict:
         """What `ragvl status` shows: sizes, the embedder, and what needs attention."""
-        from .index.embedder_ref import folder_id
+        from .indexing.embedder_ref import folder_id
 
         store = self._open().pin()
         docs = store.documents()
@@ -259,7 +259,7 @@ class Index:
 
         `mode`: "visual" (the model's MaxSim ranking, exact scores), "text" (BM25 over the
         pages' text layer) or "hybrid" (reciprocal rank fusion of both); each Hit says which
-        mode ranked it and its rank in each ranking. Filters (ragvl.index.filters), applied
+        mode ranked it and its rank in each ranking. Filters (ragvl.retrieval.filters), applied
         before ranking: `in_paths` files/folders, `globs` patterns on document paths, `where`
         conditions on PDF metadata ("author=Alice", "created>=2024").
         """
@@ -318,7 +318,7 @@ class Index:
                                       retrieval_s=time.perf_counter() - t0)
             if cont is not None:
                 return cont
-        vision = VisionStore(self.db) if vision_cache else None
+        vision = VisionCache(self.db) if vision_cache else None
         answer = answer_question(self.answerer, store, question, hits, settings, max_pixels,
                                  retrieval_s=time.perf_counter() - t0, vision=vision)
         if follow_up is not None:
@@ -330,13 +330,13 @@ class Index:
     # -- pages and maps (the web page, HTTP API and MCP server use these) ----------------------
     def page_image(self, page_id: str) -> bytes:
         """The stored PNG of the page `page_id` (Hit.id)."""
-        from .index.pages import page_row
+        from .store.page_ids import page_row
 
         return page_row(self._store(), page_id, ["image_png"])["image_png"]
 
     def explain(self, query: str, page_ids: Iterable[str]) -> list["SimilarityMap"]:
         """Similarity maps of `query` on the given pages (Hit.id): `.grid` is the array, `.image()` the PIL picture."""
-        from .index.explain import explain_page
+        from .retrieval.explain import explain_page
 
         store = self._store()
         embedder = self._load_embedder(store)
@@ -348,7 +348,7 @@ class Index:
 
 def _is_index(db: Path | str) -> bool:
     """Whether `db` holds an index (of any format), as opposed to nothing or a bare lock file."""
-    from .index.schema import LEGACY_META_FILE, META_TABLE
+    from .store.schema import LEGACY_META_FILE, META_TABLE
 
     if is_uri(db):  # object storage: opening it tells
         try:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from ragvl.fsutil import sha256_file
-from ragvl.pdf import DEFAULT_DPI, find_pdfs, open_pdf, png_bytes
-from ragvl.index.store import vectors_array
+from ragvl.ingest import DEFAULT_DPI, find_pdfs, open_pdf, png_bytes
+from ragvl.store.page_store import vectors_array
 
 DIM = 128
 SCHEMA_V1 = pa.schema([

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ragvl.index.store import PageStore
+from ragvl.store.page_store import PageStore
 
 COLUMNS = ["key", "doc_path", "doc_sha256", "page", "width", "height", "image_png", "n_vectors", "vectors",
            "embedder"]

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ragvl.answer.answering import ANSWER_MAX_PIXELS
 from ragvl.answer.prompt import answer_messages
-from ragvl.index.store import PageStore
+from ragvl.store.page_store import PageStore
 from ragvl.models.runtime.qwen2vl import Qwen2VL
 from tiny_pdfs import make_pdf
 

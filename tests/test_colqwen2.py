@@ -59,7 +59,7 @@ def test_batching_does_not_change_embeddings(pair):
 
 
 def test_scores_and_rankings_match_colpali(pair):
-    from ragvl.index.maxsim import maxsim_scores
+    from ragvl.retrieval.maxsim import maxsim_scores
 
     model, ref, proc = pair
     qs, ps = model.embed_queries(QUERIES), model.embed_images(PAGES)

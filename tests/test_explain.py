@@ -47,9 +47,9 @@ def test_token_grids_equal_colpali_engine(indexed, tiny_embedder):
 
     import tiny_colqwen2 as tq
     from ragvl import Index
-    from ragvl.index.explain import image_rows, merged_grid, similarity_grids
-    from ragvl.index.pages import page_row
-    from ragvl.index.store import PageStore
+    from ragvl.retrieval.explain import image_rows, merged_grid, similarity_grids
+    from ragvl.store.page_ids import page_row
+    from ragvl.store.page_store import PageStore
 
     idx = Index(indexed / "db", embedder=tiny_embedder, log=lambda m: None)
     query = "quarterly revenue chart"

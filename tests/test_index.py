@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from ragvl.errors import RagvlError
-from ragvl.index.indexer import index_paths
-from ragvl.index.store import PageStore, vectors_from_column
+from ragvl.indexing.run import index_paths
+from ragvl.store.page_store import PageStore, vectors_from_column
 from ragvl.models.runtime.colqwen2 import ColQwen2
 from tiny_pdfs import break_page_content, make_image, make_pdf
 

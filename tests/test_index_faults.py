@@ -17,7 +17,7 @@ import pytest
 
 from ragvl.api import Index
 from ragvl.errors import RagvlError
-from ragvl.index.store import PageStore
+from ragvl.store.page_store import PageStore
 from tiny_pdfs import make_pdf
 
 
@@ -49,7 +49,7 @@ def test_two_index_runs_started_together_store_every_page_once(tmp_path, tiny_em
 
 
 def test_no_wait_fails_at_once_naming_the_holder(tmp_path, tiny_embedder):
-    from ragvl.index.lock import writer_lock
+    from ragvl.store.lock import writer_lock
 
     make_pdf(tmp_path / "d.pdf", 1)
     with writer_lock(tmp_path / "db"):

@@ -15,11 +15,11 @@ import pytest
 
 from ragvl.api import Index
 from ragvl.errors import RagvlError
-from ragvl.index import indexer
-from ragvl.index.indexer import index_paths
-from ragvl.index.lock import writer_lock
-from ragvl.index.search import PageSearch
-from ragvl.index.store import PageStore, vectors_from_column
+from ragvl.indexing import run as indexer
+from ragvl.indexing.run import index_paths
+from ragvl.store.lock import writer_lock
+from ragvl.retrieval.page_search import PageSearch
+from ragvl.store.page_store import PageStore, vectors_from_column
 from ragvl.models.runtime.colqwen2 import ColQwen2
 from tiny_pdfs import make_pdf
 
@@ -191,7 +191,7 @@ def test_filters_apply_before_ranking(library, tiny_embedder):
     assert r.returncode == 0, r.stderr  # the index remembers its embedder: no --embedder needed
     assert {Path(h["path"]).name for h in json.loads(r.stdout)} == {"q1.pdf"}
     store = PageStore(library / ".ragvl")
-    from ragvl.index.filters import Filters
+    from ragvl.retrieval.filters import Filters
 
     sql = store.filter_sql(Filters.of(where="author=bob"))
     assert {p for p in store.scan(["doc_path"], where=sql)["doc_path"].to_pylist()} == {"docs/2024/q2.pdf"}
@@ -299,7 +299,7 @@ def test_format1_index_is_migrated_in_place_without_reembedding(tmp_path, model)
     assert store.embedder == model.id and store.dpi == 120
     assert set(store.documents()) == {"docs/a.pdf", "docs/b.pdf"}
     t = store.scan(["key", "page_id", "doc_path", "page", "vectors", "n_pages", "generation", "doc_sha256"]).to_pylist()
-    from ragvl.index.schema import generation
+    from ragvl.store.schema import generation
 
     for r in t:
         assert r["generation"] == generation(r["doc_sha256"], 120, model.id)  # what a fresh index writes
@@ -344,7 +344,7 @@ def test_converter_change_needs_reembed(tmp_path, tiny_embedder):
 
 def test_lock_is_released_when_its_holder_dies(tmp_path):
     db = tmp_path / "db"
-    code = ("import sys, time; from ragvl.index.lock import writer_lock\n"
+    code = ("import sys, time; from ragvl.store.lock import writer_lock\n"
             "with writer_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)\n")
     p = subprocess.Popen([sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"

@@ -1,4 +1,4 @@
-"""ragvl.index.maxsim against colpali-engine's score_multi_vector (torch, CPU), plus the
+"""ragvl.retrieval.maxsim against colpali-engine's score_multi_vector (torch, CPU), plus the
 PageMatrix cache, edge cases and the first stage's recall on bench/bench_search.py's data."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ragvl.index import maxsim
-from ragvl.index.maxsim import EXACT_BELOW, CentroidStage, PageMatrix, default_n_centroids, maxsim_scores
+from ragvl.retrieval import maxsim
+from ragvl.retrieval.maxsim import EXACT_BELOW, CentroidStage, PageMatrix, default_n_centroids, maxsim_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 D = 128
@@ -220,5 +220,5 @@ def test_first_stage_recall():
 
 
 def test_runtime_does_not_import_torch():
-    code = "import sys, numpy as np, ragvl.index.maxsim as m; m.Kernels.get(np.dtype('float16')); assert 'torch' not in sys.modules"
+    code = "import sys, numpy as np, ragvl.retrieval.maxsim as m; m.Kernels.get(np.dtype('float16')); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -522,9 +522,3 @@ def test_ingest_imports_only_errors_and_fsutil_from_ragvl():
             imports = re.findall(r"^\s*(?:from|import)\s+(\.\S*|ragvl\S*)", src, re.MULTILINE)
             outside = {i for i in imports if i.startswith("..") or i.startswith("ragvl")}
             assert outside <= {"..errors", "..fsutil"}, (name, imports)
-
-
-def test_old_import_path_still_works():
-    import ragvl.pdf
-
-    assert ragvl.pdf.open_pdf is open_pdf and ragvl.pdf.find_documents is ingest.find_documents

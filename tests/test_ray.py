@@ -16,7 +16,7 @@ import time
 import pytest
 
 from ragvl.errors import RagvlError
-from ragvl.index.store import PageStore
+from ragvl.store.page_store import PageStore
 from scale_helpers import all_rows, free_port, ragvl, ray_head, s3_server
 from tiny_pdfs import make_pdf
 

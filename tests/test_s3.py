@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from ragvl.errors import RagvlError
-from ragvl.index.objstore import LOCK_NAME, ObjectLock
-from ragvl.index.store import PageStore
+from ragvl.store.objstore import LOCK_NAME, ObjectLock
+from ragvl.store.page_store import PageStore
 from scale_helpers import all_rows, ragvl, s3_server
 from tiny_pdfs import make_pdf
 
@@ -153,7 +153,7 @@ def test_unreachable_object_store_is_one_line(tiny_embedder):
 def test_uris_and_storage_options(monkeypatch):
     from pathlib import Path
 
-    from ragvl.index.objstore import is_uri, normalize_db, storage_options
+    from ragvl.store.objstore import is_uri, normalize_db, storage_options
 
     assert [is_uri(x) for x in ("s3://b/p", "gs://b/p", "az://c/p", ".ragvl", "/tmp/x", Path("s3:/b"), "file:///x")] \
         == [True, True, True, False, False, False, False]

@@ -11,13 +11,13 @@ import time
 import numpy as np
 import pytest
 
-from ragvl.index import cache as cache_mod
-from ragvl.index.cache import cache_root, open_view
-from ragvl.index.cache_cleanup import cleanup
-from ragvl.index.maintain import maintain
-from ragvl.index.maxsim import maxsim_scores
-from ragvl.index.search import PageSearch
-from ragvl.index.store import PageRow, PageStore
+from ragvl.retrieval import cache as cache_mod
+from ragvl.retrieval.cache import cache_root, open_view
+from ragvl.retrieval.cache_cleanup import cleanup
+from ragvl.indexing.maintain import maintain
+from ragvl.retrieval.maxsim import maxsim_scores
+from ragvl.retrieval.page_search import PageSearch
+from ragvl.store.page_store import PageRow, PageStore
 
 D = 128
 WORDS = ["revenue", "region", "chart", "thermostat", "incident", "runbook", "sakura", "market", "growth",
@@ -53,7 +53,7 @@ def put(store, name, doc):
 
 def reference(store):
     """{(path, page): vectors} of the current version, read straight from the table."""
-    from ragvl.index.store import vectors_from_column
+    from ragvl.store.page_store import vectors_from_column
 
     t = store.scan(["doc_path", "page", "vectors"])
     flat, offs = vectors_from_column(t["vectors"])
@@ -286,8 +286,8 @@ def test_concurrent_builders_and_readers(tmp_path, docs):
     import sys
 
     store = new_store(tmp_path / "db", docs)
-    code = ("import json, sys, numpy as np; from ragvl.index.store import PageStore; "
-            "from ragvl.index.search import PageSearch; s = PageSearch(PageStore(sys.argv[1])); "
+    code = ("import json, sys, numpy as np; from ragvl.store.page_store import PageStore; "
+            "from ragvl.retrieval.page_search import PageSearch; s = PageSearch(PageStore(sys.argv[1])); "
             "q = np.ones((4, 128), np.float32) / np.sqrt(128); "
             "print(json.dumps([[h.path, h.page, h.score] for h in s.search(q, 5)]))")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(store.path)], stdout=subprocess.PIPE, text=True)

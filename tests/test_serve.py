@@ -254,7 +254,7 @@ def test_non_loopback_host_needs_a_token(root):
 
 def test_cancellation_stops_prefill_through_run_options(answerer, root):
     """RunOptions.terminate reaches the vision and decoder runs: a cancelled generation stops at once."""
-    from ragvl.index.store import PageStore
+    from ragvl.store.page_store import PageStore
     from ragvl.models.runtime.cancel import Cancellation, Cancelled
     from ragvl.models.runtime.qwen2vl import Qwen2VL
 

@@ -1,4 +1,4 @@
-"""The search snapshot (ragvl.index.snapshot): a visual search answered without LanceDB, exactly
+"""The search snapshot (ragvl.retrieval.snapshot): a visual search answered without LanceDB, exactly
 as the full path answers it, and never once the index changed. Real LanceDB folders; the
 model-free tests store random vectors straight through PageStore (as test_search_cache)."""
 
@@ -12,9 +12,9 @@ import sys
 
 import numpy as np
 
-from ragvl.index.cache import local_cache_root
-from ragvl.index.search import PageSearch
-from ragvl.index.snapshot import FILE, fingerprint, newest_version, read_snapshot, record_snapshot
+from ragvl.retrieval.cache import local_cache_root
+from ragvl.retrieval.page_search import PageSearch
+from ragvl.retrieval.snapshot import FILE, fingerprint, newest_version, read_snapshot, record_snapshot
 
 from test_search_cache import D, _unit, make_doc, new_store, put
 from tiny_pdfs import make_pdf
@@ -24,7 +24,7 @@ Q = _unit(np.random.default_rng(7).standard_normal((5, D)))
 
 def recorded(db):
     """Open the store, build its search, record the snapshot: what Index.searcher() does."""
-    from ragvl.index.store import PageStore
+    from ragvl.store.page_store import PageStore
 
     before = fingerprint(db)
     store = PageStore(db).pin()
@@ -79,7 +79,7 @@ def test_a_recreated_index_with_the_same_versions_is_not_mistaken(tmp_path):
 
 
 def test_not_recorded_when_a_commit_lands_while_building(tmp_path):
-    from ragvl.index.store import PageStore
+    from ragvl.store.page_store import PageStore
 
     db = tmp_path / "db"
     store = new_store(db, {"a.pdf": make_doc(1, 3)})

@@ -1,4 +1,4 @@
-"""Vision features stored at indexing and reused by `ragvl ask` (ragvl/index/vision_store.py).
+"""Vision features stored at indexing and reused by `ragvl ask` (ragvl/store/vision_cache.py).
 
 The pair that shares a vision tower is built as in test_colqwen2's
 test_vision_tower_shared_with_identical_generator: a Qwen2-VL and a ColQwen2 checkpoint from the
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from ragvl import Index
-from ragvl.index.store import PageStore, page_id
-from ragvl.index.vision_store import Producer, VisionStore
+from ragvl.store.page_store import PageStore, page_id
+from ragvl.store.vision_cache import Producer, VisionCache
 from ragvl.models.converter.convert import convert
 from ragvl.models.runtime.generation import GenerationSettings
 from ragvl.models.runtime.vlm import ImageFeatures
@@ -65,7 +65,7 @@ def test_features_stored_at_indexing(db, models):
 
     emb, ans = ColQwen2(col), Qwen2VL(gen)
     assert emb.vision_hash == ans.vision_hash  # one graph, hard-linked
-    store, vision = PageStore(db), VisionStore(db)
+    store, vision = PageStore(db), VisionCache(db)
     t = store.scan(["doc_sha256", "page"])
     ids = [page_id(s, p) for s, p in zip(t["doc_sha256"].to_pylist(), t["page"].to_pylist())]
     rows = vision.table.search().select(["page_id", "vision_hash", "max_pixels", "n_tokens", "hidden", "bytes"]) \
@@ -112,7 +112,7 @@ def test_reused_features_give_the_same_answer(db, models):
     ans = idx.answerer
     hits = cached.sources
     messages = answer_messages(QUESTION, [(h.path, h.page) for h in hits])
-    with_feats, _ = page_inputs(ans, PageStore(db), hits, ANSWER_MAX_PIXELS, VisionStore(db))
+    with_feats, _ = page_inputs(ans, PageStore(db), hits, ANSWER_MAX_PIXELS, VisionCache(db))
     with_images, _ = page_inputs(ans, PageStore(db), hits, ANSWER_MAX_PIXELS, None)
     assert all(isinstance(x, ImageFeatures) for x in with_feats)
     a, _, _ = ans.prefill(ans.build_prompt(messages, with_feats, ANSWER_MAX_PIXELS))
@@ -165,7 +165,7 @@ def test_cap_keeps_recently_used_pages(tmp_path):
     """The cap evicts the least recently used pages; a page read for an answer counts as used."""
     producer = Producer("h" * 64, "pre", 1000)
     page_bytes = 4 * 8 * 2  # 4 tokens x 8 wide, float16
-    vs = VisionStore(tmp_path, max_bytes=3 * page_bytes)
+    vs = VisionCache(tmp_path, max_bytes=3 * page_bytes)
     vs.put([("p1", _feats(4, 1)), ("p2", _feats(4, 2))], producer)
     vs.lookup(["p1"], producer)  # p1 is now more recent than p2
     vs.put([("p3", _feats(4, 3))], producer)
@@ -174,8 +174,8 @@ def test_cap_keeps_recently_used_pages(tmp_path):
     found = vs.lookup(["p1", "p2", "p3", "p4"], producer)
     assert sorted(found.found) == ["p1", "p3", "p4"] and "1 page(s)" in found.reason
     np.testing.assert_array_equal(found.found["p1"].features, _feats(4, 1).features.astype(np.float16))
-    VisionStore(tmp_path, max_bytes=page_bytes).put([], producer)  # a smaller cap applies at once
-    assert VisionStore(tmp_path).total_bytes() == page_bytes
+    VisionCache(tmp_path, max_bytes=page_bytes).put([], producer)  # a smaller cap applies at once
+    assert VisionCache(tmp_path).total_bytes() == page_bytes
 
 
 def test_changed_document_drops_its_features(tmp_path, models):
@@ -183,10 +183,10 @@ def test_changed_document_drops_its_features(tmp_path, models):
     pdf = make_pdf(tmp_path / "docs" / "a.pdf", 2, seed=50)
     idx = Index(tmp_path / "db", embedder=col, log=lambda m: None)
     idx.index([tmp_path / "docs"], progress=False)
-    before = set(VisionStore(tmp_path / "db").table.to_arrow()["page_id"].to_pylist())
+    before = set(VisionCache(tmp_path / "db").table.to_arrow()["page_id"].to_pylist())
     make_pdf(pdf, 1, seed=51)
     idx.index([tmp_path / "docs"], progress=False)
-    after = set(VisionStore(tmp_path / "db").table.to_arrow()["page_id"].to_pylist())
+    after = set(VisionCache(tmp_path / "db").table.to_arrow()["page_id"].to_pylist())
     assert len(before) == 2 and len(after) == 1 and not (before & after)
 
 

@@ -9,9 +9,9 @@ from typing import Iterator, Sequence
 
 from PIL import Image
 
-from ..index.search import Hit
-from ..index.store import PageStore
-from ..index.vision_store import Producer, VisionStore
+from ..retrieval.page_search import Hit
+from ..store.page_store import PageStore
+from ..store.vision_cache import Producer, VisionCache
 from ..models.runtime.generation import GenerationSettings
 from ..models.runtime.qwen2vl import Generation, Qwen2VL
 from ..models.runtime.vlm import image_config_key
@@ -85,7 +85,7 @@ def low_score_notes(hits: Sequence[Hit]) -> list[str]:
 
 
 def page_inputs(model: Qwen2VL, store: PageStore, hits: Sequence[Hit], max_pixels: int,
-                vision: VisionStore | None) -> tuple[list, str | None]:
+                vision: VisionCache | None) -> tuple[list, str | None]:
     """Per hit, its stored vision features where valid for `model` at `max_pixels`, else its image;
     and why some pages have no usable features (None when all do)."""
     found, reason = {}, "the vision cache was not used for this answer"
@@ -100,7 +100,7 @@ def page_inputs(model: Qwen2VL, store: PageStore, hits: Sequence[Hit], max_pixel
 
 def answer_question(model: Qwen2VL, store: PageStore, question: str, hits: Sequence[Hit],
            settings: GenerationSettings | None = None, max_pixels: int = ANSWER_MAX_PIXELS,
-           retrieval_s: float = 0.0, vision: VisionStore | None = None) -> Answer:
+           retrieval_s: float = 0.0, vision: VisionCache | None = None) -> Answer:
     """Start answering `question` over the pages of `hits` (streams when iterated).
 
     With `vision`, pages whose stored vision features match the answer model's vision graph and

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import RagvlError
+from ...errors import RagvlError
 
 
 class PageWorker:
     """Embeds pages of documents; the actor class (wrapped with ray.remote by the driver)."""
 
     def __init__(self, embedder_folder: str, threads: int, device: str | None = None):
-        from ..models.runtime.colqwen2 import ColQwen2
+        from ...models.runtime.colqwen2 import ColQwen2
 
         self.model = ColQwen2(embedder_folder, device=device, threads=threads)
         self.tmp = Path(tempfile.mkdtemp(prefix="ragvl-worker-"))
@@ -40,7 +40,7 @@ class PageWorker:
         Returns ("ok", [(page_number, width, height, png, vectors float16 (n, 128), text), ...]) or
         ("error", one-line message naming `name`): a bad page fails its document, as in one process.
         """
-        from ..index.indexer import embed_page
+        from ..run import embed_page
 
         try:
             doc = self._document(source, name, sha256)
@@ -53,7 +53,7 @@ class PageWorker:
             return "error", str(e).replace(str(self.tmp / sha256), name)
 
     def _document(self, source: bytes, name: str, sha256: str):
-        from ..ingest import open_document
+        from ...ingest import open_document
 
         if self._open is not None and self._open[0] == sha256:
             return self._open[1]

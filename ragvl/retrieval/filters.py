@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..errors import RagvlError
-from .schema import METADATA_FIELDS, sql_quote
+from ..store.schema import METADATA_FIELDS, sql_quote
 
 if TYPE_CHECKING:
-    from .store import PageStore
+    from ..store.page_store import PageStore
 
 _OPS: dict[str, Callable[[str, str], bool]] = {
     "!=": lambda a, b: a.casefold() != b.casefold(),

@@ -11,7 +11,7 @@ Planning (one process, under the writer lock, see lock.py):
   document whose file is gone; `reembed` redoes every document not embedded by this embedder.
 A file that cannot be read is reported and skipped; a page that cannot be rendered (corrupt, or it
 hangs or crashes MuPDF in the render worker) is stored as skipped (named in the summary and by
-`ragvl status`); the others are still indexed. The Ray driver (ragvl.distributed) plans with
+`ragvl status`); the others are still indexed. The Ray driver (ragvl.indexing.distributed) plans with
 `plan_index` and commits with `commit_document`, so both indexers decide and write alike.
 """
 
@@ -31,10 +31,10 @@ from ..errors import RagvlError
 from ..fsutil import sha256_file
 from ..ingest import DEFAULT_DPI, Renderer, find_documents, open_document, png_bytes
 from ..progress import Progress
-from .schema import K_DPI, K_EMBEDDER
+from ..store.schema import K_DPI, K_EMBEDDER
 from .source import open_source
-from .store import DocFields, Document, PageRow, PageStore, page_id
-from .vision_store import Producer, VisionStore
+from ..store.page_store import DocFields, Document, PageRow, PageStore, page_id
+from ..store.vision_cache import Producer, VisionCache
 
 BATCH_PAGES = 32
 BATCH_BYTES = 256 << 20  # PNG + float16 vectors of one batch
@@ -236,10 +236,10 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder: PageEmb
                 prune: bool = False, reembed: bool = False, log: Callable[[str], None] | None = None,
                 progress: bool = True, batch_pages: int = BATCH_PAGES, batch_bytes: int = BATCH_BYTES,
                 on_progress: Callable[[Progress], None] | None = None,
-                vision: VisionStore | None = None) -> IndexSummary:
+                vision: VisionCache | None = None) -> IndexSummary:
     """Bring the index up to date with the PDFs and image files under `paths`; returns what happened.
 
-    The caller holds the index's writer lock (ragvl.index.lock.writer_lock), as Index.index does.
+    The caller holds the index's writer lock (ragvl.store.lock.writer_lock), as Index.index does.
     `on_progress(bar)` is called once the plan is made and after every page (the web server's jobs).
     With `vision`, each embedded page's vision tower output is kept there for the answer model
     (unless its cap is 0), and the features of pages no longer indexed are dropped.
@@ -287,7 +287,7 @@ class _Run:
     summary: IndexSummary
     log: Callable[[str], None]
     report: Callable[[Progress], None]
-    vision: VisionStore | None
+    vision: VisionCache | None
     producer: Producer | None
     batch_pages: int
     batch_bytes: int

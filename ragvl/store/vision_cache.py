@@ -70,7 +70,7 @@ class Lookup:
     reason: str | None  # None when every page was found
 
 
-class VisionStore:
+class VisionCache:
     """The `vision` table of the index database `db`, a folder or an object-storage URI (absent
     until first written)."""
 

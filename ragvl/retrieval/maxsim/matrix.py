@@ -213,7 +213,7 @@ class PageMatrix:
         idx, sc = top_k(s, k, tiebreak=cand)
         return cand[idx], sc
 
-    # ---- persistence (ragvl.index.maxsim.persist) ----------------------------------------
+    # ---- persistence (ragvl.retrieval.maxsim.persist) ----------------------------------------
 
     def save(self, path: str | Path) -> Path:
         """Write the matrix (and its first stage) into directory `path`: :func:`persist.save_matrix`."""

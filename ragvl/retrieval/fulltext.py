@@ -1,7 +1,7 @@
 """Text-layer search: LanceDB's full-text (BM25) index over the pages' `text` column.
 
 The index is built after an index run (:func:`ensure_text_index`, called by
-:func:`ragvl.index.maintain.maintain`); LanceDB also searches rows added since, without the
+:func:`ragvl.indexing.maintain.maintain`); LanceDB also searches rows added since, without the
 index, so a stale index only costs speed. Pages without a text layer (scans) have a null
 `text` and simply never match: no OCR here.
 """
@@ -9,7 +9,7 @@ index, so a stale index only costs speed. Pages without a text layer (scans) hav
 from __future__ import annotations
 
 from ..errors import RagvlError
-from .store import PageStore
+from ..store.page_store import PageStore
 
 TEXT_COLUMN = "text"
 

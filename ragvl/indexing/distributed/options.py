@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import RagvlError
+from ...errors import RagvlError
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from .cache import GRACE_S, cache_root
-from .cache_cleanup import cleanup
-from .store import PageStore
-from .textsearch import ensure_text_index
+from ..retrieval.cache import GRACE_S, cache_root
+from ..retrieval.cache_cleanup import cleanup
+from ..store.page_store import PageStore
+from ..retrieval.fulltext import ensure_text_index
 
 __all__ = ["maintain", "VERSION_GRACE_S"]
 

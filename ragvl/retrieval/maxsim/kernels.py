@@ -15,7 +15,7 @@ class Kernels:
     * ``scores(X (n, D) fp16|fp32, Q (m, D) fp32) -> (m, n) fp32`` = Q @ float32(X).T
     * ``assign(X (n, D), CT (D, K) fp32) -> (n,) int64`` = argmax over K of float32(X) @ CT
 
-    Each session runs on ONE thread; the parallelism is ours (:func:`ragvl.index.maxsim.pool.parallel`): whole chunks
+    Each session runs on ONE thread; the parallelism is ours (:func:`ragvl.retrieval.maxsim.pool.parallel`): whole chunks
     handed to worker threads from a shared queue. Why not onnxruntime's intra-op threads: they
     split every MatMul statically and meet at a barrier, so when another process holds one of
     the two cores each call waits for the descheduled half - measured 2x SLOWER than one thread

@@ -24,7 +24,7 @@ from .schema import (ADDED_IN_2, FORMAT_VERSION, K_DPI, K_EMBEDDER, K_FORMAT, LE
                      META_TABLE, PAGES, generation, sql_quote)
 
 if TYPE_CHECKING:
-    from .store import PageStore
+    from .page_store import PageStore
 
 
 def migrate_to_current(store: "PageStore") -> None:

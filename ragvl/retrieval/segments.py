@@ -1,12 +1,12 @@
 """Immutable search-cache segments: the vectors of some pages, keyed by a stable page key.
 
-A segment is a folder ``seg-<uuid>/`` holding a :class:`~ragvl.index.maxsim.PageMatrix` (float16
+A segment is a folder ``seg-<uuid>/`` holding a :class:`~ragvl.retrieval.maxsim.PageMatrix` (float16
 vectors, page offsets, and a centroid first stage when the index is large enough), the key of
 each page (``"<doc sha256>:<page>"``, see :func:`page_key`: stable across re-indexing, moves and
 LanceDB compaction, unlike row positions) and ``segment.json``. It is written under a unique
 temporary name and renamed into place in one step, and never modified afterwards, so a reader
 sees a whole segment or none; several processes may read it at once. Segments are combined by
-a view (:mod:`ragvl.index.cache`): a big base segment, small delta segments for new pages, and
+a view (:mod:`ragvl.retrieval.cache`): a big base segment, small delta segments for new pages, and
 tombstones (pages of a segment that no row of the table references any more).
 """
 

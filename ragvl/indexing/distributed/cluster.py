@@ -8,8 +8,8 @@ import socket
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from ..errors import RagvlError
-from ..fsutil import cpu_threads
+from ...errors import RagvlError
+from ...fsutil import cpu_threads
 from .options import RayOptions
 
 

@@ -46,7 +46,7 @@ from ..models.contract.names import VECTOR_DIM as DIM
 from .maxsim import EXACT_BELOW, CentroidStage, PageMatrix
 from .segments import (TMP_PREFIX, Segment, load_segment, merged_stage, page_key, relink_segment,
                        write_segment)
-from .store import PageStore, vectors_from_column
+from ..store.page_store import PageStore, vectors_from_column
 
 FORMAT = 2
 GRACE_S = 3600.0           # a cache file younger than this may be in use by another process

@@ -25,7 +25,7 @@ from ..errors import RagvlError
 from .schema import (DIM, FORMAT_VERSION, K_FORMAT, LEGACY_META_FILE, META_SCHEMA, META_TABLE,
                      METADATA_FIELDS, PAGE_ROWS, PAGES, PENDING, SCHEMA, SEARCHABLE, generation, page_id, row_key,
                      sql_quote)
-from .store_info import StoreInfo
+from .info import StoreInfo
 
 __all__ = ["PageStore", "PageRow", "DocFields", "Document", "vectors_array", "vectors_from_column", "page_id",
            "default_db", "DEFAULT_DB", "FORMAT_VERSION", "SEARCHABLE"]
@@ -125,7 +125,7 @@ class PageStore(StoreInfo):
     """The index in database folder `db`, or at an object-storage URI (`s3://bucket/path`).
     `create=True` makes a new one if none is there. `name` is what messages call either kind.
 
-    Opening an index of an older format migrates it in place (ragvl.index.migrate), under the
+    Opening an index of an older format migrates it in place (ragvl.store.migrate), under the
     writer lock; `migrate=False` refuses instead (for callers that already hold the lock).
     Its metadata reads (embedder, dpi, check_embedder, resolve) are StoreInfo's.
     """
@@ -397,15 +397,15 @@ class PageStore(StoreInfo):
                     pass
         return total
 
-    # -- filters (ragvl.index.filters): what a search may rank, applied before ranking -------
+    # -- filters (ragvl.retrieval.filters): what a search may rank, applied before ranking -------
     def allowed_keys(self, filters) -> set[tuple[str, int]] | None:
         """(stored path, page) of the searchable pages passing `filters`; None: no filter."""
-        from .filters import allowed_keys
+        from ..retrieval.filters import allowed_keys
 
         return allowed_keys(self, filters)
 
     def filter_sql(self, filters) -> str:
         """The LanceDB predicate for the searchable rows passing `filters`."""
-        from .filters import filter_sql
+        from ..retrieval.filters import filter_sql
 
         return filter_sql(self, filters)

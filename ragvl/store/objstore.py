@@ -273,7 +273,7 @@ class ObjectLock:
 def writer_lock(db: str | os.PathLike, log: Callable[[str], None] | None = None) -> Iterator[object]:
     """The index's one-writer lock: the lock object for s3:// URIs, the local lock otherwise.
 
-    Local folders use ragvl.index.lock.writer_lock (the file lock every local writer takes) when it
+    Local folders use ragvl.store.lock.writer_lock (the file lock every local writer takes) when it
     exists, else a `filelock` beside the table. gs:// and az:// have no lock here (untested).
     """
     if is_uri(db):

@@ -1,6 +1,6 @@
 """`ragvl search`: rank pages by the model's MaxSim (visual), the text layer (text) or both.
 
-Visual search reads a cached view of the table version (:mod:`ragvl.index.cache`: segments
+Visual search reads a cached view of the table version (:mod:`ragvl.retrieval.cache`: segments
 memory-mapped, built incrementally), so a query never re-reads the table. Scores are always
 exact MaxSim sums of the page alone; large indexes first take candidates from the centroid
 first stage. Filters (`allowed`, one bool per row of :meth:`PageSearch.rows`) restrict the
@@ -22,9 +22,9 @@ from .cache import View, open_view
 from .fusion import DEPTH, rrf
 from .maxsim import EXACT_BELOW
 from .maxsim.matrix import top_k
-from .store import PageStore, page_id
-from .store_info import StoreInfo
-from .textsearch import text_ranking
+from ..store.page_store import PageStore, page_id
+from ..store.info import StoreInfo
+from .fulltext import text_ranking
 
 MODES = ("visual", "text", "hybrid")
 CANDIDATES = 128          # pages the first stage proposes for exact rescoring

@@ -11,7 +11,7 @@ import re
 import pyarrow as pa
 
 from ..errors import RagvlError
-from .store import PageStore
+from .page_store import PageStore
 
 PAGE_ID = re.compile(r"^([0-9a-f]{16})-([1-9][0-9]{0,5})$")
 
