@@ -26,27 +26,19 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
-from .answer.answering import ANSWER_MAX_PIXELS, Answer, answer_question, follow_up_question
+from .answer import ANSWER_MAX_PIXELS, Answer, answer_question, follow_up_question
 from .errors import RagvlError
-from .retrieval.filters import Filters
-from .store.objstore import is_uri, normalize_db
-from .store.schema import FORMAT_VERSION, K_EMBEDDER
-from .retrieval.page_search import MODES, Hit, PageSearch
-from .retrieval.snapshot import fingerprint, read_snapshot, record_snapshot
-from .store.page_store import Document, PageStore, default_db
-from .store.info import StoreInfo
-from .store.vision_cache import DEFAULT_MAX_BYTES, META_KEY as VISION_META, VisionCache
-from .models.contract.manifest import KIND_ANSWERER, KIND_EMBEDDER
-from .models.contract.registry import resolve_model
-from .models.runtime.colqwen2 import MAX_PIXELS, ColQwen2
-from .models.runtime.generation import GenerationSettings
-from .models.runtime.qwen2vl import Qwen2VL
+from .retrieval import MODES, Filters, Hit, PageSearch, allowed_keys, fingerprint, read_snapshot, record_snapshot
+from .store import (DEFAULT_MAX_BYTES, Document, FORMAT_VERSION, K_EMBEDDER, PageStore, StoreInfo, VISION_CACHE_KEY,
+                    VisionCache, default_db, is_uri, normalize_db)
+from .models.contract import KIND_ANSWERER, KIND_EMBEDDER, resolve_model
+from .models.runtime import ColQwen2, GenerationSettings, MAX_PIXELS, Qwen2VL
 from .progress import Progress
 
 if TYPE_CHECKING:
-    from .indexing.distributed.options import RayOptions
-    from .retrieval.explain import SimilarityMap
-    from .indexing.run import IndexSummary
+    from .indexing.distributed import RayOptions
+    from .retrieval import SimilarityMap
+    from .indexing import IndexSummary
 
 
 class Index:
@@ -88,7 +80,7 @@ class Index:
             if explicit:
                 folder = resolve_model(KIND_EMBEDDER, explicit, "--embedder")
             elif record.get("id"):
-                from .indexing.embedder_ref import find_recorded
+                from .store import find_recorded
 
                 folder = find_recorded(self.db, record, allow_changed=reembed)
             else:
@@ -115,10 +107,10 @@ class Index:
     def writer_lock(self):
         """The index's one-writer lock (every writer takes it: CLI, API, server jobs, Ray driver)."""
         if is_uri(self.db):
-            from .store.objstore import writer_lock
+            from .store import writer_lock
 
             return writer_lock(self.db, log=self.log)
-        from .store.lock import writer_lock
+        from .store import writer_lock
 
         return writer_lock(self.db, wait=self.wait, log=self.log)
 
@@ -137,13 +129,13 @@ class Index:
         `vision_cache_bytes` (default: the index's recorded cap, else 4 GiB; recorded in the index).
         """
         # Imported here: PyMuPDF costs ~1 s of every `ragvl search` / `ask` start otherwise.
-        from .indexing.run import index_paths
+        from .indexing import index_paths
         from .ingest import find_documents
 
         paths = list(paths)
         find_documents(paths)  # a missing path fails before the model loads
         if cluster is not None:
-            from .indexing.distributed.driver import index_on_ray
+            from .indexing.distributed import index_on_ray
 
             folder = resolve_model(KIND_EMBEDDER, self._embedder_arg)  # workers load it; the driver does not
             summary = index_on_ray(paths, self.db, folder, cluster, dpi=dpi, log=self.log, progress=progress)
@@ -154,8 +146,8 @@ class Index:
         with self.writer_lock():
             store = PageStore(self.db, create=True)
             cap = _vision_cap(store, vision_cache_bytes)
-            if store.meta.get(VISION_META, {}).get("max_bytes") != cap:
-                store.write_meta(**{VISION_META: {"max_bytes": cap}})
+            if store.meta.get(VISION_CACHE_KEY, {}).get("max_bytes") != cap:
+                store.write_meta(**{VISION_CACHE_KEY: {"max_bytes": cap}})
             vision = VisionCache(self.db, max_bytes=cap if vision_cache else 0)
             summary = index_paths(paths, store, embedder, dpi=dpi, prune=prune, reembed=reembed, log=self.log,
                                   progress=progress, on_progress=on_progress, vision=vision)
@@ -205,7 +197,7 @@ class Index:
 
     def status(self) -> dict:
         """What `ragvl status` shows: sizes, the embedder, and what needs attention."""
-        from .indexing.embedder_ref import folder_id
+        from .store import folder_id
 
         store = self._open().pin()
         docs = store.documents()
@@ -280,7 +272,7 @@ class Index:
             embedder = self._load_embedder(store)
             store.check_embedder(embedder.id)
             q = embedder.embed_queries([query])[0]
-        allowed = _allowed_mask(searcher, store.allowed_keys(filters)) if filters else None
+        allowed = _allowed_mask(searcher, allowed_keys(store, filters)) if filters else None
         n = len(searcher) if allowed is None else int(allowed.sum())
         if k > n:
             self.log(f"note: -k {k} is more than the {n} pages {'matching the filters' if filters else 'in the index'}"
@@ -330,13 +322,13 @@ class Index:
     # -- pages and maps (the web page, HTTP API and MCP server use these) ----------------------
     def page_image(self, page_id: str) -> bytes:
         """The stored PNG of the page `page_id` (Hit.id)."""
-        from .store.page_ids import page_row
+        from .store import page_row
 
         return page_row(self._store(), page_id, ["image_png"])["image_png"]
 
     def explain(self, query: str, page_ids: Iterable[str]) -> list["SimilarityMap"]:
         """Similarity maps of `query` on the given pages (Hit.id): `.grid` is the array, `.image()` the PIL picture."""
-        from .retrieval.explain import explain_page
+        from .retrieval import explain_page
 
         store = self._store()
         embedder = self._load_embedder(store)
@@ -348,7 +340,7 @@ class Index:
 
 def _is_index(db: Path | str) -> bool:
     """Whether `db` holds an index (of any format), as opposed to nothing or a bare lock file."""
-    from .store.schema import LEGACY_META_FILE, META_TABLE
+    from .store import LEGACY_META_FILE, META_TABLE
 
     if is_uri(db):  # object storage: opening it tells
         try:
@@ -374,4 +366,4 @@ def _vision_cap(store: PageStore, requested: int | None) -> int:
         if requested < 0:
             raise RagvlError(f"vision cache size {requested}: must be >= 0 bytes")
         return int(requested)
-    return int(store.meta.get(VISION_META, {}).get("max_bytes", DEFAULT_MAX_BYTES))
+    return int(store.meta.get(VISION_CACHE_KEY, {}).get("max_bytes", DEFAULT_MAX_BYTES))

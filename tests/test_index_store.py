@@ -191,9 +191,9 @@ def test_filters_apply_before_ranking(library, tiny_embedder):
     assert r.returncode == 0, r.stderr  # the index remembers its embedder: no --embedder needed
     assert {Path(h["path"]).name for h in json.loads(r.stdout)} == {"q1.pdf"}
     store = PageStore(library / ".ragvl")
-    from ragvl.retrieval.filters import Filters
+    from ragvl.retrieval.filters import Filters, filter_sql
 
-    sql = store.filter_sql(Filters.of(where="author=bob"))
+    sql = filter_sql(store, Filters.of(where="author=bob"))
     assert {p for p in store.scan(["doc_path"], where=sql)["doc_path"].to_pylist()} == {"docs/2024/q2.pdf"}
 
 

@@ -9,12 +9,9 @@ from typing import Iterator, Sequence
 
 from PIL import Image
 
-from ..retrieval.page_search import Hit
-from ..store.page_store import PageStore
-from ..store.vision_cache import Producer, VisionCache
-from ..models.runtime.generation import GenerationSettings
-from ..models.runtime.qwen2vl import Generation, Qwen2VL
-from ..models.runtime.vlm import image_config_key
+from ..retrieval import Hit
+from ..store import PageStore, Producer, VisionCache
+from ..models.runtime import Generation, GenerationSettings, Qwen2VL, image_config_key
 from .prompt import answer_messages
 
 # Each page is shown to the answer model at up to 768 visual tokens (602112 pixels, about

@@ -171,7 +171,7 @@ WHERE = typer.Option([], "--where", help="Only documents whose PDF metadata matc
 
 
 def db_or_default(db: Path | None) -> Path:
-    from ..store.page_store import default_db
+    from ..store import default_db
 
     return db if db is not None else default_db()
 

@@ -36,7 +36,7 @@ def ask(
                                      "continues the conversation without prefilling them again."),
 ) -> None:
     """Answer a question from the indexed PDFs: retrieve pages, let Qwen2-VL read them, cite them."""
-    from ..answer.answering import ANSWER_MAX_PIXELS
+    from ..answer import ANSWER_MAX_PIXELS
     from ..api import Index
 
     with guarded(db_or_default(db)):

@@ -30,9 +30,9 @@ def chat(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
 ) -> None:
     """Ask Qwen2-VL about images: the answer streams to stdout."""
-    from ..models.contract.manifest import KIND_ANSWERER
-    from ..models.contract.registry import resolve_model
-    from ..models.runtime.qwen2vl import Qwen2VL
+    from ..models.contract import KIND_ANSWERER
+    from ..models.contract import resolve_model
+    from ..models.runtime import Qwen2VL
 
     if top_k is not None:
         log("note: `ragvl chat` --top-k is deprecated; it is now --top-k-sampling (in chat and ask alike)")

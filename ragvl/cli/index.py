@@ -51,7 +51,7 @@ def index(
     with guarded(db_or_default(db)):
         cluster = None
         if workers is not None or ray_address is not None or threads_per_worker or gpus_per_worker:
-            from ..indexing.distributed.options import RayOptions  # Ray itself is imported only past this point
+            from ..indexing.distributed import RayOptions  # Ray itself is imported only past this point
 
             cluster = RayOptions(workers=workers, address=ray_address, threads_per_worker=threads_per_worker,
                                  gpus_per_worker=gpus_per_worker)

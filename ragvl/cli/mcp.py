@@ -21,8 +21,8 @@ def mcp(
     device: Optional[str] = DEVICE,
 ) -> None:
     """Serve the index to assistants over MCP (stdio): search, get_page, list_documents, ask."""
-    from ..server.mcp_server import run_stdio
-    from ..server.service import Service
+    from ..server import run_stdio
+    from ..server import Service
 
     opts = model_options(db, embedder, answerer, device, gen, max_pixels)
     run_stdio(Service(opts, log=log))

@@ -32,9 +32,9 @@ def models_convert(
                                       "seconds at the 2B shape)."),
 ) -> None:
     """Convert a Qwen2-VL or ColQwen2 checkpoint to ONNX (no torch needed, works offline)."""
-    from ..models.converter.convert import convert
-    from ..models.contract.manifest import read_manifest
-    from ..models.contract.registry import default_model, installed_models, models_dir, set_default
+    from ..models.converter import convert
+    from ..models.contract import read_manifest
+    from ..models.contract import default_model, installed_models, models_dir, set_default
 
     try:
         in_home = out is None
@@ -54,7 +54,7 @@ def models_convert(
 @models_app.command("list")
 def models_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
     """Show the models installed in the model home [env RAGVL_HOME; default ~/.cache/ragvl]."""
-    from ..models.contract.registry import default_model, installed_models, models_dir
+    from ..models.contract import default_model, installed_models, models_dir
 
     rows = []
     for folder, m in installed_models():
@@ -80,7 +80,7 @@ def models_pull(
     only: Optional[str] = typer.Option(None, "--only", help="One model name or kind (colqwen2, qwen2-vl)."),
 ) -> None:
     """Download the default models from the Hugging Face hub and convert them (needs the network once)."""
-    from ..models.converter.pull import pull_defaults
+    from ..models.converter import pull_defaults
 
     try:
         for folder in pull_defaults(dtype, log, only):

@@ -23,7 +23,7 @@ def is_loopback(host: str) -> bool:
 
 def model_options(db, embedder, answerer, device, gen: GenerationFlags, max_pixels=None, roots=None):
     """ServeOptions from the options `ragvl ask` also takes (shared by serve and mcp)."""
-    from ..server.service import ServeOptions
+    from ..server import ServeOptions
 
     return ServeOptions(db=db, embedder=embedder, answerer=answerer, device=device, max_pixels=max_pixels,
                         overrides=gen.overrides(),
@@ -52,8 +52,8 @@ def serve(
 
     import uvicorn
 
-    from ..server.app import create_app
-    from ..server.service import Service
+    from ..server import create_app
+    from ..server import Service
 
     if not is_loopback(host) and not token:
         fail(f"--host {host} makes the server reachable from other machines: give it a --token "

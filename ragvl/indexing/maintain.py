@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ..retrieval.cache import GRACE_S, cache_root
-from ..retrieval.cache_cleanup import cleanup
-from ..store.page_store import PageStore
-from ..retrieval.fulltext import ensure_text_index
+from ..retrieval import GRACE_S, cache_root, cleanup, ensure_text_index
+from ..store import PageStore
 
 __all__ = ["maintain", "VERSION_GRACE_S"]
 

@@ -31,10 +31,8 @@ from ..errors import RagvlError
 from ..fsutil import sha256_file
 from ..ingest import DEFAULT_DPI, Renderer, find_documents, open_document, png_bytes
 from ..progress import Progress
-from ..store.schema import K_DPI, K_EMBEDDER
+from ..store import DocFields, Document, K_DPI, K_EMBEDDER, PageRow, PageStore, Producer, VisionCache, page_id
 from .source import open_source
-from ..store.page_store import DocFields, Document, PageRow, PageStore, page_id
-from ..store.vision_cache import Producer, VisionCache
 
 BATCH_PAGES = 32
 BATCH_BYTES = 256 << 20  # PNG + float16 vectors of one batch

@@ -13,15 +13,15 @@ __all__ = ["Qwen2VL", "ColQwen2", "convert"]
 
 def __getattr__(name: str):
     if name == "Qwen2VL":
-        from .runtime.qwen2vl import Qwen2VL
+        from .runtime import Qwen2VL
 
         return Qwen2VL
     if name == "ColQwen2":
-        from .runtime.colqwen2 import ColQwen2
+        from .runtime import ColQwen2
 
         return ColQwen2
     if name == "convert":
-        from .converter.convert import convert
+        from .converter import convert
 
         return convert
     raise AttributeError(f"module 'ragvl.models' has no attribute {name!r}")

@@ -33,7 +33,6 @@ import io
 import json
 import os
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -42,22 +41,20 @@ import numpy as np
 import pyarrow as pa
 
 from ..fsutil import atomic_write_with, cache_home
-from ..models.contract.names import VECTOR_DIM as DIM
+from ..models.contract import VECTOR_DIM as DIM
 from .maxsim import EXACT_BELOW, CentroidStage, PageMatrix
-from .segments import (TMP_PREFIX, Segment, load_segment, merged_stage, page_key, relink_segment,
+from .cache_cleanup import GRACE_S, cleanup
+from .segments import (TMP_PREFIX, UNREADABLE, Segment, load_segment, merged_stage, page_key, relink_segment,
                        write_segment)
-from ..store.page_store import PageStore, vectors_from_column
+from ..store import PageStore, vectors_from_column
 
 FORMAT = 2
-GRACE_S = 3600.0           # a cache file younger than this may be in use by another process
 MERGE_FRACTION = 0.2       # merge when delta pages or tombstones exceed this fraction of the base
 RETRAIN_GROWTH = 2.0       # retrain the centroids when the index has grown this much since
 SCAN_BATCH = 256           # rows per batch when reading vectors (bounded memory: ~50 MB)
 
-UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)  # a missing or damaged cache file
 
-__all__ = ["View", "open_view", "load_view", "cache_root", "local_cache_root", "GRACE_S", "UNREADABLE",
-           "view_segments"]
+__all__ = ["View", "open_view", "load_view", "cache_root", "local_cache_root", "GRACE_S", "UNREADABLE"]
 
 
 @dataclass
@@ -133,8 +130,6 @@ def open_view(store: PageStore, *, root: Path | None = None, version: int | None
     except UNREADABLE:
         pass                                                   # absent, or lost a cleanup race: build
     view = _build_view(store, root, idkey, version, log)
-    from .cache_cleanup import cleanup
-
     try:
         cleanup(root, keep=path)
     except OSError:
@@ -349,9 +344,3 @@ def _maybe_merge(root: Path, segs: list[Segment], live: np.ndarray, row_unit: np
         return [new], live, row_unit
     built["retrained"] = retrain
     return [new], np.ones(new.n_pages, dtype=bool), remap[row_unit]
-
-
-def view_segments(path: Path) -> list[str]:
-    """The segment ids a view file references (for cleanup)."""
-    with np.load(path, allow_pickle=False) as z:
-        return json.loads(str(z["meta"]))["segments"]

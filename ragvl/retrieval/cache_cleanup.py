@@ -6,16 +6,18 @@ so age is the only safe rule: a file younger than the grace period may be in use
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
 
-from .cache import GRACE_S, UNREADABLE, view_segments
-from .segments import SEG_PREFIX, TMP_PREFIX
+import numpy as np
 
-__all__ = ["cleanup"]
+from .segments import SEG_PREFIX, TMP_PREFIX, UNREADABLE
 
+__all__ = ["cleanup", "view_segments", "GRACE_S"]
 
+GRACE_S = 3600.0           # a cache file younger than this may be in use by another process
 
 
 def cleanup(root: Path, *, keep: Path | None = None, grace_s: float = GRACE_S) -> None:
@@ -61,3 +63,9 @@ def _age(p: Path, now: float) -> float:
         return now - p.stat().st_mtime
     except OSError:
         return 0.0
+
+
+def view_segments(path: Path) -> list[str]:
+    """The segment ids a view file references (for cleanup)."""
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["meta"]))["segments"]

@@ -18,10 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import RagvlError
-from ..models.runtime.colqwen2 import DOC_PROMPT, ColQwen2
-from ..models.runtime.preprocess import ImageConfig, smart_resize
-from ..store.page_store import PageStore
-from ..store.page_ids import page_row
+from ..models.runtime import ColQwen2, DOC_PROMPT, ImageConfig, smart_resize
+from ..store import PageStore, page_row
 
 # Heat colours from cold to hot (RGB): low similarity stays nearly transparent, see `overlay`.
 _STOPS = np.array([[48, 18, 59], [40, 120, 240], [30, 200, 170], [160, 230, 50], [250, 190, 40],

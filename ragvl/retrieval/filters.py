@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..errors import RagvlError
-from ..store.schema import METADATA_FIELDS, sql_quote
+from ..store import METADATA_FIELDS, sql_quote
 
 if TYPE_CHECKING:
-    from ..store.page_store import PageStore
+    from ..store import PageStore
 
 _OPS: dict[str, Callable[[str, str], bool]] = {
     "!=": lambda a, b: a.casefold() != b.casefold(),

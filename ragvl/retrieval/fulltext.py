@@ -9,7 +9,7 @@ index, so a stale index only costs speed. Pages without a text layer (scans) hav
 from __future__ import annotations
 
 from ..errors import RagvlError
-from ..store.page_store import PageStore
+from ..store import PageStore
 
 TEXT_COLUMN = "text"
 

@@ -22,8 +22,7 @@ from .cache import View, open_view
 from .fusion import DEPTH, rrf
 from .maxsim import EXACT_BELOW
 from .maxsim.matrix import top_k
-from ..store.page_store import PageStore, page_id
-from ..store.info import StoreInfo
+from ..store import PageStore, StoreInfo, page_id
 from .fulltext import text_ranking
 
 MODES = ("visual", "text", "hybrid")

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,7 +30,9 @@ from .maxsim.persist import save_npy
 SEG_PREFIX = "seg-"
 TMP_PREFIX = ".tmp-"
 
-__all__ = ["Segment", "page_key", "write_segment", "load_segment", "merged_stage", "SEG_PREFIX", "TMP_PREFIX"]
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)  # a missing or damaged cache file
+
+__all__ = ["UNREADABLE", "Segment", "page_key", "write_segment", "load_segment", "merged_stage", "SEG_PREFIX", "TMP_PREFIX"]
 
 
 def page_key(generation: str, page: int) -> str:

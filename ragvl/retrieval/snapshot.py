@@ -30,11 +30,10 @@ from typing import TYPE_CHECKING
 
 from ..fsutil import atomic_write
 from .cache import FORMAT as CACHE_FORMAT, UNREADABLE, View, load_view, local_cache_root
-from ..store.schema import FORMAT_VERSION, K_FORMAT, META_TABLE, PAGES
-from ..store.info import StoreInfo
+from ..store import FORMAT_VERSION, K_FORMAT, META_TABLE, PAGES, StoreInfo
 
 if TYPE_CHECKING:
-    from ..store.page_store import PageStore
+    from ..store import PageStore
 
 FILE = "snapshot.json"
 FORMAT = 1

@@ -17,7 +17,7 @@ from collections import deque
 from typing import AsyncIterator
 
 from ..errors import RagvlError
-from ..models.runtime.cancel import Cancelled
+from ..models.runtime import Cancelled
 from .service import Service
 
 

@@ -28,7 +28,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..errors import RagvlError
-from ..store.page_ids import parse_page_id
+from ..store import parse_page_id
 from .answers import AnswerQueue
 from .jobs import Jobs
 from .security import Guard

@@ -16,8 +16,7 @@ from typing import Callable, Iterator
 from ..api import Index
 from ..errors import RagvlError
 from ..fsutil import cpu_threads
-from ..models.runtime.cancel import Cancellation
-from ..models.runtime.generation import GenerationSettings
+from ..models.runtime import Cancellation, GenerationSettings
 
 
 @dataclass
@@ -84,8 +83,8 @@ class Service:
 
     def status(self) -> dict:
         """Models in use, pages, documents, index size; `problems` says what to run when something is missing."""
-        from ..models.contract.manifest import KIND_ANSWERER, KIND_EMBEDDER
-        from ..models.contract.registry import resolve_model
+        from ..models.contract import KIND_ANSWERER, KIND_EMBEDDER
+        from ..models.contract import resolve_model
 
         out: dict = {"db": str(self.index.db), "roots": [str(r) for r in self.roots], "problems": []}
         for kind, arg, key in ((KIND_EMBEDDER, self.opts.embedder, "embedder"),
@@ -107,8 +106,8 @@ class Service:
     # -- answers --------------------------------------------------------------------------
     def check_can_answer(self) -> None:
         """Fail now (a 4xx, not an error event later) when a model or the index is missing."""
-        from ..models.contract.manifest import KIND_ANSWERER, KIND_EMBEDDER
-        from ..models.contract.registry import resolve_model
+        from ..models.contract import KIND_ANSWERER, KIND_EMBEDDER
+        from ..models.contract import resolve_model
 
         resolve_model(KIND_EMBEDDER, self.opts.embedder, "--embedder")
         resolve_model(KIND_ANSWERER, self.opts.answerer, "--answerer")
@@ -125,7 +124,7 @@ class Service:
         """
         if not question.strip():
             raise RagvlError("the question is empty")
-        from ..answer.answering import ANSWER_MAX_PIXELS
+        from ..answer import ANSWER_MAX_PIXELS
 
         self.embedder()
         self.answerer()

@@ -16,19 +16,15 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from typing import TYPE_CHECKING
-
 from ..errors import RagvlError
 from .lock import writer_lock
 from .schema import (ADDED_IN_2, FORMAT_VERSION, K_DPI, K_EMBEDDER, K_FORMAT, LEGACY_META_FILE, META_SCHEMA,
                      META_TABLE, PAGES, generation, sql_quote)
 
-if TYPE_CHECKING:
-    from .page_store import PageStore
 
-
-def migrate_to_current(store: "PageStore") -> None:
-    """Migrate `store`'s folder from format 1 to the current format (see module docstring)."""
+def migrate_to_current(store) -> None:
+    """Migrate the PageStore `store` (being opened, so not imported here) from format 1 to the
+    current format (see module docstring)."""
     legacy = store.path / LEGACY_META_FILE
     try:
         with writer_lock(store.path):
@@ -46,7 +42,7 @@ def migrate_to_current(store: "PageStore") -> None:
                          "it is still readable by the previous ragvl, and the next open retries") from None
 
 
-def _migrate_1_to_2(store: "PageStore", old: dict) -> None:
+def _migrate_1_to_2(store, old: dict) -> None:
     db = store._db
     dpi = int(old.get("dpi") or 120)
     if PAGES in set(db.list_tables().tables):

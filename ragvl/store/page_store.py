@@ -396,16 +396,3 @@ class PageStore(StoreInfo):
                 except OSError:
                     pass
         return total
-
-    # -- filters (ragvl.retrieval.filters): what a search may rank, applied before ranking -------
-    def allowed_keys(self, filters) -> set[tuple[str, int]] | None:
-        """(stored path, page) of the searchable pages passing `filters`; None: no filter."""
-        from ..retrieval.filters import allowed_keys
-
-        return allowed_keys(self, filters)
-
-    def filter_sql(self, filters) -> str:
-        """The LanceDB predicate for the searchable rows passing `filters`."""
-        from ..retrieval.filters import filter_sql
-
-        return filter_sql(self, filters)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from ..models.contract.names import VECTOR_DIM as DIM
+from ..models.contract import VECTOR_DIM as DIM
 
 FORMAT_VERSION = 2
 PAGES = "pages"

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from ..models.runtime.vlm import ImageFeatures
+from ..models.runtime import ImageFeatures
 
 TABLE = "vision"
 META_KEY = "vision_cache"  # in the index metadata: {"max_bytes": ...}

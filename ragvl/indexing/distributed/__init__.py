@@ -4,6 +4,7 @@ Nothing here is imported unless `--workers` / `--ray-address` (or `Index.index(c
 asks for it, so the base install never needs Ray (`pip install "ragvl[ray]"`).
 """
 
+from .driver import index_on_ray
 from .options import RayOptions
 
-__all__ = ["RayOptions"]
+__all__ = ["RayOptions", "index_on_ray"]

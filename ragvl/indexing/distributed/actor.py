@@ -24,7 +24,7 @@ class PageWorker:
     """Embeds pages of documents; the actor class (wrapped with ray.remote by the driver)."""
 
     def __init__(self, embedder_folder: str, threads: int, device: str | None = None):
-        from ...models.runtime.colqwen2 import ColQwen2
+        from ...models.runtime import ColQwen2
 
         self.model = ColQwen2(embedder_folder, device=device, threads=threads)
         self.tmp = Path(tempfile.mkdtemp(prefix="ragvl-worker-"))

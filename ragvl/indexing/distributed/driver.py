@@ -25,8 +25,7 @@ from typing import Callable, Iterable
 
 from ...errors import RagvlError, os_error_cause
 from ..run import IndexSummary, _Work, commit_document, finish_index, plan_index
-from ...store.objstore import writer_lock
-from ...store.page_store import PageRow, PageStore
+from ...store import PageRow, PageStore, writer_lock
 from ...ingest import DEFAULT_DPI
 from ...progress import Progress
 from .cluster import local_threads, ray_session
@@ -84,8 +83,8 @@ def index_on_ray(paths: Iterable[str | Path], db: str | Path, embedder_folder: P
     The plan comes first, from the embedder's manifest alone: a run with nothing to embed never
     starts Ray. The workers then must load an embedder with the planned id.
     """
-    from ...models.contract.manifest import KIND_EMBEDDER, read_manifest
-    from ...models.runtime.colqwen2 import MAX_PIXELS, embedder_id
+    from ...models.contract import KIND_EMBEDDER, read_manifest
+    from ...models.runtime import MAX_PIXELS, embedder_id
 
     t0 = time.perf_counter()
     planned_id = embedder_id(read_manifest(embedder_folder, kind=KIND_EMBEDDER))

@@ -24,11 +24,10 @@ from ... import __version__
 from ...errors import RagvlError
 from ...fsutil import remove_stale_partials, replace_dir
 from .checkpoint import Checkpoint, TensorSource
-from ..contract.config import COLQWEN2_ARCHITECTURES, read_config
+from ..contract import (COLQWEN2_ARCHITECTURES, KIND_ANSWERER, KIND_EMBEDDER, MANIFEST, optimized_graph, read_config,
+                        write_manifest)
 from .decoder_graph import build_decoder, build_embed, colbert_tensor_names, text_tensor_names
 from .lora import LoraAdapter, MergedSource, is_adapter
-from ..contract.manifest import KIND_EMBEDDER, KIND_ANSWERER, MANIFEST, write_manifest
-from ..contract.names import optimized_graph
 from .onnx_builder import GraphBuilder
 from .optimize import key as optimized_key, save_optimized
 from .quantize import FORMATS, WeightFormat

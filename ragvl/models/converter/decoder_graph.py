@@ -14,12 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from .checkpoint import TensorSource
-from ..contract.config import TextConfig
+from ..contract import TextConfig, VECTOR_DIM, kv_names, mrope_inv_freq
 from .onnx_builder import FLOAT, INT64, MS_DOMAIN, GraphBuilder
 from .quantize import WeightFormat, linear, quantize_blockwise
 from .vision_graph import rotate
-from ..contract.names import VECTOR_DIM, kv_names
-from ..contract.rope import mrope_inv_freq
 
 LAYER_TENSORS = ("input_layernorm.weight", "post_attention_layernorm.weight",
                  "self_attn.q_proj.weight", "self_attn.q_proj.bias", "self_attn.k_proj.weight",

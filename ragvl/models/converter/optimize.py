@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import RagvlError
-from ..contract.names import optimized_graph, optimized_key
+from ..contract import optimized_graph, optimized_key
 
 PROVIDER = "CPUExecutionProvider"
 

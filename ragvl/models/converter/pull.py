@@ -12,7 +12,7 @@ from typing import Callable
 
 from ...errors import RagvlError
 from .convert import convert
-from ..contract.registry import KNOWN_MODELS, KnownModel, installed_models, models_dir, set_default
+from ..contract import KNOWN_MODELS, KnownModel, installed_models, models_dir, set_default
 
 
 def _offline() -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .checkpoint import TensorSource
-from ..contract.config import VisionConfig
+from ..contract import VisionConfig
 from .onnx_builder import FLOAT, INT64, MS_DOMAIN, GraphBuilder
 from .quantize import WeightFormat, linear
 

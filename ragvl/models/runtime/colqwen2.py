@@ -13,10 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..contract.manifest import KIND_EMBEDDER
-from ..contract.names import VECTOR_DIM
+from ..contract import KIND_EMBEDDER, VECTOR_DIM, mrope_positions
 from .preprocess import ImageInput
-from ..contract.rope import mrope_positions
 from .vlm import ImageFeatures, VisionLanguageModel, image_config_key
 
 DOC_PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>"

@@ -16,11 +16,9 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ...errors import RagvlError
-from ..contract.names import kv_names
+from ..contract import KIND_ANSWERER, kv_names, mrope_positions
 from .generation import GenerationSettings, TokenSampler, read_generation_config
-from ..contract.manifest import KIND_ANSWERER
 from .preprocess import ImageInput
-from ..contract.rope import mrope_positions
 from .tokenizer import StreamDecoder
 from .conversation import Conversation, template_suffix, user_turn
 from .vlm import ImageOrFeatures, Prompt, VisionLanguageModel

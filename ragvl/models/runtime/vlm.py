@@ -17,9 +17,8 @@ from typing import Sequence, Union
 import numpy as np
 
 from ...errors import RagvlError
-from ..contract.manifest import model_config, read_manifest
+from ..contract import model_config, optimized_key, read_manifest
 from .preprocess import ImageConfig, ImageInput, num_image_tokens, preprocess
-from ..contract.names import optimized_key
 from .session import create_session, default_device, providers_for
 from .tokenizer import Tokenizer
 

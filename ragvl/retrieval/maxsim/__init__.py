@@ -56,7 +56,7 @@ half the memory and disk, and ~2x faster than numpy (see bench/README.md).
 
 from __future__ import annotations
 
-from ...models.contract.names import VECTOR_DIM as DIM
+from ...models.contract import VECTOR_DIM as DIM
 from .kernels import Kernels
 from .matrix import CHUNK_VECTORS, EXACT_BELOW, PageMatrix
 from .reference import maxsim_scores

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from ...fsutil import cpu_threads
-from ...models.contract.names import VECTOR_DIM as DIM
+from ...models.contract import VECTOR_DIM as DIM
 from .kernels import Kernels
 from .pool import parallel
 from .reference import check_query

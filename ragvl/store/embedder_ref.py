@@ -11,9 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import RagvlError
-from ..models.contract.manifest import KIND_EMBEDDER, read_manifest
-from ..models.contract.registry import installed_models, models_dir
-from ..models.runtime.colqwen2 import MAX_PIXELS, embedder_id
+from ..models.contract import KIND_EMBEDDER, installed_models, models_dir, read_manifest
+from ..models.runtime import MAX_PIXELS, embedder_id
 
 
 def folder_id(folder: str | Path | None, max_pixels: int | None) -> str | None:
