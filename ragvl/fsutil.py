@@ -15,7 +15,7 @@ from typing import Callable, IO
 
 from .errors import RagvlError, os_error_cause
 
-__all__ = ["atomic_write", "atomic_write_with", "sha256_file", "cpu_threads", "cache_home", "replace_dir",
+__all__ = ["atomic_write", "atomic_write_with", "save_npy", "sha256_file", "cpu_threads", "cache_home", "replace_dir",
            "remove_stale_partials"]
 
 
@@ -41,6 +41,13 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     """Write `data` (str as UTF-8) to `path` atomically (see the module docstring)."""
     payload = data.encode() if isinstance(data, str) else data
     atomic_write_with(path, lambda f: f.write(payload))
+
+
+def save_npy(path: str | os.PathLike, arr) -> None:
+    """Write a numpy array to `path` (.npy, no pickles) atomically, as :func:`atomic_write_with`."""
+    import numpy as np
+
+    atomic_write_with(path, lambda f: np.save(f, np.asarray(arr), allow_pickle=False))
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

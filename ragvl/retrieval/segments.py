@@ -23,9 +23,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..fsutil import atomic_write
 from .maxsim import CentroidStage, PageMatrix
-from .maxsim.persist import save_npy
+from ..fsutil import atomic_write, save_npy
 
 SEG_PREFIX = "seg-"
 TMP_PREFIX = ".tmp-"

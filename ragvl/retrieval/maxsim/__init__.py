@@ -9,7 +9,7 @@ What is here (one module per job):
 
 * :mod:`.reference` - the reference scorer; :mod:`.kernels` - the onnxruntime MatMul/ArgMax
   graphs; :mod:`.pool` - the worker threads; :mod:`.matrix` - :class:`PageMatrix`;
-  :mod:`.persist` - saving/mapping a matrix; :mod:`.kmeans` - spherical k-means;
+  :mod:`.kmeans` - spherical k-means;
   :mod:`.stage` - :class:`CentroidStage`.
 
 In more detail:

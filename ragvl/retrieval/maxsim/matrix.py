@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import numpy as np
 
-from ...fsutil import cpu_threads
+from ...fsutil import atomic_write, cpu_threads, save_npy
 from ...models.contract import VECTOR_DIM as DIM
 from .kernels import Kernels
 from .pool import parallel
 from .reference import check_query
-
-if TYPE_CHECKING:
-    from .stage import CentroidStage
+from .stage import CentroidStage
 
 EXACT_BELOW = 2000        # below this many pages search() is always exact (it is fast enough there)
 CHUNK_VECTORS = 16384     # rows per MatMul: (25, 16384) fp32 scores = 1.6 MB, stays in L2/L3
+PERSIST_FORMAT = 1        # the cache directory's layout (meta.json "format")
 
 __all__ = ["PageMatrix", "EXACT_BELOW", "CHUNK_VECTORS", "page_chunks", "top_k"]
 
@@ -192,8 +192,6 @@ class PageMatrix:
     def build_first_stage(self, n_centroids: int | None = None, *, seed: int = 0, sample: int | None = None,
                           iters: int = 10) -> "CentroidStage":
         """Train the centroid first stage on this matrix and attach it (see :class:`CentroidStage`)."""
-        from .stage import CentroidStage
-
         self.stage = CentroidStage.build(self, n_centroids=n_centroids, seed=seed, sample=sample, iters=iters)
         return self.stage
 
@@ -213,20 +211,56 @@ class PageMatrix:
         idx, sc = top_k(s, k, tiebreak=cand)
         return cand[idx], sc
 
-    # ---- persistence (ragvl.retrieval.maxsim.persist) ----------------------------------------
+    # ---- persistence: a cache directory, memory-mapped back ----------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write the matrix (and its first stage) into directory `path`: :func:`persist.save_matrix`."""
-        from .persist import save_matrix
+        """Write the matrix (and its first stage, if built) into directory `path`.
 
-        return save_matrix(self, path)
+        Files: ``vectors.npy`` (N, D), ``offsets.npy`` (n_pages + 1,), the stage's
+        ``centroids.npy`` / ``inv_offsets.npy`` / ``inv_pages.npy``, then ``meta.json`` last.
+        Every file goes through tmp + fsync + rename, so a reader never sees a torn file; the
+        meta records the shapes, and :meth:`load` refuses files that disagree with it (e.g. a
+        crash between two renames) instead of returning a mixed index.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        v = self.vectors
+        in_place = (isinstance(v, np.memmap) and v.filename
+                    and Path(v.filename).resolve() == (path / "vectors.npy").resolve())
+        if in_place:                                            # filled in place (a big segment): just flush
+            if v.mode != "r":
+                v.flush()
+        else:
+            save_npy(path / "vectors.npy", v)
+        save_npy(path / "offsets.npy", self.offsets)
+        meta = {"format": PERSIST_FORMAT, "dtype": self.dtype.name, "dim": self.dim,
+                "n_pages": self.n_pages, "n_vectors": self.n_vectors, "stage": None}
+        if self.stage is not None:
+            meta["stage"] = self.stage._save(path)
+        else:
+            for name in CentroidStage.FILES:
+                (path / name).unlink(missing_ok=True)
+        atomic_write(path / "meta.json", json.dumps(meta, indent=1))
+        return path
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = True, *, threads: int | None = None) -> "PageMatrix":
-        """Open a directory written by :meth:`save` (`mmap`: map the vectors read-only)."""
-        from .persist import load_matrix
-
-        return load_matrix(path, mmap=mmap, threads=threads)
+        """Open a directory written by :meth:`save`; `mmap` maps the vectors read-only (pages are
+        read from disk on demand and shared through the page cache)."""
+        path = Path(path)
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a page matrix cache ({e})") from None
+        if meta.get("format") != PERSIST_FORMAT:
+            raise ValueError(f"{path}: cache format {meta.get('format')}, expected {PERSIST_FORMAT}")
+        vectors = np.load(path / "vectors.npy", mmap_mode="r" if mmap else None)
+        offsets = np.load(path / "offsets.npy")
+        if (vectors.shape != (meta["n_vectors"], meta["dim"]) or vectors.dtype.name != meta["dtype"]
+                or offsets.shape != (meta["n_pages"] + 1,)):
+            raise ValueError(f"{path}: files disagree with meta.json (interrupted save?); rebuild the cache")
+        stage = CentroidStage._load(path, meta["stage"], meta["n_pages"]) if meta.get("stage") else None
+        return cls(vectors, offsets, threads=threads, stage=stage)
 
 
 def page_chunks(offsets: np.ndarray, target: int) -> list[tuple[int, int]]:

@@ -1,19 +1,19 @@
-"""The first stage: PLAID-style candidate pages from k-means centroids."""
+"""The first stage: PLAID-style candidate pages from k-means centroids.
+
+Its builders take a PageMatrix (`matrix`: `.vectors`, `.offsets`, `.n_pages`), unannotated:
+matrix.py imports this module, not the other way round.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ...fsutil import save_npy
 from .kernels import Kernels
 from .kmeans import nearest, spherical_kmeans
-from .persist import save_npy
 from .reference import check_query
-
-if TYPE_CHECKING:
-    from .matrix import PageMatrix
 
 __all__ = ["CentroidStage", "default_n_centroids", "centroid_pairs"]
 
@@ -59,7 +59,7 @@ class CentroidStage:
         return self.centroids.nbytes + self.inv_offsets.nbytes + self.inv_pages.nbytes
 
     @classmethod
-    def build(cls, matrix: PageMatrix, n_centroids: int | None = None, *, seed: int = 0,
+    def build(cls, matrix, n_centroids: int | None = None, *, seed: int = 0,
               sample: int | None = None, iters: int = 10, probe: int = 16) -> "CentroidStage":
         """Train centroids on a seeded sample (default ``64 * K`` vectors) and index every page.
 
@@ -77,7 +77,7 @@ class CentroidStage:
         return cls.from_centroids(matrix, cent, probe=probe, seed=seed)
 
     @classmethod
-    def from_centroids(cls, matrix: PageMatrix, centroids: np.ndarray, *, probe: int = 16,
+    def from_centroids(cls, matrix, centroids: np.ndarray, *, probe: int = 16,
                        seed: int = 0) -> "CentroidStage":
         """Index every page of `matrix` against given centroids (no training)."""
         codes, pages = centroid_pairs(matrix, centroids)           # sorted by (code, page)
@@ -85,7 +85,7 @@ class CentroidStage:
         inv_offsets = np.searchsorted(codes, np.arange(k + 1)).astype(np.int64)
         return cls(centroids, inv_offsets, pages, matrix.n_pages, probe=probe, seed=seed)
 
-    def extended(self, new: PageMatrix) -> "CentroidStage":
+    def extended(self, new) -> "CentroidStage":
         """This stage plus the pages of `new`, numbered after this stage's pages.
 
         Incremental: only the new vectors are assigned (to the existing centroids, no
@@ -156,7 +156,7 @@ class CentroidStage:
         return cls(c, io, ip, n_pages, probe=meta["probe"], seed=meta["seed"])
 
 
-def centroid_pairs(matrix: PageMatrix, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def centroid_pairs(matrix, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct (nearest centroid, page) pairs of every vector of `matrix`, sorted by centroid
     then page: ``(codes (P,) int64, pages (P,) int32)``."""
     codes = nearest(matrix.vectors, centroids, matrix.threads)    # (N,) int64
