@@ -1,4 +1,5 @@
-"""The one exception type the CLI turns into a one-line error and a non-zero exit."""
+"""The one exception type the CLI turns into a one-line error and a non-zero exit, and the helpers
+that make a cause fit on that line."""
 
 
 class RagvlError(Exception):
@@ -18,3 +19,12 @@ def os_error_cause(e: BaseException) -> str:
         return "permission denied"
     detail = getattr(e, "strerror", None) or str(e)
     return f"cannot read ({detail})" if detail else type(e).__name__
+
+
+def short(message: object, limit: int = 120) -> str:
+    """`message` (an exception or text) on one line, cut to `limit` characters; an exception
+    without a message is named by its type."""
+    text = " ".join(str(message).split())
+    if not text and isinstance(message, BaseException):
+        text = type(message).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -24,10 +24,10 @@ from pathlib import Path
 import pymupdf
 from PIL import Image
 
-from ..errors import RagvlError
+from ..errors import RagvlError, short
 from .files import is_image_path
 from .metadata import DocumentMetadata, document_metadata
-from .mupdf import CONTENT_LOST, first_detail, quiet_mupdf, short, take_mupdf_messages
+from .mupdf import CONTENT_LOST, first_detail, quiet_mupdf, take_mupdf_messages
 from .validate import check_pdf_bytes, read_head, sniff
 
 # Rasterization resolution for retrieval and answering.

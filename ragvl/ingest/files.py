@@ -6,8 +6,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..errors import RagvlError
-from .mupdf import short
+from ..errors import RagvlError, short
 
 # Raster formats MuPDF opens as one-page (a multi-frame TIFF: one page per frame) documents,
 # by file suffix. WebP is not among them (MuPDF 1.28 cannot open it), nor are SVG, EPUB or XPS,

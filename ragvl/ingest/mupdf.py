@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pymupdf
 
+from ..errors import short
+
 # MuPDF's warnings (pdf_open_contents_stream) when a page's content stream, or one part of it,
 # is missing or not a stream: it draws nothing for it and the page renders blank or incomplete.
 CONTENT_LOST = ("cannot load content stream", "content stream is not a stream")
@@ -22,12 +24,6 @@ def take_mupdf_messages() -> list[str]:
     text = pymupdf.TOOLS.mupdf_warnings()  # flushes pending repeats, then resets the store
     return [line.strip() for line in text.splitlines()
             if line.strip() and not line.lstrip().startswith("... repeated")]
-
-
-def short(message: object, limit: int = 120) -> str:
-    """`message` on one line, cut to `limit` characters."""
-    message = " ".join(str(message).split())
-    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 def first_detail(messages: list[str]) -> str:

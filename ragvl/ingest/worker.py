@@ -30,9 +30,9 @@ from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from typing import Iterable, Iterator
 
-from ..errors import RagvlError
+from ..errors import RagvlError, short
 from .document import DEFAULT_DPI, MAX_SIDE, open_document
-from .mupdf import quiet_mupdf, short
+from .mupdf import quiet_mupdf
 from .pages import DocumentInfo, PageResult, SkippedPage, describe, render_result
 
 PAGE_TIMEOUT = 60.0  # seconds for one page (or one open); RAGVL_PAGE_TIMEOUT overrides it

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 
-from ..errors import RagvlError
+from ..errors import RagvlError, short
 from ..fsutil import cache_home
 
 META_TABLE = "meta"
@@ -98,12 +98,8 @@ def storage_cause(e: BaseException) -> str:
         return "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
     if "retryerror" in low or "connection refused" in low or "error sending request" in low or "dns" in low:
         return f"cannot reach the object store at {_endpoint() or 'its default endpoint'}"
-    return _short(e)
+    return short(e, 200)
 
-
-def _short(e: BaseException, limit: int = 200) -> str:
-    msg = " ".join(str(e).split()) or type(e).__name__
-    return msg if len(msg) <= limit else msg[:limit - 3] + "..."
 
 
 def cache_dir(db: str, index_id: str) -> Path:
@@ -234,7 +230,7 @@ class ObjectLock:
                     raise RagvlError(f"{self.db}: another writer holds the index lock ({self.key})")
                 time.sleep(self.poll_s)
         except (ClientError, BotoCoreError) as e:
-            raise RagvlError(f"{self.db}: cannot take the writer lock ({_short(e)})") from None
+            raise RagvlError(f"{self.db}: cannot take the writer lock ({short(e, 200)})") from None
         self._thread = threading.Thread(target=self._renew_loop, daemon=True, name="ragvl-lock-lease")
         self._thread.start()
 

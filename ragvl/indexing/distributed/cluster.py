@@ -8,7 +8,7 @@ import socket
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from ...errors import RagvlError
+from ...errors import RagvlError, short
 from ...fsutil import cpu_threads
 from .options import RayOptions
 
@@ -62,7 +62,7 @@ def ray_session(opts: RayOptions, log: Callable[[str], None]) -> Iterator[object
             try:
                 ray.init(address="local", num_cpus=workers * threads, **kwargs)
             except Exception as e:
-                raise RagvlError(f"cannot start a local Ray instance ({_short(e)})") from None
+                raise RagvlError(f"cannot start a local Ray instance ({short(e, 200)})") from None
             log(f"ray: local instance, {workers} workers x {threads} threads")
         else:
             _check_reachable(opts.address)
@@ -71,7 +71,7 @@ def ray_session(opts: RayOptions, log: Callable[[str], None]) -> Iterator[object
             except Exception as e:  # ConnectionError: no cluster found for "auto", version mismatch...
                 hint = ("; a cluster with token authentication needs RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN or "
                         "~/.ray/auth_token)") if not os.environ.get("RAY_AUTH_MODE") else ""
-                raise RagvlError(f"Ray cluster {opts.address} cannot be joined ({_short(e)}){hint}") from None
+                raise RagvlError(f"Ray cluster {opts.address} cannot be joined ({short(e, 200)}){hint}") from None
             log(f"ray: joined cluster {opts.address} ({_resources(ray)})")
         yield ray
     finally:
@@ -86,8 +86,3 @@ def _resources(ray) -> str:
     gpus = f", {r['GPU']:g} GPUs" if r.get("GPU") else ""
     return f"{r.get('CPU', 0):g} CPUs{gpus}, {len([n for n in ray.nodes() if n.get('Alive')])} nodes"
 
-
-def _short(e: BaseException, limit: int = 200) -> str:
-    msg = " ".join(str(e).split()) or type(e).__name__
-    msg = msg.splitlines()[0] if msg else msg
-    return msg if len(msg) <= limit else msg[:limit - 3] + "..."
