@@ -29,7 +29,7 @@ import numpy as np
 from .answer import ANSWER_MAX_PIXELS, Answer, answer_question, follow_up_question
 from .errors import RagvlError
 from .retrieval import MODES, Filters, Hit, PageSearch, allowed_keys, fingerprint, read_snapshot, record_snapshot
-from .store import (DEFAULT_MAX_BYTES, Document, FORMAT_VERSION, K_EMBEDDER, PageStore, StoreInfo, VISION_CACHE_KEY,
+from .store import (DEFAULT_MAX_BYTES, Document, FORMAT_VERSION, K_EMBEDDER, PageStore, StoreInfo, K_VISION_CACHE,
                     VisionCache, default_db, is_uri, normalize_db)
 from .models.contract import KIND_ANSWERER, KIND_EMBEDDER, resolve_model
 from .models.runtime import ColQwen2, GenerationSettings, MAX_PIXELS, Qwen2VL
@@ -146,8 +146,8 @@ class Index:
         with self.writer_lock():
             store = PageStore(self.db, create=True)
             cap = _vision_cap(store, vision_cache_bytes)
-            if store.meta.get(VISION_CACHE_KEY, {}).get("max_bytes") != cap:
-                store.write_meta(**{VISION_CACHE_KEY: {"max_bytes": cap}})
+            if store.meta.get(K_VISION_CACHE, {}).get("max_bytes") != cap:
+                store.write_meta(**{K_VISION_CACHE: {"max_bytes": cap}})
             vision = VisionCache(self.db, max_bytes=cap if vision_cache else 0)
             summary = index_paths(paths, store, embedder, dpi=dpi, prune=prune, reembed=reembed, log=self.log,
                                   progress=progress, on_progress=on_progress, vision=vision)
@@ -366,4 +366,4 @@ def _vision_cap(store: PageStore, requested: int | None) -> int:
         if requested < 0:
             raise RagvlError(f"vision cache size {requested}: must be >= 0 bytes")
         return int(requested)
-    return int(store.meta.get(VISION_CACHE_KEY, {}).get("max_bytes", DEFAULT_MAX_BYTES))
+    return int(store.meta.get(K_VISION_CACHE, {}).get("max_bytes", DEFAULT_MAX_BYTES))

@@ -16,13 +16,13 @@ from .lock import writer_lock
 from .objstore import is_uri, normalize_db
 from .page_ids import page_row, parse_page_id
 from .page_store import DocFields, Document, PageRow, PageStore, default_db, vectors_array, vectors_from_column
-from .schema import (DIM, FORMAT_VERSION, K_DPI, K_EMBEDDER, K_FORMAT, LEGACY_META_FILE, META_TABLE, METADATA_FIELDS,
-                     PAGES, page_id, sql_quote)
-from .vision_cache import DEFAULT_MAX_BYTES, META_KEY as VISION_CACHE_KEY, Producer, VisionCache
+from .schema import (DIM, FORMAT_VERSION, K_DPI, K_EMBEDDER, K_FORMAT, K_VISION_CACHE, LEGACY_META_FILE, META_TABLE,
+                     METADATA_FIELDS, PAGES, VISION_TABLE, page_id, sql_quote)
+from .vision_cache import DEFAULT_MAX_BYTES, Producer, VisionCache
 
 __all__ = [
     "PageStore", "PageRow", "DocFields", "Document", "default_db", "vectors_array", "vectors_from_column",
     "StoreInfo", "writer_lock", "is_uri", "normalize_db", "page_row", "parse_page_id", "find_recorded", "folder_id",
     "DIM", "FORMAT_VERSION", "K_DPI", "K_EMBEDDER", "K_FORMAT", "LEGACY_META_FILE", "META_TABLE", "METADATA_FIELDS",
-    "PAGES", "page_id", "sql_quote", "VisionCache", "Producer", "DEFAULT_MAX_BYTES", "VISION_CACHE_KEY",
+    "PAGES", "VISION_TABLE", "K_VISION_CACHE", "page_id", "sql_quote", "VisionCache", "Producer", "DEFAULT_MAX_BYTES",
 ]

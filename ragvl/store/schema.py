@@ -19,9 +19,11 @@ A page that could not be rendered is kept as a row with `skip_reason` set and no
 `ragvl status` can name it and a later run knows the document was indexed as far as it could.
 
 `meta`: (key, JSON value) rows; the index's self-description, living in the same LanceDB
-database as the pages so that an index on object storage describes itself (issue 12).
-Keys: META_KEYS below. `vision` is reserved: stored vision features (issue 10) go in their own
-table of that name, keyed by page_id, described by the `vision` meta key.
+database as the pages so that an index on object storage describes itself.
+Keys: META_KEYS below.
+
+`vision`: the stored vision features (ragvl.store.vision_cache), one row per page id and vision
+tower; its size cap is the `vision_cache` meta key.
 
 A similarity map needs: which embedding rows are image tokens and the merged patch grid. Both
 follow from the stored image size (width, height) and the embedder's max_pixels (meta
@@ -37,7 +39,7 @@ from ..models.contract import VECTOR_DIM as DIM
 FORMAT_VERSION = 2
 PAGES = "pages"
 META_TABLE = "meta"
-VISION_TABLE = "vision"  # reserved for stored vision features (issue 10), keyed by page_id
+VISION_TABLE = "vision"  # the stored vision features (vision_cache.py), keyed by page id
 LEGACY_META_FILE = "ragvl-index.json"  # format 1 kept its metadata here
 LOCK_FILE = "writer.lock"
 
@@ -45,8 +47,8 @@ LOCK_FILE = "writer.lock"
 K_FORMAT = "format_version"
 K_EMBEDDER = "embedder"  # {"id", "folder", "max_pixels"}
 K_DPI = "dpi"
-K_VISION = "vision"  # reserved: {"table": "vision", ...} once issue 10 stores features
-META_KEYS = (K_FORMAT, K_EMBEDDER, K_DPI, K_VISION)
+K_VISION_CACHE = "vision_cache"  # {"max_bytes": ...}: the vision table's size cap
+META_KEYS = (K_FORMAT, K_EMBEDDER, K_DPI, K_VISION_CACHE)
 
 PENDING = "pending"  # skip_reason of a generation's pending marker (page 0)
 # Rows that are pages (not markers), and pages that were embedded. Readers also exclude the

@@ -29,9 +29,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..models.runtime import ImageFeatures
+from .schema import VISION_TABLE
 
-TABLE = "vision"
-META_KEY = "vision_cache"  # in the index metadata: {"max_bytes": ...}
 DEFAULT_MAX_BYTES = 4 * 1024 ** 3  # ~1,700 pages at the 2B shape (2.4 MB a page)
 
 SCHEMA = pa.schema([
@@ -82,7 +81,7 @@ class VisionCache:
         self.max_bytes = int(max_bytes)
         self._db = connect(str(db)) if is_uri(db) else lancedb.connect(str(Path(db)))
         try:
-            self.table = self._db.open_table(TABLE)
+            self.table = self._db.open_table(VISION_TABLE)
         except (ValueError, FileNotFoundError):
             self.table = None
 
@@ -110,7 +109,7 @@ class VisionCache:
             "used": [now] * len(items),
         }, schema=SCHEMA)
         if self.table is None:
-            self.table = self._db.create_table(TABLE, schema=SCHEMA, exist_ok=True)
+            self.table = self._db.create_table(VISION_TABLE, schema=SCHEMA, exist_ok=True)
         self.table.merge_insert("key").when_matched_update_all().when_not_matched_insert_all().execute(rows)
         self.evict()
 

@@ -4,12 +4,6 @@ from __future__ import annotations
 
 VECTOR_DIM = 128  # ColQwen2's multi-vector width (custom_text_proj's output)
 
-# Graph files in a model folder.
-VISION_GRAPH = "vision.onnx"
-EMBED_GRAPH = "embed.onnx"
-DECODER_GRAPH = "decoder.onnx"
-ENCODER_GRAPH = "encoder.onnx"
-
 
 def kv_names(i: int) -> tuple[str, str, str, str]:
     """Graph names of layer i's past and present key/value tensors."""

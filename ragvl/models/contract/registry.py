@@ -40,7 +40,6 @@ KNOWN_MODELS = {
                    "apache-2.0 (base)", 4.5, "page retrieval: LoRA adapter merged into colqwen2-base"),
     )
 }
-DEFAULTS = {KIND_EMBEDDER: "colqwen2-v1.0", KIND_ANSWERER: "qwen2-vl-2b-instruct"}
 ENV = {KIND_EMBEDDER: "RAGVL_EMBEDDER", KIND_ANSWERER: "RAGVL_ANSWERER"}
 ROLE = {KIND_EMBEDDER: "embedder", KIND_ANSWERER: "answerer"}
 

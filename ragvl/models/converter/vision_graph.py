@@ -14,8 +14,6 @@ from ..contract import VisionConfig
 from .onnx_builder import FLOAT, INT64, MS_DOMAIN, GraphBuilder
 from .quantize import WeightFormat, linear
 
-PREFIX = "visual."
-
 
 def vision_tensor_names(cfg: VisionConfig) -> list[str]:
     """Every checkpoint tensor the vision tower reads."""
