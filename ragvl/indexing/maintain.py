@@ -4,7 +4,7 @@ full-text index, trim the search cache.
 LanceDB keeps every version's files until cleaned up. A reader (a search in another process)
 cannot be seen, so time is the only safe rule: versions younger than `grace_s` are kept, so a
 search that pinned one of them a moment ago can still read it. Compaction rewrites rows into
-new files but keeps their content; the search cache keys pages by (document sha256, page),
+new files but keeps their content; the search cache keys pages by generation and page (segments.page_key),
 not by row position, so it stays valid.
 """
 
