@@ -17,8 +17,8 @@ Correct:
   (``<cache home>/search/<hash of the index path>/``, see ragvl.fsutil.cache_home).
 
 Incremental: a new view starts from the newest view of the same table and embedder. Pages
-whose key (segments.page_key: the generation, i.e. content hash + dpi + embedder, and the page) is already in one of its segments are reused; only the
-vectors of new keys are read from the table (one filtered scan) into a small delta segment,
+whose key (segments.page_key: the generation, i.e. content hash + dpi + embedder, and the page)
+is already in one of its segments are reused; only the vectors of new keys are read from the table (one filtered scan) into a small delta segment,
 whose first stage uses the base's centroids (no retraining); pages no row references any more
 are tombstones (masked out). When deltas or tombstones pass :data:`MERGE_FRACTION` of the
 base, the live pages are merged into a new base segment (stages merged too, nothing
