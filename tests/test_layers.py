@@ -232,3 +232,13 @@ def test_the_checker_sees_lazy_relative_and_type_only_imports(tmp_path):
     assert package_of("ragvl.store.b") == "ragvl.store" and "ragvl.retrieval" not in ARROWS["ragvl.store"]
     with pytest.raises(AssertionError):
         assert cycles({"x": {"y"}, "y": {"x"}}) == []
+
+
+def test_no_two_modules_share_a_name():
+    """A name says what a thing is: `search.py` in two packages, or a module named like a
+    package, would make a reader (and a traceback) guess which one is meant."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "ragvl").rglob("*.py")):
+        name = path.parent.name if path.name == "__init__.py" else path.stem
+        seen.setdefault(name, []).append(str(path.relative_to(ROOT)))
+    assert {n: ps for n, ps in seen.items() if len(ps) > 1} == {}
