@@ -16,7 +16,7 @@ from .mcp import mcp
 from .ls import ls
 from .rm import rm
 from .status import status
-from .models import models_app
+from .model_commands import models_app
 from .search import search
 from .serve import serve
 

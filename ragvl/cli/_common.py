@@ -19,7 +19,7 @@ from typing import Iterator, Optional
 
 import typer
 
-from ..errors import RagvlError, os_error_cause
+from ..errors import RagvlError, os_error_cause, short
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -36,6 +36,11 @@ _CAUSES = (("no space left on device", "disk full (no space left on device)"),
            ("commit conflict", "commit conflict with another writer; run again"),
            ("retryable commit conflict", "commit conflict with another writer; run again"))
 
+# What a storage-level read or decode failure says (LanceDB's IO errors, damaged files). Anything
+# else, such as a constraint of the library ("Invalid input, ...") or a bug, is reported as it
+# is, with its type: calling it damage would send users to delete a healthy index.
+_DAMAGE = ("lanceerror(io)", "corrupt", "unexpected eof", "protobuf", "failed to decode", "checksum mismatch")
+
 
 def describe_failure(e: BaseException) -> str:
     """A short, one-line cause for an unexpected failure (disk full, permissions, corruption...)."""
@@ -50,9 +55,9 @@ def describe_failure(e: BaseException) -> str:
             return cause
     if isinstance(e, OSError):
         return os_error_cause(e)
-    if any(w in low for w in ("corrupt", "invalid", "not found", "no such file", "unexpected eof", "protobuf")):
-        return f"damaged index files ({' '.join(text.split())[:160]})"
-    return f"{type(e).__name__}: {' '.join(text.split())[:200]}"
+    if any(w in low for w in _DAMAGE):
+        return f"damaged index files ({short(text, 160)})"
+    return f"{type(e).__name__}: {short(text, 200)}"
 
 
 @contextlib.contextmanager
