@@ -273,13 +273,14 @@ class Index:
             store.check_embedder(embedder.id)
             q = embedder.embed_queries([query])[0]
         allowed = _allowed_mask(searcher, allowed_keys(store, filters)) if filters else None
-        n = len(searcher) if allowed is None else int(allowed.sum())
+        n = searcher.distinct_pages(allowed)
         if k > n:
             self.log(f"note: -k {k} is more than the {n} pages {'matching the filters' if filters else 'in the index'}"
                      "; returning all")
         hits = searcher.search(q, k, allowed=allowed, mode=mode, text=query)
         # stored paths are relative to the index's parent folder: give them whole
-        return [replace(h, path=str(store.resolve(h.path))) for h in hits], searcher
+        return [replace(h, path=str(store.resolve(h.path)), also=tuple(str(store.resolve(a)) for a in h.also))
+                for h in hits], searcher
 
     def ask(self, question: str, k: int = 3, settings: GenerationSettings | None = None,
             max_pixels: int = ANSWER_MAX_PIXELS, *, mode: str = "visual", in_paths: Iterable | None = None,

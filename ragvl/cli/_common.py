@@ -199,3 +199,12 @@ def hit_ranks(h) -> str:
         return ""
     parts = [f"{n} {r}" for n, r in (("visual", h.visual_rank), ("text", h.text_rank)) if r is not None]
     return "  (" + ", ".join(parts) + ")"
+
+
+def also_note(h) -> str:
+    """Where else an identical copy of the hit's page is, e.g. ``  (also in a.pdf, b.pdf +3)``."""
+    if not h.also:
+        return ""
+    shown = ", ".join(display_path(p) for p in h.also[:2])
+    more = f" +{len(h.also) - 2}" if len(h.also) > 2 else ""
+    return f"  (also in {shown}{more})"

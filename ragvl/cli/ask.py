@@ -9,8 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from ._common import (ANSWERER, DB, DEVICE, EMBEDDER, GLOBS, IN_PATHS, MODE, WHERE, GenerationFlags, db_or_default,
-                      display_path, generation_options, guarded, log, timings_line)
+from ._common import (ANSWERER, DB, DEVICE, EMBEDDER, GLOBS, IN_PATHS, MODE, WHERE, GenerationFlags, also_note,
+                      db_or_default, display_path, generation_options, guarded, log, timings_line)
 
 
 @generation_options
@@ -71,7 +71,7 @@ def _emit(result, as_json: bool) -> None:
         sys.stdout.flush()
     sys.stdout.write("\n\nSources:\n")
     for h in result.sources:
-        sys.stdout.write(f"  [{h.rank}] {display_path(h.path)}, page {h.page} (score {h.score:.2f})\n")
+        sys.stdout.write(f"  [{h.rank}] {display_path(h.path)}, page {h.page} (score {h.score:.2f}){also_note(h)}\n")
     sys.stdout.flush()
     for note in result.notes:
         log(f"note: {note}")

@@ -9,8 +9,8 @@ from typing import List, Optional
 import typer
 
 from ..errors import RagvlError
-from ._common import (DB, DEVICE, EMBEDDER, GLOBS, IN_PATHS, MODE, WHERE, db_or_default, display_path, fail, guarded,
-                      hit_ranks, log)
+from ._common import (DB, DEVICE, EMBEDDER, GLOBS, IN_PATHS, MODE, WHERE, also_note, db_or_default, display_path,
+                      fail, guarded, hit_ranks, log)
 
 
 def search(
@@ -44,7 +44,7 @@ def search(
         print(json.dumps([h.as_dict() for h in hits], ensure_ascii=False))
         return
     for h in hits:
-        print(f"{h.rank:>3}  {h.score:8.3f}  {display_path(h.path)}  page {h.page}{hit_ranks(h)}")
+        print(f"{h.rank:>3}  {h.score:8.3f}  {display_path(h.path)}  page {h.page}{hit_ranks(h)}{also_note(h)}")
 
 
 def write_maps(idx, query: str, hits, folder: Path, tokens: bool) -> None:

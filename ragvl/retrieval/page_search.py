@@ -6,6 +6,10 @@ exact MaxSim sums of the page alone; large indexes first take candidates from th
 first stage. Filters (`allowed`, one bool per row of :meth:`PageSearch.rows`) restrict the
 search BEFORE ranking: a small allowed subset is scored exactly, and the first stage only
 proposes allowed pages, so a search returns min(k, allowed pages) hits.
+
+Identical copies of a document (the same content at several paths) share their pages (one
+unit of the view each): a search ranks distinct pages and returns each once, at its first
+allowed path, with the other paths holding it in `Hit.also`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class Hit:
     mode: str = "visual"  # the mode that ranked this hit
     visual_rank: int | None = None  # its rank in the visual ranking, if it is in it
     text_rank: int | None = None  # its rank in the text ranking, if it has a text match
+    also: tuple[str, ...] = ()  # other paths that hold the same page (identical copies), as `path` is given
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -62,9 +67,15 @@ class PageSearch:
         self.view: View = view if view is not None else open_view(store, root=cache_root, log=log)
         self.version = self.view.version
         self._row_of: dict[tuple[str, int], int] | None = None
+        self._unit_rows: dict[int, list[int]] | None = None
 
     def __len__(self) -> int:
         return self.view.n_rows
+
+    def distinct_pages(self, allowed: np.ndarray | None = None) -> int:
+        """How many distinct pages a search can return (identical copies count once)."""
+        units = self.view.row_unit if allowed is None else self.view.row_unit[self._check_allowed(allowed)]
+        return int(len(np.unique(units)))
 
     def rows(self) -> pa.Table:
         """This version's rows (doc_path, doc_sha256, page): the order of `allowed` masks."""
@@ -79,21 +90,22 @@ class PageSearch:
             raise RagvlError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
         allowed = self._check_allowed(allowed)
         if mode == "visual":
-            return [self._hit(r, row, s, "visual", visual_rank=r) for r, (row, s) in
+            return [self._hit(r, row, s, "visual", allowed, visual_rank=r) for r, (row, s) in
                     enumerate(self.visual(query, k, allowed=allowed), start=1)]
         if mode == "text":
-            return [self._hit(r, row, s, "text", text_rank=r) for r, (row, s) in
+            return [self._hit(r, row, s, "text", allowed, text_rank=r) for r, (row, s) in
                     enumerate(self.text(text or "", k, allowed=allowed), start=1)]
         depth = max(k, DEPTH)
         vis = [row for row, _ in self.visual(query, depth, allowed=allowed)]
         txt = [row for row, _ in self.text(text or "", depth, allowed=allowed)]
         fused = rrf({"visual": vis, "text": txt})[:k]
-        return [self._hit(r, row, s, "hybrid", visual_rank=ranks.get("visual"), text_rank=ranks.get("text"))
+        return [self._hit(r, row, s, "hybrid", allowed, visual_rank=ranks.get("visual"), text_rank=ranks.get("text"))
                 for r, (row, s, ranks) in enumerate(fused, start=1)]
 
     def visual(self, query: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
                exhaustive: bool = False) -> list[tuple[int, float]]:
-        """Exact-MaxSim top-k rows ``[(row, score)]``, best first (ties: lower row).
+        """Exact-MaxSim top-k distinct pages as rows ``[(row, score)]``, best first (ties: lower
+        row); a page held at several paths counts once, as its first allowed row.
         `exhaustive`: score every allowed page, never the first stage (slow; for checks)."""
         if query is None:
             raise ValueError("visual search needs the query's multi-vector")
@@ -113,25 +125,28 @@ class PageSearch:
             units = np.argpartition(-approx, n_cand - 1)[:n_cand]
         else:
             units = np.flatnonzero(ok)                        # small (or filtered) set: all, exactly
-        scores = self._score_units(q, np.sort(units))
-        unit_score = dict(zip(np.sort(units).tolist(), scores.tolist()))
-        rows = np.flatnonzero(np.isin(v.row_unit, units) & (True if allowed is None else allowed))
-        rs = np.array([unit_score[u] for u in v.row_unit[rows].tolist()], dtype=np.float32)
-        idx, sc = top_k(rs, k, tiebreak=rows)
+        units = np.sort(units)
+        scores = self._score_units(q, units)                  # (len(units),) exact, one per distinct page
+        rows = np.array([self._representative(u, allowed) for u in units.tolist()], dtype=np.int64)
+        idx, sc = top_k(scores, k, tiebreak=rows)
         return list(zip(rows[idx].tolist(), sc.tolist()))
 
     def text(self, text: str, k: int, *, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
-        """BM25 top-k rows ``[(row, score)]`` from the full-text index; pages without a text
-        layer never appear."""
+        """BM25 top-k distinct pages as rows ``[(row, score)]`` from the full-text index (as
+        :meth:`visual`); pages without a text layer never appear."""
         table = self.store.at_version(self.version)
         hits = text_ranking(self.store, table, text, None if allowed is not None else k)
         row_of = self._rows_by_label()
-        out = []
+        out, seen = [], set()
         for path, page, score in hits:
             row = row_of.get((path, int(page)))
             if row is None or (allowed is not None and not allowed[row]):
                 continue
-            out.append((row, float(score)))
+            unit = int(self.view.row_unit[row])
+            if unit in seen:                                  # an identical copy's page, already ranked
+                continue
+            seen.add(unit)
+            out.append((self._representative(unit, allowed), float(score)))
             if len(out) == k:
                 break
         return out
@@ -167,7 +182,22 @@ class PageSearch:
             self._row_of = {(p, int(n)): i for i, (p, n) in enumerate(zip(v.doc_path.tolist(), v.page.tolist()))}
         return self._row_of
 
-    def _hit(self, rank: int, row: int, score: float, mode: str, **ranks) -> Hit:
+    def _rows_of_unit(self, unit: int) -> list[int]:
+        """The rows (ascending) that hold distinct page `unit`: more than one for identical copies."""
+        if self._unit_rows is None:
+            by: dict[int, list[int]] = {}
+            for row, u in enumerate(self.view.row_unit.tolist()):
+                by.setdefault(u, []).append(row)
+            self._unit_rows = by
+        return self._unit_rows.get(unit, [])
+
+    def _representative(self, unit: int, allowed: np.ndarray | None) -> int:
+        """The row that stands for distinct page `unit` in results: its first allowed row."""
+        return next(r for r in self._rows_of_unit(unit) if allowed is None or allowed[r])
+
+    def _hit(self, rank: int, row: int, score: float, mode: str, allowed: np.ndarray | None, **ranks) -> Hit:
         v = self.view
         sha, page = str(v.doc_sha256[row]), int(v.page[row])
-        return Hit(rank, str(v.doc_path[row]), page, float(score), page_id(sha, page), mode, **ranks)
+        also = tuple(str(v.doc_path[r]) for r in self._rows_of_unit(int(v.row_unit[row]))
+                     if r != row and (allowed is None or allowed[r]))
+        return Hit(rank, str(v.doc_path[row]), page, float(score), page_id(sha, page), mode, also=also, **ranks)
