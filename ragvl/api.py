@@ -10,7 +10,7 @@
     idx.documents(); idx.remove(["docs/old.pdf"]); idx.status()
 
 The command line is a thin layer over this class. Every write takes the index's writer lock
-(ragvl.store.lock.writer_lock). The index remembers its embedder: without `embedder=` the
+(ragvl.store.writer_lock). The index remembers its embedder: without `embedder=` the
 recorded one is used (ragvl.indexing.embedder_ref).
 """
 
@@ -30,7 +30,8 @@ from .answer import ANSWER_MAX_PIXELS, Answer, answer_question, follow_up_questi
 from .errors import RagvlError
 from .retrieval import MODES, Filters, Hit, PageSearch, allowed_keys, fingerprint, read_snapshot, record_snapshot
 from .store import (DEFAULT_MAX_BYTES, Document, FORMAT_VERSION, K_EMBEDDER, PageStore, StoreInfo, K_VISION_CACHE,
-                    VisionCache, default_db, is_uri, normalize_db)
+                    VisionCache, default_db, find_recorded, folder_id, is_uri, normalize_db,
+                    writer_lock)
 from .models.contract import KIND_ANSWERER, KIND_EMBEDDER, resolve_model
 from .models.runtime import ColQwen2, GenerationSettings, MAX_PIXELS, Qwen2VL
 from .progress import Progress
@@ -72,19 +73,22 @@ class Index:
         self._search_lock = threading.Lock()  # servers search from many threads: build the view once
 
     # -- models ---------------------------------------------------------------------------
+    def _embedder_folder(self, store: StoreInfo | None, *, reembed: bool = False) -> tuple[Path, int]:
+        """The embedder's folder and max_pixels: explicit, else the index's record, else the default."""
+        explicit = self._embedder_arg or os.environ.get("RAGVL_EMBEDDER")
+        record = (store.meta.get(K_EMBEDDER) or {}) if store is not None else {}
+        max_pixels = record.get("max_pixels") or MAX_PIXELS
+        if explicit:
+            folder = resolve_model(KIND_EMBEDDER, explicit, "--embedder")
+        elif record.get("id"):
+            folder = find_recorded(self.db, record, allow_changed=reembed)
+        else:
+            folder = resolve_model(KIND_EMBEDDER, None)
+        return Path(folder), int(max_pixels)
+
     def _load_embedder(self, store: StoreInfo | None, *, reembed: bool = False) -> ColQwen2:
         if self._embedder is None:
-            explicit = self._embedder_arg or os.environ.get("RAGVL_EMBEDDER")
-            record = (store.meta.get(K_EMBEDDER) or {}) if store is not None else {}
-            max_pixels = record.get("max_pixels") or MAX_PIXELS
-            if explicit:
-                folder = resolve_model(KIND_EMBEDDER, explicit, "--embedder")
-            elif record.get("id"):
-                from .store import find_recorded
-
-                folder = find_recorded(self.db, record, allow_changed=reembed)
-            else:
-                folder = resolve_model(KIND_EMBEDDER, None)
+            folder, max_pixels = self._embedder_folder(store, reembed=reembed)
             self.log(f"embedder: {folder}")
             self._embedder = ColQwen2(folder, device=self.device, max_pixels=max_pixels, threads=self.threads,
                                       prepack=not self.quick_start)
@@ -105,13 +109,8 @@ class Index:
 
     # -- writes ---------------------------------------------------------------------------
     def writer_lock(self):
-        """The index's one-writer lock (every writer takes it: CLI, API, server jobs, Ray driver)."""
-        if is_uri(self.db):
-            from .store import writer_lock
-
-            return writer_lock(self.db, log=self.log)
-        from .store import writer_lock
-
+        """The index's one-writer lock, local or on object storage (every writer takes it: the CLI,
+        the API, the server's jobs, a run with Ray workers); `wait=False` fails at once."""
         return writer_lock(self.db, wait=self.wait, log=self.log)
 
     def index(self, paths: Iterable[str | Path], dpi: int | None = None, progress: bool = True, *,
@@ -134,23 +133,26 @@ class Index:
 
         paths = list(paths)
         find_documents(paths)  # a missing path fails before the model loads
-        if cluster is not None:
-            from .indexing.distributed import index_on_ray
-
-            folder = resolve_model(KIND_EMBEDDER, self._embedder_arg)  # workers load it; the driver does not
-            summary = index_on_ray(paths, self.db, folder, cluster, dpi=dpi, log=self.log, progress=progress)
-            self._search = None
-            return summary
         existing = self._open() if _is_index(self.db) else None
-        embedder = self._load_embedder(existing, reembed=reembed)  # a missing model: before any folder is made
-        with self.writer_lock():
-            store = PageStore(self.db, create=True)
-            cap = _vision_cap(store, vision_cache_bytes)
-            if store.meta.get(K_VISION_CACHE, {}).get("max_bytes") != cap:
-                store.write_meta(**{K_VISION_CACHE: {"max_bytes": cap}})
-            vision = VisionCache(self.db, max_bytes=cap if vision_cache else 0)
-            summary = index_paths(paths, store, embedder, dpi=dpi, prune=prune, reembed=reembed, log=self.log,
-                                  progress=progress, on_progress=on_progress, vision=vision)
+        if cluster is not None:  # the same run, its pages embedded by Ray actors (started only if needed)
+            from .indexing.distributed import RayEmbedding
+
+            folder, max_pixels = self._embedder_folder(existing, reembed=reembed)
+            embedder = RayEmbedding(folder, cluster, max_pixels=max_pixels, log=self.log)
+        else:
+            embedder = self._load_embedder(existing, reembed=reembed)  # a missing model: before any folder is made
+        try:
+            with self.writer_lock() as held:
+                store = PageStore(self.db, create=True)
+                cap = _vision_cap(store, vision_cache_bytes)
+                if store.meta.get(K_VISION_CACHE, {}).get("max_bytes") != cap:
+                    store.write_meta(**{K_VISION_CACHE: {"max_bytes": cap}})
+                vision = VisionCache(self.db, max_bytes=cap if vision_cache else 0)
+                summary = index_paths(paths, store, embedder, dpi=dpi, prune=prune, reembed=reembed, log=self.log,
+                                      progress=progress, on_progress=on_progress, vision=vision, check=held.check)
+        finally:
+            if cluster is not None:
+                embedder.close()
         self._search = None
         return summary
 
@@ -197,8 +199,6 @@ class Index:
 
     def status(self) -> dict:
         """What `ragvl status` shows: sizes, the embedder, and what needs attention."""
-        from .store import folder_id
-
         store = self._open().pin()
         docs = store.documents()
         record = store.meta.get(K_EMBEDDER) or {}

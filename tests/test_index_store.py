@@ -15,7 +15,7 @@ import pytest
 
 from ragvl.api import Index
 from ragvl.errors import RagvlError
-from ragvl.indexing import run as indexer
+from ragvl.indexing import plan as indexer
 from ragvl.indexing.run import index_paths
 from ragvl.store.lock import writer_lock
 from ragvl.retrieval.page_search import PageSearch

@@ -6,6 +6,7 @@ Imported lazily by the api: it brings PyMuPDF (~1 s), which `search` and `ask` n
 """
 
 from .maintain import maintain
-from .run import IndexSummary, index_paths
+from .plan import IndexSummary
+from .run import index_paths
 
 __all__ = ["index_paths", "IndexSummary", "maintain"]

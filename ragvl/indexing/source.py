@@ -1,16 +1,15 @@
 """The seam between ingestion (ragvl.ingest) and the indexer: one call per document.
 
-`open_source(path, renderer)` opens a document in the render worker and gives its page count
-and metadata; `pages(dpi, skip=...)` yields `SourcePage`s one at a time: the stored image (PNG
-bytes, the exact pixels that are embedded) and the page's text layer, or a skip reason for a
-page that cannot be rendered (corrupt, or it hung or crashed MuPDF). The indexer never holds
+`open_source(info, renderer)` takes a document the render worker has opened (planning opens
+each one, for its page count and metadata); `pages(dpi, skip=...)` yields `SourcePage`s one at
+a time: the stored image (PNG bytes, the exact pixels that are embedded) and the page's text
+layer, or a skip reason for a page that cannot be rendered (corrupt, or it hung or crashed MuPDF). The indexer never holds
 more than one batch of pages, so a 1,000-page PDF costs the memory of a batch.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 from PIL import Image
@@ -26,6 +25,7 @@ class SourcePage:
     height: int = 0
     text: str | None = None
     skip_reason: str | None = None  # set: the page could not be rendered (and png is empty)
+    path: str = ""  # the document's file
     _image: Image.Image | None = None
 
     @property
@@ -45,22 +45,18 @@ class SourceDocument:
 
     path: str
     n_pages: int
-    metadata: dict = field(default_factory=dict)  # title, author, subject, created, modified (ISO)
-    _info: DocumentInfo | None = None
-    _renderer: Renderer | None = None
+    _info: DocumentInfo
+    _renderer: Renderer
 
     def pages(self, dpi: int = DEFAULT_DPI, *, skip: set[int] = frozenset()) -> Iterator[SourcePage]:
         """Each page not in `skip` (1-based numbers), rendered at `dpi`, in order."""
         for page in self._renderer.pages(self._info, dpi, skip=skip):
             if page.skipped:
-                yield SourcePage(page.number, skip_reason=page.reason)
+                yield SourcePage(page.number, skip_reason=page.reason, path=self.path)
             else:
-                yield SourcePage(page.number, page.png, page.width, page.height, page.text or None)
+                yield SourcePage(page.number, page.png, page.width, page.height, page.text or None, path=self.path)
 
 
-def open_source(path: str | os.PathLike, renderer: Renderer) -> SourceDocument:
-    """Open one document for indexing in `renderer`'s worker (RagvlError naming the file if refused)."""
-    info = renderer.open(path)
-    meta = info.metadata.as_dict()
-    meta = {k: meta.get(k) for k in ("title", "author", "subject", "created", "modified")}
-    return SourceDocument(str(path), info.page_count, meta, info, renderer)
+def open_source(info: DocumentInfo, renderer: Renderer) -> SourceDocument:
+    """The pages of a document `renderer` has opened (`info`, from Renderer.open), on demand."""
+    return SourceDocument(info.path, info.page_count, info, renderer)

@@ -10,10 +10,10 @@ A remote index is self-describing: its metadata (embedder, dpi, format version, 
 id) is a one-row `meta` table beside `pages`, not a file, and the search cache lives on the
 reading machine under the cache home, keyed by the URI and the index id (`cache_dir`).
 
-Writers take a lock object, `<db>/_ragvl.lock`, created with a conditional put
-(`If-None-Match: *`: exactly one creator wins). Its holder renews a lease; a lock whose lease
-the server's clock says has run out (its holder died) is taken over with `If-Match` on the
-expired object's ETag, so two waiters cannot both take it. Only S3 (and S3-compatible servers)
+Writers (through ragvl.store.lock.writer_lock) take a lock object, `<db>/_ragvl.lock`, created
+with a conditional put (`If-None-Match: *`: exactly one creator wins). Its holder renews a
+lease; a lock whose lease the server's clock says has run out (its holder died) is taken over
+with `If-Match` on the expired object's ETag, so two waiters cannot both take it. Only S3 (and S3-compatible servers)
 implement this here; gs:// and az:// indexes are written without a lock (untested).
 """
 
@@ -26,16 +26,13 @@ import socket
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Callable, Iterator
-
+from typing import Callable
 
 from ..errors import RagvlError, short
 from ..fsutil import cache_home
 
-META_TABLE = "meta"
 LOCK_NAME = "_ragvl.lock"
 LEASE_S = 60.0  # a lock not renewed for this long is free; renewed every LEASE_S / 3
 
@@ -226,8 +223,10 @@ class ObjectLock:
                                  f"{holder.get('pid')} (lease renewed {age:.0f}s ago, expires after "
                                  f"{lease:.0f}s without renewal)")
                         said = True
-                if timeout is not None and time.monotonic() - t0 > timeout:
-                    raise RagvlError(f"{self.db}: another writer holds the index lock ({self.key})")
+                if timeout is not None and time.monotonic() - t0 >= timeout:
+                    who = (f"{state[0].get('host')} pid {state[0].get('pid')}" if state is not None
+                           else "another process")
+                    raise RagvlError(f"{self.db}: another writer holds the index ({who})")
                 time.sleep(self.poll_s)
         except (ClientError, BotoCoreError) as e:
             raise RagvlError(f"{self.db}: cannot take the writer lock ({short(e, 200)})") from None
@@ -263,37 +262,3 @@ class ObjectLock:
             except Exception:  # expired and overtaken, or unreachable: the lease frees it anyway
                 pass
         self.etag = None
-
-
-@contextmanager
-def writer_lock(db: str | os.PathLike, log: Callable[[str], None] | None = None) -> Iterator[object]:
-    """The index's one-writer lock: the lock object for s3:// URIs, the local lock otherwise.
-
-    Local folders use ragvl.store.lock.writer_lock (the file lock every local writer takes) when it
-    exists, else a `filelock` beside the table. gs:// and az:// have no lock here (untested).
-    """
-    if is_uri(db):
-        if str(db).lower().startswith(("s3://", "s3a://")):
-            lock = ObjectLock(str(db), log=log)
-            lock.acquire()
-            try:
-                yield lock
-            finally:
-                lock.release()
-        else:
-            (log or (lambda m: None))(f"{db}: no writer lock on this storage (only s3:// has one)")
-            yield None
-        return
-    try:
-        from .lock import writer_lock as local_lock  # the local writer lock (issue 8)
-    except ImportError:
-        local_lock = None
-    if local_lock is not None:
-        with local_lock(db) as held:
-            yield held
-        return
-    import filelock
-
-    Path(db).mkdir(parents=True, exist_ok=True)
-    with filelock.FileLock(str(Path(db) / ".writer.lock")) as held:
-        yield held

@@ -324,6 +324,20 @@ class PageStore(StoreInfo):
             raise RagvlError(f"{self.name}: no page {page} of {doc_path} in the index")
         return t["image_png"][0].as_py()
 
+    def generation_rows(self, doc_path: str, gen: str) -> list[PageRow]:
+        """The page rows of generation `gen` of stored path `doc_path` (images, vectors, text and
+        skips), for writing the same pages under another path."""
+        t = self.scan(["page", "width", "height", "image_png", "vectors", "text", "skip_reason"],
+                      where=f"{PAGE_ROWS} AND doc_path = {sql_quote(doc_path)} AND generation = {sql_quote(gen)}")
+        flat, offsets = vectors_from_column(t["vectors"])
+        d = t.drop(["vectors"]).to_pydict()
+        rows = []
+        for i in np.argsort(d["page"], kind="stable").tolist():
+            skip = d["skip_reason"][i]
+            rows.append(PageRow(d["page"][i], d["width"][i] or 0, d["height"][i] or 0, d["image_png"][i] or b"",
+                                None if skip else flat[offsets[i]:offsets[i + 1]], d["text"][i], skip))
+        return rows
+
     # -- writes: each one commit ------------------------------------------------------------
     def rows_table(self, doc_path: str, doc: DocFields, pages: list[PageRow]) -> pa.Table:
         """Arrow rows for some pages of one document generation."""

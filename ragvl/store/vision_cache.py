@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..models.runtime import ImageFeatures
-from .schema import VISION_TABLE
+from .schema import VISION_TABLE, sql_quote
 
 DEFAULT_MAX_BYTES = 4 * 1024 ** 3  # ~1,700 pages at the 2B shape (2.4 MB a page)
 
@@ -49,7 +49,7 @@ SCHEMA = pa.schema([
 
 
 def _in(column: str, values: Sequence[str]) -> str:
-    return f"{column} IN (" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + ")"
+    return f"{column} IN (" + ", ".join(sql_quote(v) for v in values) + ")"
 
 
 @dataclass(frozen=True)
@@ -87,12 +87,14 @@ class VisionCache:
 
     # -- writes -----------------------------------------------------------------------------
     def put(self, items: Sequence[tuple[str, ImageFeatures]], producer: Producer) -> None:
-        """Store features for pages [(page_id, features)] in one commit, then evict down to the cap."""
+        """Store features for pages [(page_id, features)], replacing what is stored under the same
+        keys, then evict down to the cap."""
         if self.max_bytes <= 0:
             return
         if not items:
             self.evict()  # the cap may have shrunk
             return
+        items = list(dict(items).items())  # one row per page: identical copies bring the same page twice
         blobs = [np.ascontiguousarray(f.features, dtype="<f2").tobytes() for _, f in items]
         now = time.time()
         rows = pa.Table.from_pydict({
@@ -110,7 +112,11 @@ class VisionCache:
         }, schema=SCHEMA)
         if self.table is None:
             self.table = self._db.create_table(VISION_TABLE, schema=SCHEMA, exist_ok=True)
-        self.table.merge_insert("key").when_matched_update_all().when_not_matched_insert_all().execute(rows)
+        # Replace, not merge: a merge refuses a key that matches two rows, and an index written
+        # before duplicates were prevented can hold some; this clears them. Two commits, and
+        # the worst a cut between them does is drop these pages' features (a cache).
+        self.table.delete(_in("key", rows["key"].to_pylist()))
+        self.table.add(rows)
         self.evict()
 
     def evict(self) -> int:

@@ -1,10 +1,10 @@
-"""Indexing on a Ray cluster: a driver that plans and commits, and actors that render and embed.
+"""Indexing on a Ray cluster: the one index run in this process, its pages embedded by actors.
 
 Nothing here is imported unless `--workers` / `--ray-address` (or `Index.index(cluster=...)`)
 asks for it, so the base install never needs Ray (`pip install "ragvl[ray]"`).
 """
 
-from .driver import index_on_ray
+from .driver import RayEmbedding
 from .options import RayOptions
 
-__all__ = ["RayOptions", "index_on_ray"]
+__all__ = ["RayOptions", "RayEmbedding"]

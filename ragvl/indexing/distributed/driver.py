@@ -1,203 +1,141 @@
-"""The driver of a distributed index run: plan as one process does, farm pages out, commit here.
+"""Embedding on a Ray cluster: the run stays in this process, the model runs on actors.
 
-One writer per run. Workers return rows (PNG + float16 vectors) and the driver commits each
-document through the same PageStore method the single-process indexer uses, under the index's
-writer lock. The alternative, workers writing Lance fragments that the driver commits once, would
-save the rows' trip through the driver but needs every worker to reach the storage (with
-credentials), splits a document's commit semantics across processes, and leaves orphan fragments
-when a worker dies; at ColQwen2's cost per page (seconds of compute for ~200 KB of rows) the trip
-through the driver is noise.
+`RayEmbedding` is a PageEmbedding (ragvl.indexing.embedding): the one index run (run.py) plans,
+renders every page in ragvl.ingest's worker process (page time limit, a MuPDF crash survived, a
+bad page stored as skipped with its cause), commits, counts and stores vision features here, under
+the index's writer lock; only the embedding of each rendered page is farmed out. So a run with
+`--workers` writes what a single run writes, with every option (--prune, --reembed, the vision
+cache, --no-wait) meaning the same.
 
-Faults: workers are actors with unlimited restarts and each task retried `TASK_RETRIES` times,
-so a killed worker is replaced by Ray and its in-flight pages are recomputed; rows are keyed by
-(document, page) and a document is committed once, when all its pages are in, so redone pages
-never duplicate. A killed driver leaves every committed document whole (each is one commit) and
-the next run's plan skips them as unchanged.
+Why the driver renders: rendering costs ~0.1 s a page against seconds of embedding, so one
+process keeps up with many workers, and a page crosses the network once as its PNG (~200 KB)
+rather than the whole document going to every worker. The alternative, workers rendering and
+writing Lance fragments, would need every worker to reach the storage with credentials and
+would split a document's commit across processes.
+
+Faults: workers are actors with unlimited restarts, each task retried TASK_RETRIES times, so a
+killed worker is replaced by Ray and its pages are embedded again; a page whose retries run out
+fails its document (not committed: the next run embeds it again). A killed driver leaves every
+committed batch, and the next run resumes as after any interrupted run.
 """
 
 from __future__ import annotations
 
-import hashlib
-import time
-from dataclasses import dataclass, field
+from collections import deque
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
-from ...errors import RagvlError, os_error_cause
-from ..run import IndexSummary, _Work, commit_document, finish_index, plan_index
-from ...store import PageRow, PageStore, writer_lock
-from ...ingest import DEFAULT_DPI
-from ...progress import Progress
+from ...errors import RagvlError, short
+from ...models.contract import KIND_EMBEDDER, read_manifest
+from ...models.runtime import ImageFeatures, embedder_id
+from ..embedding import Embedded
+from ..source import SourcePage
 from .cluster import local_threads, ray_session
 from .options import RayOptions
 
-TASK_RETRIES = 3  # a page range that kills this many workers in a row fails its document
+__all__ = ["RayEmbedding", "TASK_RETRIES"]
+
+TASK_RETRIES = 3  # a page that kills this many workers in a row fails its document
 IN_FLIGHT_PER_WORKER = 2  # one computing, one queued: workers never wait on the driver
 
 
-@dataclass
-class _Doc:
-    plan: _Work
-    ref: object = None  # the bytes in Ray's object store
-    rows: dict = field(default_factory=dict)
-    waiting: int = 0
-    error: str | None = None
+class RayEmbedding:
+    """Pages embedded by Ray actors that each load the model at `folder` (on their own node).
 
-
-def _start_workers(ray, embedder_folder: Path, opts: RayOptions, log: Callable[[str], None]) -> tuple[list, str]:
-    from .actor import PageWorker
-
-    threads = local_threads(opts)
-    workers = opts.workers
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if workers is None:
-        workers = max(1, int(cpus // threads))
-    if workers * threads > cpus:
-        raise RagvlError(f"the Ray cluster has {cpus:g} CPUs; {workers} workers x {threads} threads need "
-                         f"{workers * threads}")
-    if opts.gpus_per_worker and workers * opts.gpus_per_worker > ray.cluster_resources().get("GPU", 0):
-        raise RagvlError(f"the Ray cluster has {ray.cluster_resources().get('GPU', 0):g} GPUs; {workers} workers x "
-                         f"{opts.gpus_per_worker:g} GPUs are needed")
-    actor = ray.remote(PageWorker).options(num_cpus=threads, num_gpus=opts.gpus_per_worker, max_restarts=-1,
-                                           max_task_retries=TASK_RETRIES)
-    device = "cuda" if opts.gpus_per_worker else None
-    pool = [actor.remote(str(embedder_folder), threads, device) for _ in range(workers)]
-    try:
-        infos = ray.get([w.info.remote() for w in pool])
-    except Exception as e:  # the model folder is missing on a node, a bad model...
-        cause = getattr(e, "cause", None) or e
-        raise RagvlError(f"embedding workers could not start: {' '.join(str(cause).split())[:300]}") from None
-    ids = {i["embedder_id"] for i in infos}
-    if len(ids) != 1:
-        raise RagvlError(f"workers loaded different embedders ({', '.join(sorted(ids))}): install the same "
-                         f"model at {embedder_folder} on every node")
-    log(f"ray: {workers} embedding workers x {threads} threads ready")
-    return pool, ids.pop()
-
-
-def index_on_ray(paths: Iterable[str | Path], db: str | Path, embedder_folder: Path, opts: RayOptions, *,
-                 dpi: int = DEFAULT_DPI, log: Callable[[str], None], progress: bool = True,
-                 on_progress: Callable[[int, int], None] | None = None) -> IndexSummary:
-    """Bring the index `db` up to date with the PDFs under `paths`, embedding on Ray workers.
-
-    The plan comes first, from the embedder's manifest alone: a run with nothing to embed never
-    starts Ray. The workers then must load an embedder with the planned id.
+    The embedder id comes from the manifest, so planning needs no cluster: Ray starts only when
+    a run has pages to embed (`start`), and every worker must load a model with that id.
     """
-    from ...models.contract import KIND_EMBEDDER, read_manifest
-    from ...models.runtime import MAX_PIXELS, embedder_id
 
-    t0 = time.perf_counter()
-    planned_id = embedder_id(read_manifest(embedder_folder, kind=KIND_EMBEDDER))
-    with writer_lock(db, log=log) as lock:
-        store = PageStore(db, create=True)
-        meta = {"id": planned_id, "folder": str(Path(embedder_folder).resolve()), "max_pixels": MAX_PIXELS}
-        plan = plan_index(paths, store, meta, dpi=dpi, log=log)
-        if plan.work:
-            with ray_session(opts, log) as ray:
-                pool, worker_id = _start_workers(ray, embedder_folder, opts, log)
-                if worker_id != planned_id:
-                    raise RagvlError(f"the Ray workers loaded embedder {worker_id}, not {planned_id} (the model at "
-                                     f"{embedder_folder} on this machine): install the same model on every node")
-                _run(ray, pool, plan.work, store, plan.summary, planned_id, plan.dpi, opts, log, progress, on_progress,
-                     check=getattr(lock, "check", lambda: None))
-        finish_index(plan, store)
-    plan.summary.seconds = time.perf_counter() - t0
-    return plan.summary
+    def __init__(self, folder: str | Path, opts: RayOptions, *, max_pixels: int, log: Callable[[str], None]):
+        self.folder, self.opts, self.log = Path(folder), opts, log
+        self.meta = {"id": embedder_id(read_manifest(self.folder, kind=KIND_EMBEDDER)),
+                     "folder": str(self.folder.resolve()), "max_pixels": int(max_pixels)}
+        self._stack: ExitStack | None = None
+        self._pool: list = []
+        self._info: dict = {}
+        self._next = 0
 
-
-def _run(ray, pool, todo: list[_Work], store: PageStore, summary: IndexSummary, embedder_id: str,
-         dpi: int, opts: RayOptions, log, progress: bool, on_progress, check) -> None:
-    bar = Progress(sum(d.n_todo for d in todo), enabled=progress)
-    load = {i: 0 for i in range(len(pool))}  # tasks in flight per worker
-    inflight: dict = {}  # ObjectRef -> (doc, pages, worker index)
-    tasks = _tasks(todo, opts.pages_per_task)
-    docs_open = 0
-    max_docs = 2 * len(pool)  # bounds the bytes held in the object store
-    pending: list = []  # tasks of the document being loaded
-
-    def fail(d: _Doc, message: str) -> None:
-        if d.error is None:
-            d.error = message
-            summary.failed.append((str(d.plan.path), message))
-            log(f"skipped: {message}")
-
-    def finish(d: _Doc) -> None:
-        nonlocal docs_open
-        docs_open -= 1
-        d.ref = None  # frees the bytes in the object store
-        if d.error is not None:
+    # -- PageEmbedding ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._stack is not None:
             return
-        rows = [PageRow(p, w, h, png, vec, text=text) for p, w, h, png, vec, text in (d.rows[k] for k in sorted(d.rows))]
-        check()  # a writer that lost its lease stops: it commits nothing more
+        self._stack = ExitStack()
         try:
-            commit_document(store, d.plan, rows, summary)  # the document's commit, as in one process
-        except RagvlError as e:
-            fail(d, str(e))
+            self._ray = self._stack.enter_context(ray_session(self.opts, self.log))
+            self._start_workers()
+        except BaseException:
+            self.close()
+            raise
 
-    try:
-        while True:
-            # Hand out work while workers have room.
-            while min(load.values()) < IN_FLIGHT_PER_WORKER:
-                if not pending:
-                    if docs_open >= max_docs:
-                        break
-                    nxt = next(tasks, None)
-                    if nxt is None:
-                        break
-                    d, ranges = nxt
-                    try:
-                        d.ref = ray.put(_read(d.plan))  # local bytes -> the object store, once per document
-                    except RagvlError as e:
-                        fail(d, str(e))
-                        bar.update(d.plan.n_todo)  # its pages will not come: the total stays true
-                        continue
-                    docs_open += 1
-                    d.waiting = len(ranges)
-                    pending = [(d, r) for r in ranges]
-                d, pages = pending.pop(0)
-                w = min(load, key=load.get)
-                ref = pool[w].embed.remote(d.ref, str(d.plan.path), d.plan.sha256, pages, dpi)
-                inflight[ref] = (d, pages, w)
-                load[w] += 1
-            if not inflight:
-                break
-            ready, _ = ray.wait(list(inflight), num_returns=1)
-            for ref in ready:
-                d, pages, w = inflight.pop(ref)
-                load[w] -= 1
-                try:
-                    status, value = ray.get(ref)
-                except Exception as e:  # the task's retries ran out (workers kept dying on it)
-                    status, value = "error", (f"{d.plan.path}: pages {pages[0] + 1}-{pages[-1] + 1}: embedding "
-                                              f"worker died {TASK_RETRIES + 1} times ({type(e).__name__})")
-                if status == "ok":
-                    for row in value:
-                        d.rows[row[0]] = row
-                else:
-                    fail(d, value)
-                bar.note = d.plan.path.name
-                bar.update(len(pages))
-                if on_progress is not None:
-                    on_progress(bar.done, bar.total)
-                d.waiting -= 1
-                if d.waiting == 0:
-                    finish(d)
-    finally:
-        bar.close()
+    @property
+    def vision_hash(self) -> str:
+        return self._info["vision_hash"]
 
+    @property
+    def image_key(self) -> str:
+        return self._info["image_key"]
 
-def _tasks(todo: list[_Work], per_task: int):
-    for p in todo:
-        left = [i for i in range(p.fields.n_pages) if i + 1 not in p.done]  # 0-based; resumes a cut-short run
-        yield _Doc(p), [left[i:i + per_task] for i in range(0, len(left), per_task)]
+    def embed_pages(self, pages: Iterable[SourcePage], *, vision: bool) -> Iterator[Embedded]:
+        """Each page, in order: up to IN_FLIGHT_PER_WORKER pages per worker are in flight while
+        the next ones render."""
+        window: deque = deque()  # (page, ObjectRef or None for a skipped page)
+        limit = IN_FLIGHT_PER_WORKER * len(self._pool)
+        for page in pages:
+            ref = None
+            if page.skip_reason is None:
+                ref = self._pool[self._next % len(self._pool)].embed.remote(page.png, vision)
+                self._next += 1
+            window.append((page, ref))
+            while len(window) > limit:
+                yield self._result(*window.popleft())
+        while window:
+            yield self._result(*window.popleft())
 
+    def close(self) -> None:
+        if self._stack is not None:
+            stack, self._stack, self._pool = self._stack, None, []
+            stack.close()
 
-def _read(p: _Work) -> bytes:
-    """The document's bytes, checked against the planned hash (as the single-process run checks)."""
-    try:
-        data = p.path.read_bytes()
-    except OSError as e:
-        raise RagvlError(f"{p.path}: {os_error_cause(e)}") from None
-    if hashlib.sha256(data).hexdigest() != p.sha256:
-        raise RagvlError(f"{p.path}: changed while being indexed; run again")
-    return data
+    # -- the actors ------------------------------------------------------------------------------
+    def _result(self, page: SourcePage, ref) -> Embedded:
+        if ref is None:
+            return page, None, None
+        try:
+            vectors, feats, grid = self._ray.get(ref)
+        except Exception as e:  # the task's retries ran out (workers kept dying on it)
+            raise RagvlError(f"{page.path}: page {page.number}: the embedding worker died "
+                             f"{TASK_RETRIES + 1} times ({short(e, 120)})") from None
+        return page, vectors, None if feats is None else ImageFeatures(feats, tuple(grid))
+
+    def _start_workers(self) -> None:
+        from .actor import PageWorker
+
+        ray, opts = self._ray, self.opts
+        threads = local_threads(opts)
+        cpus = ray.cluster_resources().get("CPU", 0)
+        workers = opts.workers if opts.workers is not None else max(1, int(cpus // threads))
+        if workers * threads > cpus:
+            raise RagvlError(f"the Ray cluster has {cpus:g} CPUs; {workers} workers x {threads} threads need "
+                             f"{workers * threads}")
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if opts.gpus_per_worker and workers * opts.gpus_per_worker > gpus:
+            raise RagvlError(f"the Ray cluster has {gpus:g} GPUs; {workers} workers x {opts.gpus_per_worker:g} GPUs "
+                             "are needed")
+        actor = ray.remote(PageWorker).options(num_cpus=threads, num_gpus=opts.gpus_per_worker, max_restarts=-1,
+                                               max_task_retries=TASK_RETRIES)
+        device = "cuda" if opts.gpus_per_worker else None
+        self._pool = [actor.remote(str(self.folder), threads, self.meta["max_pixels"], device)
+                      for _ in range(workers)]
+        try:
+            infos = ray.get([w.info.remote() for w in self._pool])
+        except Exception as e:  # the model folder is missing on a node, a bad model...
+            raise RagvlError(f"embedding workers could not start: {short(getattr(e, 'cause', None) or e, 300)}") \
+                from None
+        ids = {i["embedder_id"] for i in infos}
+        if ids != {self.meta["id"]}:
+            raise RagvlError(f"the Ray workers loaded embedder {', '.join(sorted(ids))}, not {self.meta['id']} (the "
+                             f"model at {self.folder} on this machine): install the same model on every node")
+        self._info = infos[0]
+        self.log(f"ray: {workers} embedding workers x {threads} threads ready")
+

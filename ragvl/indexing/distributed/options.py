@@ -18,14 +18,12 @@ class RayOptions:
     - `threads_per_worker`: onnxruntime intra-op threads per worker, also the CPUs it reserves.
       None: this machine's cores split among the workers (local), else 1.
     - `gpus_per_worker` > 0 reserves GPUs and runs the embedder on the CUDA provider (untested here).
-    - `pages_per_task`: pages of one document a worker embeds per task (the unit of retry).
     """
 
     workers: int | None = None
     address: str | None = None
     threads_per_worker: int | None = None
     gpus_per_worker: float = 0.0
-    pages_per_task: int = 4
 
     def __post_init__(self):
         if self.workers is not None and self.workers < 1:
@@ -34,5 +32,3 @@ class RayOptions:
             raise RagvlError(f"--threads-per-worker {self.threads_per_worker}: must be 1 or more")
         if self.gpus_per_worker < 0:
             raise RagvlError(f"--gpus-per-worker {self.gpus_per_worker}: must be 0 or more")
-        if self.pages_per_task < 1:
-            raise RagvlError(f"pages_per_task {self.pages_per_task}: must be 1 or more")
