@@ -7,18 +7,18 @@ driver sent through Ray's object store.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from ragvl.errors import RagvlError
-from ragvl.store.page_store import PageStore
 from scale_helpers import all_rows, free_port, ragvl, ray_head, s3_server
-from tiny_pdfs import make_pdf
+from tiny_pdfs import break_page_content, make_image, make_pdf
 
 pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
@@ -116,21 +116,18 @@ def test_killed_worker_is_replaced_and_its_pages_redone(head, docs, tiny_embedde
 def test_killed_driver_leaves_a_consistent_index_that_the_next_run_completes(head, docs, tiny_embedder, expected,
                                                                                tmp_path):
     db = tmp_path / "db"
+    # The run's test hook holds it after the first page of the second document, so the first
+    # document is committed and the second is not: the kill lands there, not where a poll saw it.
     driver = subprocess.Popen(_index(head, docs, db, tiny_embedder), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env={**os.environ, **head.env})
-    deadline, n = time.time() + 300, 0
-    while time.time() < deadline and driver.poll() is None:
-        try:
-            n = PageStore(db).count()
-        except (RagvlError, OSError, ValueError):
-            n = 0
-        if n >= N_PAGES:  # a document is committed: kill now
+                              stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, **head.env, "RAGVL_TEST_PAUSE_AFTER_PAGES": str(N_PAGES + 1)})
+    for line in driver.stderr:
+        if line.startswith("ragvl-test: paused after"):
             break
-        time.sleep(0.1)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     got = all_rows(db)
-    assert 0 < len(got) < len(expected), "the driver was not killed mid-run"
+    assert len(got) == N_PAGES  # exactly the first document
     by_doc: dict = {}
     for r in got.values():
         assert r == expected[r["key"]]
@@ -140,6 +137,68 @@ def test_killed_driver_leaves_a_consistent_index_that_the_next_run_completes(hea
                        env={**os.environ, **head.env})
     assert r.returncode == 0, r.stderr
     assert all_rows(db) == expected and f"{len(by_doc)} unchanged" in r.stderr
+
+
+def _vision_rows(db) -> list:
+    from ragvl.store import VisionCache
+
+    t = VisionCache(db).table
+    return sorted(t.to_arrow().select(["key", "page_id", "grid", "n_tokens", "hidden", "features"]).to_pylist(),
+                  key=lambda r: r["key"])
+
+
+def _summary(r) -> tuple:
+    """What a run reports, paths made relative to the folder of its documents."""
+    s = json.loads(r.stdout)
+    return (r.returncode, sorted(Path(p).name for p in s["new"]), sorted(Path(p).name for p in s["removed"]),
+            sorted((Path(x["path"]).name, x["page"], x["reason"]) for x in s["skipped_pages"]), s["pages"])
+
+
+def test_ray_run_writes_what_a_single_run_writes(head, tiny_embedder, tmp_path):
+    """A corrupt page, an image file, stored vision features, then --prune: the same rows, skips,
+    exit status and features, whoever embeds."""
+    docs = tmp_path / "m"
+    make_pdf(docs / "a.pdf", 2, seed=71)
+    break_page_content(make_pdf(docs / "broken.pdf", 3, seed=72), [2])
+    make_image(docs / "scan.png", size=(320, 240))
+    gone = make_pdf(docs / "old.pdf", 1, seed=73)
+    single, ray_db = tmp_path / "single", tmp_path / "ray"
+    env = {**os.environ, **head.env}
+
+    def both(folder, *extra):
+        one = ragvl("index", folder, "--db", single, "--embedder", tiny_embedder, "--json", "-q", *extra,
+                    env={"RAGVL_THREADS": "2"})
+        many = subprocess.run(_index(head, folder, ray_db, tiny_embedder, "--json", "-q", *extra),
+                              capture_output=True, text=True, timeout=600, env=env)
+        return one, many
+
+    one, many = both(docs)
+    assert one.returncode == 1, one.stderr  # a skipped page: exit 1 so that scripts notice
+    assert _summary(many) == _summary(one)
+    assert ("broken.pdf", 2) in {(n, p) for n, p, _ in _summary(one)[3]}
+    assert f"{docs / 'broken.pdf'}: page 2: corrupt page" in many.stderr  # the file named once
+    assert "broken.pdf.pdf" not in many.stderr
+    assert all_rows(ray_db) == all_rows(single)
+    assert _vision_rows(ray_db) == _vision_rows(single) and len(_vision_rows(single)) == 2 + 2 + 1 + 1
+
+    gone.unlink()
+    other = tmp_path / "other"
+    make_pdf(other / "b.pdf", 1, seed=74)
+    one, many = both(other, "--prune")
+    assert one.returncode == 0 and _summary(many) == _summary(one)
+    assert _summary(one)[2] == ["old.pdf"]
+    assert all_rows(ray_db) == all_rows(single)
+    assert "old.pdf" not in {Path(r["doc_path"]).name for r in all_rows(ray_db).values()}
+    assert _vision_rows(ray_db) == _vision_rows(single)
+
+
+def test_no_wait_is_honoured_with_workers(docs, tiny_embedder, tmp_path):
+    from ragvl.store import writer_lock
+
+    with writer_lock(tmp_path / "db"):
+        r = ragvl("index", docs, "--db", tmp_path / "db", "--embedder", tiny_embedder, "--workers", "2",
+                  "--no-wait", timeout=120)
+    assert r.returncode == 1 and "another writer holds the index" in r.stderr.strip().splitlines()[-1]
 
 
 def test_fresh_local_instance_writes_to_s3(docs, tiny_embedder, expected):
