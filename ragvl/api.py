@@ -197,6 +197,10 @@ class Index:
         store = self._open()
         return [{**d.as_dict(), "path": str(store.resolve(d.path))} for d in self.documents()]
 
+    def size_on_disk(self) -> int:
+        """Bytes the index takes on this machine's disk (0 for none yet, or one on object storage)."""
+        return self._open().size_on_disk() if _is_index(self.db) else 0
+
     def status(self) -> dict:
         """What `ragvl status` shows: sizes, the embedder, and what needs attention."""
         store = self._open().pin()

@@ -75,3 +75,25 @@ def test_mcp_tools_over_stdio(setup):
     assert asyncio.run(_session_run(db, embedder, answerer, body))
     assert progress and all(b[0] > a[0] for a, b in zip(progress, progress[1:]))  # increasing, as MCP requires
     assert any("reading 1 page" in (m or "") for _, m in progress)
+
+
+def test_mcp_on_an_s3_index(setup, tmp_path):
+    """search, get_page and list_documents on an index on the local S3 server."""
+    from scale_helpers import ragvl, s3_server
+
+    db, embedder, answerer = setup
+    with s3_server():
+        uri = "s3://bkt/mcp"
+        r = ragvl("index", db.parent / "docs", "--db", uri, "--embedder", embedder, "-q")
+        assert r.returncode == 0, r.stderr
+
+        async def body(session):
+            found = await session.call_tool("search", {"query": "revenue in region 1", "k": 2})
+            hits = json.loads(found.content[0].text)
+            assert [h["rank"] for h in hits] == [1, 2]
+            page = await session.call_tool("get_page", {"id": hits[0]["id"]})
+            assert page.content[0].mime_type == "image/png" and not page.is_error
+            docs = json.loads((await session.call_tool("list_documents", {})).content[0].text)
+            return [d["pages"] for d in docs]
+
+        assert asyncio.run(_session_run(uri, embedder, answerer, body)) == [2]

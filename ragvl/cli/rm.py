@@ -11,11 +11,13 @@ from ._common import DB, display_path, guarded, log
 
 
 def rm(paths: List[Path] = typer.Argument(..., help="Indexed files, or folders (every document under them)."),
-       db: Optional[str] = DB) -> None:
+       db: Optional[str] = DB,
+       no_wait: bool = typer.Option(False, "--no-wait", help="Fail at once if another writer holds the index "
+                                    "(default: wait for it).")) -> None:
     """Remove documents from the index in one commit (a path not in the index: exit 1, nothing removed)."""
     from ..api import Index
 
-    idx = Index(db, log=log)
+    idx = Index(db, log=log, wait=not no_wait)
     with guarded(idx.db):
         removed = idx.remove(paths)
     for p in removed:

@@ -28,6 +28,7 @@ from ..errors import RagvlError, short
 from ..fsutil import sha256_file
 from ..ingest import Renderer
 from ..progress import Progress
+from ..retrieval import ensure_text_index
 from ..store import PageRow, PageStore, Producer, VisionCache, page_id
 from .embedding import PageEmbedding, as_embedding
 from .maintain import maintain
@@ -94,6 +95,8 @@ def index_paths(paths: Iterable[str | Path], store: PageStore, embedder, *, dpi:
     summary.removed = [str(store.resolve(d)) for d in plan.gone]
     if summary.new or summary.changed or plan.gone:
         maintain(store)
+    else:
+        ensure_text_index(store)  # an index from before full-text search gets one from its next writer
     if vision is not None:
         t = store.scan(["doc_sha256", "page"])
         _vision_safely(log, vision.prune, {page_id(s, p) for s, p in zip(t["doc_sha256"].to_pylist(),

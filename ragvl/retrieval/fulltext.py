@@ -1,8 +1,8 @@
 """Text-layer search: LanceDB's full-text (BM25) index over the pages' `text` column.
 
-The index is built after an index run (:func:`ensure_text_index`, called by
-:func:`ragvl.indexing.maintain.maintain`); LanceDB also searches rows added since, without the
-index, so a stale index only costs speed. Pages without a text layer (scans) have a null
+The index is built by the writer, at the end of every index run (:func:`ensure_text_index`);
+LanceDB also searches rows added since, without the index, so a stale index only costs speed.
+A search never builds it: readers never write. Pages without a text layer (scans) have a null
 `text` and simply never match: no OCR here.
 """
 
@@ -40,13 +40,10 @@ def text_ranking(store: PageStore, table, query: str, limit: int | None) -> list
         raise RagvlError(f"{store.name}: this index has no text layer (it was built before ragvl stored one); "
                          "re-index with `ragvl index --reembed`, or search with --mode visual")
     if not has_text_index(table):
-        try:
-            if not ensure_text_index(store):
-                return []
-        except (OSError, RuntimeError, ValueError) as e:     # e.g. a read-only index folder
-            raise RagvlError(f"{store.name}: no full-text index yet and it cannot be built here ({e}); run "
-                             "`ragvl index` on this index once where it is writable") from None
-        table = store.at_version(store.version)
+        if store.count() == 0:
+            return []
+        raise RagvlError(f"{store.name}: no full-text index yet (the index was written by an older ragvl); "
+                         "run `ragvl index` on it once to build one, or search with --mode visual")
     if not query.strip():
         return []
     r = (table.search(query, query_type="fts").select(["doc_path", "page", "_score"])

@@ -96,8 +96,7 @@ class Service:
                 out["problems"].append(str(e))
         docs = self.documents()
         out["documents"], out["pages"] = len(docs), sum(d["pages"] for d in docs)
-        out["index_bytes"] = sum(f.stat().st_size for f in self.index.db.rglob("*") if f.is_file()) \
-            if self.index.db.is_dir() else 0
+        out["index_bytes"] = self.index.size_on_disk()
         if not docs:
             out["problems"].append(f"{self.index.db}: no documents indexed yet: add a file or folder below, "
                                    f"or run `ragvl index PATH`")

@@ -166,7 +166,10 @@ class PageStore(StoreInfo):
             schema = SCHEMA.with_metadata({TABLE_ID_KEY: uuid.uuid4().hex.encode()})
             self.table = self._db.create_table(PAGES, schema=schema, exist_ok=True)
             # then meta created WITH its format row in one commit: meta's presence means an index
-            first = pa.Table.from_pydict({"key": [K_FORMAT], "value": [json.dumps(FORMAT_VERSION)]}, schema=META_SCHEMA)
+            # and the index id (keys a remote index's search cache) minted here, by the writer
+            first = pa.Table.from_pydict({"key": [K_FORMAT, "index_id"],
+                                          "value": [json.dumps(FORMAT_VERSION), json.dumps(new_index_id())]},
+                                         schema=META_SCHEMA)
             self._meta = self._db.create_table(META_TABLE, data=first, schema=META_SCHEMA, exist_ok=True)
             self.meta = self._read_meta()
         else:
@@ -177,8 +180,8 @@ class PageStore(StoreInfo):
         if fmt != FORMAT_VERSION:
             raise RagvlError(f"{self.name}: index format {fmt}, this ragvl reads format {FORMAT_VERSION} "
                              "(upgrade ragvl, or rebuild the index with `ragvl index` into a new --db)")
-        if self.remote and "index_id" not in self.meta:
-            self.write_meta(index_id=new_index_id())
+        if create and "index_id" not in self.meta:  # an index made before ids were minted at creation
+            self.write_meta(index_id=new_index_id())  # `create`: only writers open with it, under the lock
 
     @property
     def cache_dir(self) -> Path:
@@ -186,7 +189,7 @@ class PageStore(StoreInfo):
         and index id (a local index keeps its cache in its own folder, see cache.cache_root)."""
         from .objstore import cache_dir
 
-        return cache_dir(self.name, self.meta["index_id"])
+        return cache_dir(self.name, self.meta.get("index_id") or self.table_id)  # a reader never writes one
 
     # -- metadata ---------------------------------------------------------------------------
     def _read_meta(self) -> dict:
