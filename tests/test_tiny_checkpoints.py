@@ -4,7 +4,6 @@ weights, HF greedy generation over an image prompt, and the offline tokenizer.""
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import PIL.Image
@@ -110,11 +109,8 @@ def test_side_files(make_ckpt):
     assert list(ids.values()) == list(range(ids["<|endoftext|>"], ids["<|endoftext|>"] + len(tc.SPECIAL_TOKENS)))
 
 
-def test_builds_are_fast_and_deterministic(make_ckpt):
-    make_ckpt(variant="b")  # warm-up: imports
-    t = time.perf_counter()
+def test_builds_are_deterministic(make_ckpt):
     one = make_ckpt(variant="b", sharded=True, dtype="bfloat16")
-    assert time.perf_counter() - t < 2.0  # ~0.03 s when idle; slack for a loaded 2-core box
     two = make_ckpt(variant="b", sharded=True, dtype="bfloat16")
     for f in sorted(p.name for p in one.iterdir()):
         assert (one / f).read_bytes() == (two / f).read_bytes(), f

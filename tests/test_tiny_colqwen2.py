@@ -5,7 +5,6 @@ of transformers 5.3, and the LoRA adapter / merge reference."""
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import PIL.Image
@@ -103,12 +102,9 @@ def test_prefixed_checkpoint_keys(tmp_path):
     assert "base_model.model.model.layers.0.self_attn.q_proj.weight" in every
 
 
-def test_builders_are_fast_and_deterministic(tmp_path):
-    tq.make_colqwen2_checkpoint(tmp_path / "warm", variant="b")
-    t = time.perf_counter()
+def test_builders_are_deterministic(tmp_path):
     one = tq.make_colqwen2_checkpoint(tmp_path / "one", variant="b", sharded=True, dtype="bfloat16")
     adapter = tq.make_colqwen2_lora(one, tmp_path / "one_lora")
-    assert time.perf_counter() - t < 2.0  # ~0.05 s when idle; slack for a loaded 2-core box
     two = tq.make_colqwen2_checkpoint(tmp_path / "two", variant="b", sharded=True, dtype="bfloat16")
     adapter2 = tq.make_colqwen2_lora(two, tmp_path / "two_lora")
     for f in sorted(p.name for p in one.iterdir()):
