@@ -24,7 +24,7 @@ REPO = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from results import MARKER, RESULTS, read_json, read_tables  # noqa: E402
+from results import MARKER, RESULTS, read_json, read_tables, shown_in_readme  # noqa: E402
 
 TEMPLATE = HERE / "README.template.md"
 BENCH_README = HERE / "README.md"
@@ -104,7 +104,24 @@ def summary(folder: Path | None = None) -> str:
     col, ask, qv, srch = (read_json(n, folder) for n in ("colqwen2", "ask", "qwen2vl", "search"))
     dts = ("fp32", "int8", "int4")
     rows = ["| job | reference fp32 | ragvl fp32 | ragvl int8 | ragvl int4 |", "|---|---|---|---|---|"]
-    runs = []
+    runs, withheld = [], []
+
+    def shown(r, what, script):
+        """A run's figures go into README only when shown_in_readme says so; else a note says why."""
+        if not r:
+            return None
+        meta = r.get("meta") or {"threads": r.get("machine", {}).get("cpus"),
+                                 "loadavg_start": [r.get("machine", {}).get("loadavg")]}
+        ok, why = shown_in_readme(meta)
+        if not ok:
+            withheld.append(f"{what} (`bench/{script}`: {why}; rerun it on a quiet machine)")
+        return r if ok else None
+
+    col = shown(col, "page embedding", "bench_colqwen2.py")
+    ask = shown(ask, "time to first token", "bench_ask.py")
+    sizes = qv  # sizes on disk do not depend on the machine's load
+    qv = shown(qv, "decode and memory", "bench_qwen2vl.py")
+    srch = shown(srch, "search", "bench_search.py")
 
     def when(r, what):
         if r:
@@ -152,7 +169,9 @@ def summary(folder: Path | None = None) -> str:
                     f"{srch['machine']['loadavg']:.1f}")
     if len(rows) == 2:
         return "*No benchmark results yet: run the scripts in bench/ (see bench/README.md).*\n"
-    out = rows + ["", *practice(col, ask, qv)]
+    out = rows + ["", *practice(col, ask, qv, sizes)]
+    if withheld:
+        out += ["Not shown, as measured on a busy machine: " + "; ".join(withheld) + ".", ""]
     out += ["Ratios in parentheses: ragvl / the reference in the same run (below 1 is faster, "
                       "except tokens/s). Search recall is measured against exact MaxSim on synthetic "
                       "ColQwen2-like vectors, not on real documents.", ""]
@@ -160,7 +179,7 @@ def summary(folder: Path | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def practice(col: dict | None, ask: dict | None, qv: dict | None) -> list[str]:
+def practice(col: dict | None, ask: dict | None, qv: dict | None, sizes_run: dict | None = None) -> list[str]:
     """What the table means for a user, computed from the same results (int8: what `models pull` installs)."""
     out = []
     page = (((col or {}).get("derived") or {}).get("engines") or {}).get("ragvl-int8", {}).get("page_s_warm")
@@ -178,7 +197,7 @@ def practice(col: dict | None, ask: dict | None, qv: dict | None) -> list[str]:
         out.append(f"- **Asking** with `--dtype int8`: an answer over 3 pages starts after about {ttft:.0f} s.")
     elif tok:
         out.append(f"- **Asking** with `--dtype int8`: answers stream at about {tok:.1f} tokens a second.")
-    sizes = {dt: (((qv or {}).get("conversions") or {}).get(dt) or {}).get("sizes", {}).get("total")
+    sizes = {dt: (((sizes_run or qv or {}).get("conversions") or {}).get(dt) or {}).get("sizes", {}).get("total")
              for dt in ("fp32", "int8", "int4")}
     if any(sizes.values()):
         out.append("- **Model size** on disk (Qwen2-VL-2B answer model): "

@@ -150,7 +150,7 @@ def task_colqwen2_ckpt(src: str, out: str, hidden_size: int, std: float, seed: i
     if "lm_head.weight" in weight_map:
         raise SystemExit("the Qwen2-VL checkpoint stores an lm_head (untied config): ColQwen2 has none; "
                          "use a tied shape (2b, tiny)")
-    gen = torch.Generator().manual_seed(seed + 2)  # as tests/tiny_colqwen2.colqwen2_hub_tensors
+    gen = torch.Generator().manual_seed(seed + 2)  # as testkit/tiny_colqwen2.colqwen2_hub_tensors
     proj = {"custom_text_proj.weight": (std * torch.randn(EMBED_DIM, hidden_size, generator=gen)).to(torch.bfloat16),
             "custom_text_proj.bias": (0.1 * torch.randn(EMBED_DIM, generator=gen)).to(torch.bfloat16)}
     save_file(proj, str(tmp / "custom_text_proj.safetensors"), metadata={"format": "pt"})
@@ -278,7 +278,7 @@ def task_colpali(ckpt: str, threads: int, pages: int | None, queries: list[str],
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    # As tests/tiny_colqwen2.load_colqwen2 (fp32, checked load report), with a choice of attention.
+    # As testkit/tiny_colqwen2.load_colqwen2 (fp32, checked load report), with a choice of attention.
     model, info = ColQwen2.from_pretrained(ckpt, dtype=torch.float32, attn_implementation=attn,
                                            output_loading_info=True)
     bad = {k: sorted(v)[:6] for k, v in info.items() if k != "error_msgs" and v}

@@ -3,8 +3,8 @@
     python bench/bench_index_memory.py                 # 100 and 1,000 pages (minutes on 2 cores)
     python bench/bench_index_memory.py --pages 50 200  # quick
 
-A tiny random ColQwen2 (tests/tiny_colqwen2.py, converted by ragvl; needs torch to build the
-checkpoint) embeds one PDF of N pages drawn with PyMuPDF (tests/tiny_pdfs.py). Each run is a
+A tiny random ColQwen2 (testkit/tiny_colqwen2.py, converted by ragvl; needs torch to build the
+checkpoint) embeds one PDF of N pages drawn with PyMuPDF (testkit/tiny_pdfs.py). Each run is a
 fresh `python -m ragvl.cli index` process; its peak RSS is the kernel's (RUSAGE_CHILDREN
 ru_maxrss of that child alone). Pages are committed in batches of 32 (indexer.BATCH_PAGES), so
 the peak should not grow with N. Then the largest document is indexed again into a new folder,
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "testkit")]
 
 
 def run_index(pdf: Path, db: Path, embedder: Path, dpi: int) -> dict:
@@ -97,7 +97,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     result = {"runs": rows, "resume": resume, "batch_pages": 32, "machine_cpus": os.cpu_count(),
               "dpi": args.dpi,
-              "note": "tiny random ColQwen2 (tests/tiny_colqwen2.py variant a)"}
+              "note": "tiny random ColQwen2 (testkit/tiny_colqwen2.py variant a)"}
     (out / "results_index_memory.json").write_text(json.dumps(result, indent=2) + "\n")
     print("| pages | seconds | peak RSS (MB) | index size (MB) |\n|---|---|---|---|")
     for r in rows:

@@ -47,15 +47,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(REPO / "tests"))  # tiny_checkpoints: the shared checkpoint writer + HF harness
+sys.path.insert(0, str(REPO / "testkit"))  # tiny_checkpoints: the shared checkpoint writer + HF harness
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))  # machine.py, results.py
 
-from results import usable_cores  # noqa: E402
-
-# Children log against the parent's clock (BENCH_EPOCH) and say who they are (BENCH_TASK).
-T_START = float(os.environ.get("BENCH_EPOCH", time.time()))
-TASK = os.environ.get("BENCH_TASK", "")
+from results import T_START, fmt, log, usable_cores  # noqa: E402,F401 (fmt, log: used by the scripts importing this one)
 CKPT_FORMAT = 1  # bump when the checkpoint builder changes, so cached checkpoints are rebuilt
 PAGE_SIZE = (1024, 683)  # (width, height): 3552 patches / 888 image tokens at max_pixels 28*28*1280
 DEFAULT_MAX_PIXELS = 28 * 28 * 1280
@@ -63,16 +59,12 @@ QUESTION = "What is the total amount on this page?"
 SHARD_BYTES = 1 << 30  # checkpoint shard size: bounds the builder's memory to about one shard
 
 
-def log(msg: str) -> None:
-    who = f"bench:{TASK}" if TASK else "bench"
-    print(f"[{who} {time.time() - T_START:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
 
 # =============================================================================================
 # Model shapes
 # =============================================================================================
 
-# The fields of tests/tiny_checkpoints.TinySpec, plus an explicit vocabulary size: TinySpec derives
+# The fields of testkit/tiny_checkpoints.TinySpec, plus an explicit vocabulary size: TinySpec derives
 # vocab_size from the tiny tokenizer (a few hundred tokens), while the 2B's embedding / lm_head
 # have 151936 rows, which matters for both memory and decode speed. Token ids stay below the tiny
 # tokenizer's size; the extra rows are simply never looked up by the embedding (but are read by
@@ -695,15 +687,6 @@ def _target(value, threshold):
 # ---------------------------------------------------------------------------------------------
 
 
-def fmt(v, spec: str = ".3f", suffix: str = "") -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, str):
-        return v
-    return f"{v:{spec}}{suffix}"
-
 
 class ComparisonTable:
     """A Markdown table with one column per engine, and a ratio-to-transformers column after each
@@ -889,7 +872,7 @@ def add_shared_args(p: argparse.ArgumentParser) -> None:
                    help="folder for the results .md/.json (default bench/results for the 2B shape, "
                         "<work>/results otherwise)")
     p.add_argument("--init-std", type=float, default=None,
-                   help="std of the random matrices (default 0.2 for the tiny configs, as tests/tiny_checkpoints: "
+                   help="std of the random matrices (default 0.2 for the tiny configs, as testkit/tiny_checkpoints: "
                         "peaked logits; 0.02 at the 2B shape, where 0.2 makes every attention row one-hot and "
                         "the whole forward chaotic, so float noise alone changes the tokens)")
     p.add_argument("--seed", type=int, default=0, help="weight seed of the random checkpoint")

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "testkit")]
 RESULTS = ROOT / "bench" / "results"
 
 CONFIGS = [
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     try:
         embedder = args.embedder or tiny_embedder(tmp)
         docs, pages = make_docs(tmp, args.copies)
-        res = {"ray_version": ray.__version__, "embedder": "tiny (tests/tiny_colqwen2.py)" if not args.embedder
+        res = {"ray_version": ray.__version__, "embedder": "tiny (testkit/tiny_colqwen2.py)" if not args.embedder
                else str(args.embedder), "pages": pages, "docs": len(list((ROOT / "sample_pdfs").glob("*.pdf"))),
                "copies": args.copies, "indexing": {},
                "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine()}}

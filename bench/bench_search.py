@@ -6,7 +6,8 @@
 Three parts, each written into bench/results/search.md (Markdown) and search.json:
 
 * scale: per size, the cache segment (float16 vectors on disk + centroid first stage) is built,
-  then a separate search process memory-maps it and runs the queries: first stage + exact
+  then a separate search process memory-maps it and runs the queries through PageSearch.visual
+  (the search users run, over a one-segment view): first stage + exact
   rescoring p50/p95, recall@5 against exact MaxSim, and that process's peak RSS (the vectors
   are NOT loaded: only the candidates' pages are read); exact search p50 for reference; build
   time and disk. Then an extrapolation to 100,000 pages from the measured growth (a power law
@@ -55,6 +56,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ragvl.retrieval.maxsim import PageMatrix  # noqa: E402
+from ragvl.retrieval.page_search import CANDIDATES  # noqa: E402 (what the search users run rescores)
 
 DIM = 128
 
@@ -158,23 +160,32 @@ def _du(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-# The search process of the scale part: maps the segment, runs the queries, reports its own RSS.
+# The search process of the scale part: maps the segment and runs the queries through the search
+# users run (PageSearch.visual over a one-segment view of it, as the search cache makes), reports
+# its own RSS.
 SEARCH_CHILD = r"""
 import json, sys, time
 import numpy as np
+from ragvl.retrieval.cache import View
 from ragvl.retrieval.maxsim import PageMatrix
-seg, qfile, k, cand, warm = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+from ragvl.retrieval.page_search import PageSearch
+from ragvl.retrieval.segments import Segment
+seg, qfile, k, warm = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 z = np.load(qfile)
 qs = [z[f"q{i}"] for i in range(len(z.files))]
 m = PageMatrix.load(seg, mmap=True)
+n = m.n_pages
+view = View(0, [Segment("bench", m, np.arange(n).astype(str), {})], np.array([0, n]), np.ones(n, bool),
+            np.arange(n), np.full(n, "doc"), np.full(n, "sha"), np.arange(1, n + 1, dtype=np.int32), {})
+search = PageSearch(None, view=view)
 for q in qs[:warm]:
-    m.search(q, k, candidates=cand, exact_below=0)
+    search.visual(q, k)
 ts, out = [], []
 for q in qs:
     t0 = time.perf_counter()
-    idx, _ = m.search(q, k, candidates=cand, exact_below=0)
+    hits = search.visual(q, k)
     ts.append((time.perf_counter() - t0) * 1e3)
-    out.append(idx.tolist())
+    out.append([row for row, _ in hits])
 # VmHWM, not ru_maxrss: ru_maxrss survives exec and would report the (big) parent's RSS at fork.
 st = {l.split(":")[0]: int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(("VmHWM", "RssAnon", "RssFile"))}
 print(json.dumps({"ms": ts, "top": out, "maxrss_kb": st["VmHWM"], "anon_kb": st["RssAnon"], "file_kb": st["RssFile"]}))
@@ -219,8 +230,7 @@ def run_scale(n_pages: int, args, work: Path) -> dict:
 
     qfile = work / "queries.npz"
     np.savez(qfile, **{f"q{i}": q for i, q in enumerate(queries)})
-    r = subprocess.run([sys.executable, "-c", SEARCH_CHILD, str(seg), str(qfile), "5", str(args.candidates),
-                        str(args.warmup)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = subprocess.run([sys.executable, "-c", SEARCH_CHILD, str(seg), str(qfile), "5", str(args.warmup)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if r.returncode != 0:
         raise RuntimeError(r.stderr)
     child = json.loads(r.stdout)
@@ -360,7 +370,7 @@ def run_stage_only(n_pages: int, args, pairs_per_page: int = 200) -> dict:
     for i in range(args.queries + args.warmup):
         q = _unit(rng.standard_normal((25, DIM)) + 2 * cent[rng.integers(0, k)])
         t0 = time.perf_counter()
-        stage.candidates(q, args.candidates)
+        stage.candidates(q, CANDIDATES)
         ms.append((time.perf_counter() - t0) * 1e3)
     res = {"n_pages": n_pages, "n_centroids": k, "pairs_per_page": pairs_per_page,
            "stage_mb": stage.nbytes / 2**20, **_pct(ms[args.warmup:])}
@@ -497,7 +507,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--exact-queries", type=int, default=12, help="queries scored exactly (recall reference)")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--candidates", type=int, default=128)
     ap.add_argument("--centroids", type=int, default=0, help="0: default_n_centroids (~sqrt of vectors)")
     ap.add_argument("--stage-only", default="10000,100000", help="comma-separated page counts for the vector-free first-stage "
                     "measurement (e.g. 10000,100000)")

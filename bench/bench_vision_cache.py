@@ -43,7 +43,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent / "testkit"))
 
 from bench_ask import _case_pages, answer_cases  # noqa: E402
 from bench_qwen2vl import (DEFAULT_MAX_PIXELS, SHARD_BYTES, child_main, default_init_std, ensure_checkpoint,  # noqa: E402

@@ -38,6 +38,8 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+from results import fmt, log  # noqa: E402
+
 PATCH_DIM = 3 * 2 * 14 * 14  # Conv3d kernel (2, 14, 14) over 3 channels, one flattened patch
 
 
@@ -350,14 +352,14 @@ def measure_bandwidth(threads: int, mem_gb: float, reps: int, dtypes: list[str],
     F = TensorProto.FLOAT
     # Decode-shaped GEMV chains: x (1, hidden) -> up (hidden -> inter) -> down (inter -> hidden) -> ...
     # over distinct constant weights, as a decode step reads the MLP of every layer.
-    for fmt in ["fp32"] + [d for d in dtypes if d != "fp32"]:
-        per_pair = weight_bytes(hidden, inter, fmt) + weight_bytes(inter, hidden, fmt)
+    for wfmt in ["fp32"] + [d for d in dtypes if d != "fp32"]:
+        per_pair = weight_bytes(hidden, inter, wfmt) + weight_bytes(inter, hidden, wfmt)
         pairs = max(2, int(min(mem_gb, 1.6) * 1e9 // per_pair))  # a serialized model must stay under 2 GB
         nodes, inits, x = [], [], "X"
         for i in range(pairs):
             for j, (k, n) in enumerate(((hidden, inter), (inter, hidden))):
                 y = f"h{i}_{j}"
-                node, w = _linear_node(x, y, k, n, fmt, f"W{i}_{j}")
+                node, w = _linear_node(x, y, k, n, wfmt, f"W{i}_{j}")
                 nodes.append(node)
                 inits += w
                 x = y
@@ -370,10 +372,10 @@ def measure_bandwidth(threads: int, mem_gb: float, reps: int, dtypes: list[str],
         xv = rng.standard_normal((1, hidden), dtype=np.float32)
         t = _best(functools.partial(sess.run, None, {"X": xv}), reps)
         nbytes = pairs * per_pair
-        res[f"gemv_{fmt}"] = {"bytes": int(nbytes), "best_s": round(t, 5), "gbs": round(nbytes / t / 1e9, 2),
+        res[f"gemv_{wfmt}"] = {"bytes": int(nbytes), "best_s": round(t, 5), "gbs": round(nbytes / t / 1e9, 2),
                               "pairs": pairs}
         del sess
-        log(f"  GEMV chain {fmt}: {nbytes / 1e9:.2f} GB at {res[f'gemv_{fmt}']['gbs']} GB/s")
+        log(f"  GEMV chain {wfmt}: {nbytes / 1e9:.2f} GB at {res[f'gemv_{wfmt}']['gbs']} GB/s")
     # Plain reads of one large float32 array: ORT ReduceSum and numpy's sum, one slice per thread.
     count = int(mem_gb * 1e9) // 4
     arr = np.ones(count, np.float32)
@@ -393,12 +395,6 @@ def measure_bandwidth(threads: int, mem_gb: float, reps: int, dtypes: list[str],
     res["floor_gbs"] = reads[res["floor_source"]]
     log(f"  memory read: {reads} -> floor {res['floor_gbs']} GB/s ({res['floor_source']})")
     return res
-
-
-def log(msg: str) -> None:
-    from bench_qwen2vl import log as _log
-
-    _log(msg)
 
 
 def task_floors(threads: int, shapes: list[dict], dtypes: list[str], reps: int, mem_gb: float,
@@ -425,8 +421,6 @@ def task_floors(threads: int, shapes: list[dict], dtypes: list[str], reps: int, 
 
 def floors_tables(floors: dict) -> str:
     """Markdown: the measured rate of every shape, then the streaming reads."""
-    from bench_qwen2vl import fmt
-
     if not floors or "error" in floors:
         return f"Floors not measured ({(floors or {}).get('error', 'skipped')}).\n"
     out = ["| matmul (as ragvl runs it) | format | M x K x N (batch) | GFLOP/s |", "|---|---|---|---|"]

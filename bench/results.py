@@ -23,6 +23,26 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 MARKER = re.compile(r"^<!-- table: ([\w.-]+) -->\s*$")
+# Children log against the parent's clock (BENCH_EPOCH) and say who they are (BENCH_TASK).
+T_START = float(os.environ.get("BENCH_EPOCH", time.time()))
+TASK = os.environ.get("BENCH_TASK", "")
+
+
+def log(msg: str) -> None:
+    """A progress line on stderr: who logs, and seconds since the run (its parent) started."""
+    who = f"bench:{TASK}" if TASK else "bench"
+    print(f"[{who} {time.time() - T_START:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def fmt(v, spec: str = ".3f", suffix: str = "") -> str:
+    """A table cell: "—" for a missing value, yes/no for a flag, text as it is, numbers by `spec`."""
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, str):
+        return v
+    return f"{v:{spec}}{suffix}"
 
 
 def cpu_model() -> str:
@@ -72,6 +92,22 @@ def _git_commit() -> str | None:
         return out.stdout.strip() + ("+changes" if dirty else "") if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def shown_in_readme(meta: dict) -> tuple[bool, str]:
+    """Whether a run's figures may appear in README.md, and why not: a figure a user reads is the
+    median of at least 3 runs (`meta["median_of"]`), or comes from a quiet run, whose 1-minute
+    load average stayed below its thread count + 1 at start and end (more: other jobs shared
+    the cores and the figure says more about them than about ragvl)."""
+    if int(meta.get("median_of") or 1) >= 3:
+        return True, ""
+    threads = meta.get("threads") or (meta.get("host") or {}).get("cores") or 1
+    loads = [x[0] for x in (meta.get("loadavg_start"), meta.get("loadavg_end")) if x]
+    if not loads:
+        return False, "its load average was not recorded"
+    if max(loads) >= threads + 1:
+        return False, f"load average {max(loads):.1f} with {threads} thread(s), a single run"
+    return True, ""
 
 
 class Run:

@@ -1,11 +1,11 @@
 """Shared fixtures: tiny random checkpoints in the hub layout, and the `reference` marker's rules.
 
-Two builders write them (both around the tokenizer and config files of tests/tiny_hub.py):
+Two builders write them (both around the tokenizer and config files of testkit/tiny_hub.py):
 
-- tests/tiny_numpy.py, numpy + safetensors only. `np_embedder`, `np_answerer` (converted model
+- testkit/tiny_numpy.py, numpy + safetensors only. `np_embedder`, `np_answerer` (converted model
   folders) and `make_np_ckpt` come from it; every test NOT marked `reference` uses these, so
   `pytest -m "not reference"` runs on an install without torch.
-- tests/tiny_checkpoints.py and tests/tiny_colqwen2.py, torch + transformers + colpali-engine (the
+- testkit/tiny_checkpoints.py and testkit/tiny_colqwen2.py, torch + transformers + colpali-engine (the
   reference stack). `tiny_ckpt_a`, `tiny_ckpt_b` and `make_ckpt` come from them and serve the
   parity tests only: a test that uses one must be marked `@pytest.mark.reference`, or collection
   stops with an error saying so.
@@ -17,9 +17,14 @@ A test marked `reference` is skipped, with the reason, when the reference stack 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
+
+# The model, PDF and service builders the tests and bench/ share live in testkit/ (bench imports
+# nothing from tests/).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "testkit"))
 
 # Fixtures that need the reference stack to build.
 REFERENCE_FIXTURES = frozenset({"tiny_ckpt_a", "tiny_ckpt_b", "make_ckpt"})

@@ -1,7 +1,7 @@
 """`ragvl models convert` and `ragvl chat` as a user runs them, bad input included.
 
 Every failure must be one line on stderr naming the file and the cause, with a non-zero exit.
-The checkpoints are numpy-built (tests/tiny_numpy.py); the one comparison with transformers is
+The checkpoints are numpy-built (testkit/tiny_numpy.py); the one comparison with transformers is
 marked `reference`.
 """
 

@@ -77,6 +77,7 @@ def test_mcp_tools_over_stdio(setup):
     assert any("reading 1 page" in (m or "") for _, m in progress)
 
 
+@pytest.mark.s3
 def test_mcp_on_an_s3_index(setup, tmp_path):
     """search, get_page and list_documents on an index on the local S3 server."""
     from scale_helpers import ragvl, s3_server

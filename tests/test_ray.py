@@ -20,6 +20,8 @@ import pytest
 from scale_helpers import all_rows, free_port, ragvl, ray_head, s3_server
 from tiny_pdfs import break_page_content, make_image, make_pdf
 
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
 pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 

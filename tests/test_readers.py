@@ -68,6 +68,7 @@ def test_server_reads_write_nothing(local, tiny_embedder, tiny_answerer):
     assert versions(db) == before
 
 
+@pytest.mark.s3
 def test_s3_index_reads_write_nothing_and_serve_works_on_it(local, tiny_embedder, tiny_answerer):
     with s3_server():
         uri = "s3://bkt/readers"

@@ -16,6 +16,8 @@ from ragvl.store.page_store import PageStore
 from scale_helpers import all_rows, ragvl, s3_server
 from tiny_pdfs import make_pdf
 
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
+
 pytest.importorskip("moto")
 pytest.importorskip("boto3")
 

@@ -56,7 +56,7 @@ def test_status_search_pages_and_maps(server, root):
         assert st["documents"] == 2 and st["pages"] == 4 and st["index_bytes"] > 0
         assert st["embedder"] and st["answerer"] and st["problems"] == []
         hits = c.get("/api/search", params={"q": "revenue in region 1", "k": 3}).json()
-        assert [h["rank"] for h in hits] == [1, 2, 3] and all(set(h) == {"rank", "path", "page", "score", "id", "mode", "visual_rank", "text_rank"}
+        assert [h["rank"] for h in hits] == [1, 2, 3] and all(set(h) == {"rank", "path", "page", "score", "id", "mode", "visual_rank", "text_rank", "also"}
                                                                for h in hits)
         cli = subprocess.run([sys.executable, "-m", "ragvl.cli", "search", "revenue in region 1", "-k", "3", "--db",
                               root / "db", "--embedder", server_embedder(server), "--json"],

@@ -1,4 +1,4 @@
-"""The numpy-only tiny checkpoint builder (tests/tiny_numpy.py): hub files and key names, and, on the
+"""The numpy-only tiny checkpoint builder (testkit/tiny_numpy.py): hub files and key names, and, on the
 reference stack, that transformers, colpali-engine and peft load what it writes with exactly its
 tensors (so the runtime-only tests stand on checkpoints a real hub download looks like)."""
 

@@ -1,6 +1,6 @@
 """ColQwen2 key names and PEFT LoRA adapter folders like vidore/colqwen2-v1.0, for the tiny test
 checkpoints. Torch-free: the weights come from a normal sampler the caller passes (numpy's in
-tests/tiny_numpy.py, torch's in tests/tiny_colqwen2.py).
+testkit/tiny_numpy.py, torch's in testkit/tiny_colqwen2.py).
 """
 
 from __future__ import annotations

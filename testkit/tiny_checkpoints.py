@@ -2,7 +2,7 @@
 
 Test and benchmark helper only: it imports torch and transformers (the reference stack), which
 the runtime package `ragvl` never does. The tokenizer, specs and config files come from
-tests/tiny_hub.py, shared with the torch-free builder tests/tiny_numpy.py.
+testkit/tiny_hub.py, shared with the torch-free builder testkit/tiny_numpy.py.
 
 What a checkpoint folder holds (everything the hub's Qwen/Qwen2-VL-2B-Instruct holds, tiny):
 

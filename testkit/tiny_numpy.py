@@ -2,10 +2,10 @@
 
 The runtime-only test suite (`pytest -m "not reference"`) builds its models with this: numpy
 weights under the hub key names, written with ``safetensors.numpy``, around the same tokenizer,
-config and side files as the torch builders (all from tests/tiny_hub.py). ragvl's own converter
+config and side files as the torch builders (all from testkit/tiny_hub.py). ragvl's own converter
 then turns a checkpoint into a model folder, exactly as it does a downloaded one.
 
-The weights follow the reference builders' recipe (tests/tiny_checkpoints.build_hf_model):
+The weights follow the reference builders' recipe (testkit/tiny_checkpoints.build_hf_model):
 matrices normal(0, initializer_range), biases 0.1 * normal, norm weights 1 + 0.1 * normal, so
 logits are peaked and a port that drops a bias would show. They are not the same numbers as the
 torch-built checkpoints of the same seed; a reference test checks that transformers and

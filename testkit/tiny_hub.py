@@ -1,15 +1,15 @@
 """The torch-free parts of a tiny Qwen2-VL / ColQwen2 checkpoint in the Hugging Face hub layout.
 
-Shared by the two weight builders: tests/tiny_numpy.py (numpy, no torch: the runtime-only test
-suite) and tests/tiny_checkpoints.py + tests/tiny_colqwen2.py (torch + transformers, the reference
+Shared by the two weight builders: testkit/tiny_numpy.py (numpy, no torch: the runtime-only test
+suite) and testkit/tiny_checkpoints.py + testkit/tiny_colqwen2.py (torch + transformers, the reference
 stack of the parity tests). Both write the same files around their weights:
 
-- the tokenizer (tests/tiny_tokenizer.py, re-exported here: ``build_tokenizer`` ...);
+- the tokenizer (testkit/tiny_tokenizer.py, re-exported here: ``build_tokenizer`` ...);
 - the shapes of the tiny variants (``TinySpec``, ``SPECS``);
 - ``config.json`` in the flat hub layout (transformers 4.x) or the nested 5.3 layout,
   ``preprocessor_config.json``, ``generation_config.json``;
 - safetensors files, single or sharded with ``model.safetensors.index.json`` (``write_safetensors``);
-- ColQwen2's config files; its key names and LoRA adapters are in tests/tiny_lora.py.
+- ColQwen2's config files; its key names and LoRA adapters are in testkit/tiny_lora.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The tiny tokenizer of the test checkpoints: a byte-level BPE trained offline with the `tokenizers`
 library, the Qwen2 special tokens, and Qwen2-VL-2B-Instruct's chat template. Torch-free; written
-into every tiny checkpoint by tests/tiny_hub.py (``build_tokenizer``).
+into every tiny checkpoint by testkit/tiny_hub.py (``build_tokenizer``).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Tiny random-weight ColQwen2 checkpoints in the hub layout, plus the colpali-engine reference harness.
 
 Test and benchmark helper only: it imports torch, transformers, peft and colpali-engine (the
-reference stack), which the runtime package `ragvl` never does. It builds on tests/tiny_checkpoints.py
+reference stack), which the runtime package `ragvl` never does. It builds on testkit/tiny_checkpoints.py
 (same specs, tokenizer, config writers and Qwen2-VL weight init); the ColQwen2 config writers
-(tests/tiny_hub.py) and the LoRA adapter writer (tests/tiny_lora.py) are shared with the torch-free
-builder tests/tiny_numpy.py.
+(testkit/tiny_hub.py) and the LoRA adapter writer (testkit/tiny_lora.py) are shared with the torch-free
+builder testkit/tiny_numpy.py.
 
 What the builders write (everything the hub's ColQwen2 repos hold, tiny):
 
