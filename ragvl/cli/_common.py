@@ -46,8 +46,11 @@ _CAUSES = (("no space left on device", "disk full (no space left on device)"),
 _DAMAGE = ("lanceerror(io)", "corrupt", "unexpected eof", "protobuf", "failed to decode", "checksum mismatch")
 
 
-def describe_failure(e: BaseException) -> str:
-    """A short, one-line cause for an unexpected failure (disk full, permissions, corruption...)."""
+def describe_failure(e: BaseException, index: bool = True) -> str:
+    """A short, one-line cause for an unexpected failure (disk full, permissions, corruption...).
+
+    `index`: the command works on an index, so a read or decode failure may be its damaged files.
+    """
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return "disk full (no space left on device)"
     if isinstance(e, OSError) and e.errno == errno.EROFS:
@@ -59,7 +62,7 @@ def describe_failure(e: BaseException) -> str:
             return cause
     if isinstance(e, OSError):
         return os_error_cause(e)
-    if any(w in low for w in _DAMAGE):
+    if index and any(w in low for w in _DAMAGE):
         return f"damaged index files ({short(text, 160)})"
     return f"{type(e).__name__}: {short(text, 200)}"
 
@@ -83,7 +86,7 @@ def guarded(where: str | os.PathLike | None, *, index: bool = True) -> Iterator[
     except Exception as e:
         if os.environ.get("RAGVL_DEBUG", "") not in ("", "0"):
             raise
-        fail(f"{where}: {describe_failure(e)} (RAGVL_DEBUG=1 shows the traceback)")
+        fail(f"{where}: {describe_failure(e, index)} (RAGVL_DEBUG=1 shows the traceback)")
 
 
 class GuardedCommand(TyperCommand):
