@@ -15,7 +15,8 @@ from typing import Callable, IO
 
 from .errors import RagvlError, os_error_cause
 
-__all__ = ["atomic_write", "atomic_write_with", "save_npy", "sha256_file", "cpu_threads", "cache_home", "replace_dir",
+__all__ = ["atomic_write", "atomic_write_with", "save_npy", "sha256_file", "cpu_threads", "cache_home",
+           "ragvl_home", "replace_dir",
            "remove_stale_partials"]
 
 
@@ -83,12 +84,18 @@ def cpu_threads() -> int:
         return os.cpu_count() or 1
 
 
+def ragvl_home(var: str) -> Path:
+    """The folder the environment variable `var` names, else $XDG_CACHE_HOME/ragvl, else ~/.cache/ragvl:
+    the one rule of both ragvl homes (RAGVL_CACHE: caches; RAGVL_HOME: converted models)."""
+    if os.environ.get(var):
+        return Path(os.environ[var])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ragvl"
+
+
 def cache_home() -> Path:
     """Where ragvl keeps machine-local caches (search caches of read-only or remote indexes, model
     checks): RAGVL_CACHE, else $XDG_CACHE_HOME/ragvl, else ~/.cache/ragvl."""
-    if os.environ.get("RAGVL_CACHE"):
-        return Path(os.environ["RAGVL_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ragvl"
+    return ragvl_home("RAGVL_CACHE")
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -76,17 +76,23 @@ class RayHead:
 
 
 @contextmanager
-def ray_head(tmp: Path, hide: Path | None = None):
+def ray_head(tmp: Path, hide: Path | None = None, home: Path | None = None):
     """`ray start --head` in its own process group (temp dir under /tmp: socket paths are short).
 
     `hide`: a folder the cluster's processes cannot see (a tmpfs mounted over it in a private
-    mount namespace, as on another machine); needs root and unshare. Yields a RayHead. Stopped by its pid, never `ray stop` (which
-    ends every Ray on the machine).
+    mount namespace, as on another machine); needs root and unshare. `home`: instead of the token
+    in the environment, Ray's defaults with HOME=home (token authentication is on when
+    home/.ray/auth_token exists; RayHead.env is then just HOME). Yields a RayHead. Stopped by its
+    pid, never `ray stop` (which ends every Ray on the machine).
     """
     port = free_port()
     temp = Path(f"/tmp/rg{uuid.uuid4().hex[:6]}")
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex,
-           "RAY_USAGE_STATS_ENABLED": "0"}
+    if home is None:
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex,
+               "RAY_USAGE_STATS_ENABLED": "0"}
+    else:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        env.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0")
     ray = str(Path(sys.executable).with_name("ray"))
     cmd = [ray, "start", "--head", "--block", "--port", str(port), "--temp-dir", str(temp), "--num-cpus", "2",
            "--include-dashboard=false", "--disable-usage-stats"]
@@ -99,7 +105,8 @@ def ray_head(tmp: Path, hide: Path | None = None):
         while b"Ray runtime started" not in (tmp / "ray-head.log").read_bytes():
             assert p.poll() is None and time.time() < deadline, (tmp / "ray-head.log").read_text()[-2000:]
             time.sleep(0.5)
-        yield RayHead(f"127.0.0.1:{port}", {k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}, p.pid)
+        joins = ("HOME",) if home is not None else ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+        yield RayHead(f"127.0.0.1:{port}", {k: env[k] for k in joins}, p.pid)
     finally:
         os.killpg(p.pid, signal.SIGTERM)
         try:

@@ -47,7 +47,7 @@ def ckpt(make_np_ckpt):
 @pytest.fixture(scope="module")
 def model(ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "tiny-a"
-    r = ragvl("models", "convert", ckpt, out)
+    r = ragvl("models", "convert", ckpt, out, "--dtype", "fp32")  # exact: compared with transformers below
     assert "converted" in r.stderr and r.stdout == ""
     return out
 
@@ -103,14 +103,26 @@ def test_chat_sampling_is_seedable(model, page):
     assert greedy["token_ids"] not in (a["token_ids"], other["token_ids"])
 
 
-def test_chat_old_option_spellings_still_work(model, page):
-    """`--model` and `--top-k` (sampling) were renamed; the old spellings work, with a note."""
-    new = ragvl("chat", "Hi", "--image", page, "--answerer", model, "-n", 6, "--temperature", 1.0,
-                "--top-k-sampling", 5, "--seed", 3, "--json")
-    old = ragvl("chat", "Hi", "--image", page, "--model", model, "-n", 6, "--temperature", 1.0,
-                "--top-k", 5, "--seed", 3, "--json")
-    assert json.loads(old.stdout)["token_ids"] == json.loads(new.stdout)["token_ids"]
-    assert "--top-k is deprecated" in old.stderr and "--model is deprecated" in old.stderr
+def test_chat_has_no_deprecated_spellings_and_no_short_i(model, page):
+    """`--model` and `--top-k` were spellings of a release that never shipped; `-i` is --interactive
+    wherever it exists (ask), so chat's --image has no short flag."""
+    for old in (("--model", model), ("--top-k", 5), ("-i", page)):
+        r = ragvl("chat", "Hi", "--answerer", model, *old, check=False)
+        assert r.returncode == 2 and f"No such option: {old[0]}" in r.stderr
+
+
+def test_convert_and_pull_share_the_default_dtype(ckpt, tmp_path):
+    from typer.main import get_command
+
+    from ragvl.cli import app
+    from ragvl.models.contract import DEFAULT_DTYPE
+
+    group = get_command(app).commands["models"]
+    defaults = {name: next(p.default for p in group.commands[name].params if p.name == "dtype")
+                for name in ("convert", "pull")}
+    assert defaults == {"convert": DEFAULT_DTYPE, "pull": DEFAULT_DTYPE}
+    ragvl("models", "convert", ckpt, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "ragvl.json").read_text())["dtype"] == DEFAULT_DTYPE
 
 
 def test_unreadable_image(model, tmp_path):

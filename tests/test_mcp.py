@@ -68,6 +68,12 @@ def test_mcp_tools_over_stdio(setup):
         result = json.loads(answer.content[0].text)
         assert set(result) >= {"answer", "sources", "timings"} and isinstance(result["answer"], str)
         assert [s["rank"] for s in result["sources"]] == [1] and result["sources"][0]["id"]
+        from ragvl.server.service import MAX_K
+
+        for tool, args in (("search", {"query": "x"}), ("ask", {"question": "x"})):
+            over = await session.call_tool(tool, {**args, "k": MAX_K + 1})  # the HTTP API's limit and message
+            assert over.is_error and over.content[0].text == \
+                f"Error executing tool {tool}: k must be between 1 and {MAX_K}, not {MAX_K + 1}"
         empty = await session.call_tool("ask", {"question": "  "})
         assert empty.is_error and "empty" in empty.content[0].text
         return True

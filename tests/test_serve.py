@@ -171,6 +171,38 @@ def test_add_document_job_progress_and_remove(server, root):
         assert len(c.get("/api/documents").json()) == 2
 
 
+def test_index_job_uses_the_servers_embedder(root, tiny_embedder, answerer, tmp_path):
+    """The job embeds with the model the server searches with: one load ("embedder: ..." is logged
+    at each), before and after a job."""
+    shutil.copytree(root / "db", tmp_path / "db")
+    s = Served("--db", tmp_path / "db", "--root", root, "--embedder", tiny_embedder, "--answerer", answerer)
+    try:
+        with s.client() as c:
+            assert c.get("/api/search", params={"q": "revenue", "k": 1}).status_code == 200
+            url = c.post("/api/documents", json={"paths": ["extra"]}).json()["url"]
+            deadline = time.time() + 300
+            while (job := c.get(url).json())["state"] in ("queued", "running"):
+                assert time.time() < deadline
+                time.sleep(0.05)
+            assert job["state"] == "done" and job["summary"]["new"] == [str(root / "extra" / "added.pdf")], job
+            assert len(c.get("/api/search", params={"q": "revenue", "k": 10}).json()) == 6  # the job's pages too
+    finally:
+        log = s.stop()
+    assert [ln for ln in log.splitlines() if ln.startswith("embedder: ")] == [f"embedder: {tiny_embedder}"], log
+
+
+def test_k_has_one_limit_for_search_and_ask(server):
+    """The same limit and message as the MCP tools (service.check_k)."""
+    from ragvl.server.service import MAX_K
+
+    with server.client() as c:
+        ok = c.get("/api/search", params={"q": "x", "k": MAX_K})
+        assert ok.status_code == 200 and len(ok.json()) == 4  # every page: the index has 4
+        for r in (c.get("/api/search", params={"q": "x", "k": MAX_K + 1}),
+                  c.post("/api/ask", json={"question": "x", "k": MAX_K + 1})):
+            assert r.status_code == 400 and r.json() == {"error": f"k must be between 1 and {MAX_K}, not {MAX_K + 1}"}
+
+
 def test_load_20_searches_and_3_queued_asks(server):
     """20 concurrent searches and 3 asks at once: every one completes; the asks queue in order."""
     def one_search(i):

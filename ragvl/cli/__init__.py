@@ -1,13 +1,13 @@
 """The `ragvl` command line: a thin typer layer over the library, one module per command group.
 
 Answers go to stdout; progress and logs go to stderr; `--json` prints one object for scripts.
-Every failure the user can fix is a RagvlError, printed as one line with a non-zero exit.
+Every failure ends as one line on stderr with a non-zero exit (RAGVL_DEBUG=1 adds the traceback of an
+unexpected one): `App` runs every command inside `_common.guarded`.
 """
 
 from __future__ import annotations
 
-import typer
-
+from ._common import App
 from .ask import ask
 from .chat import chat
 from .eval import eval_cmd
@@ -20,7 +20,7 @@ from .model_commands import models_app
 from .search import search
 from .serve import serve
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = App(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Local visual RAG over PDFs: ColQwen2 retrieval, Qwen2-VL answers, on onnxruntime.")
 app.add_typer(models_app, name="models")
 app.command("chat")(chat)

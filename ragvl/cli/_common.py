@@ -1,7 +1,9 @@
 """What every `ragvl` command shares: the one-line error exit, stderr logging, common options.
 
 Answers go to stdout; progress and logs go to stderr; `--json` prints one object for scripts.
-Every failure the user can fix is a RagvlError, printed as one line with a non-zero exit.
+Every failure the user can fix is a RagvlError, printed as one line with a non-zero exit; any
+other exception also ends as one line naming its cause (RAGVL_DEBUG=1: the traceback). Both come
+from one place, `guarded`, which every command registered on an `App` runs inside.
 Environment defaults are read by typer (`envvar=`), so `--help` shows them.
 """
 
@@ -17,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
+import click
 import typer
+from typer.core import TyperCommand
 
 from ..errors import RagvlError, os_error_cause, short
 
@@ -42,8 +46,11 @@ _CAUSES = (("no space left on device", "disk full (no space left on device)"),
 _DAMAGE = ("lanceerror(io)", "corrupt", "unexpected eof", "protobuf", "failed to decode", "checksum mismatch")
 
 
-def describe_failure(e: BaseException) -> str:
-    """A short, one-line cause for an unexpected failure (disk full, permissions, corruption...)."""
+def describe_failure(e: BaseException, index: bool = True) -> str:
+    """A short, one-line cause for an unexpected failure (disk full, permissions, corruption...).
+
+    `index`: the command works on an index, so a read or decode failure may be its damaged files.
+    """
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return "disk full (no space left on device)"
     if isinstance(e, OSError) and e.errno == errno.EROFS:
@@ -55,30 +62,58 @@ def describe_failure(e: BaseException) -> str:
             return cause
     if isinstance(e, OSError):
         return os_error_cause(e)
-    if any(w in low for w in _DAMAGE):
+    if index and any(w in low for w in _DAMAGE):
         return f"damaged index files ({short(text, 160)})"
     return f"{type(e).__name__}: {short(text, 200)}"
 
 
 @contextlib.contextmanager
-def guarded(db: str | os.PathLike | None) -> Iterator[None]:
-    """Turn every failure in the body into one line naming the index and the cause, non-zero exit.
+def guarded(where: str | os.PathLike | None, *, index: bool = True) -> Iterator[None]:
+    """Turn every failure in the body into one line naming `where` (the index, else the command) and
+    the cause, with a non-zero exit. `index`: `where` is an index (an interrupt then says it is intact).
 
     RAGVL_DEBUG=1 re-raises unexpected errors so their traceback shows.
     """
-    where = str(db) if db is not None else "ragvl"
+    where = str(where) if where is not None else "ragvl"
     try:
         yield
     except RagvlError as e:
         fail(str(e))
     except KeyboardInterrupt:
-        fail(f"{where}: interrupted; the index stays at its last committed version", 130)
-    except (typer.Exit, typer.Abort, SystemExit):
-        raise
+        fail(f"{where}: interrupted" + ("; the index stays at its last committed version" if index else ""), 130)
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+        raise  # typer/click's own exits and usage errors, already worded for the user
     except Exception as e:
         if os.environ.get("RAGVL_DEBUG", "") not in ("", "0"):
             raise
-        fail(f"{where}: {describe_failure(e)} (RAGVL_DEBUG=1 shows the traceback)")
+        fail(f"{where}: {describe_failure(e, index)} (RAGVL_DEBUG=1 shows the traceback)")
+
+
+class GuardedCommand(TyperCommand):
+    """A command run inside :func:`guarded`: the one place every `ragvl` command gets its error exit.
+
+    The failure names the command's index (its `--db`) where it has one, else the command.
+    """
+
+    def invoke(self, ctx: click.Context):
+        if "db" in ctx.params:
+            where, index = db_or_default(ctx.params["db"]), True
+        else:
+            names = []
+            c = ctx
+            while c.parent is not None:  # the root's name is the program's (ragvl, python -m ...)
+                names.insert(0, c.info_name)
+                c = c.parent
+            where, index = " ".join(names) or "ragvl", False
+        with guarded(where, index=index):
+            return super().invoke(ctx)
+
+
+class App(typer.Typer):
+    """The `ragvl` typer app (and its command groups): every command registered on it is a GuardedCommand."""
+
+    def command(self, name: str | None = None, *, cls=None, **kwargs):
+        return super().command(name, cls=cls or GuardedCommand, **kwargs)
 
 
 def log(msg: str) -> None:

@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from ._common import (ANSWERER, DB, DEVICE, EMBEDDER, GLOBS, IN_PATHS, MODE, WHERE, GenerationFlags, also_note,
-                      db_or_default, display_path, generation_options, guarded, log, timings_line)
+                      display_path, generation_options, log, timings_line)
 
 
 @generation_options
@@ -21,7 +21,7 @@ def ask(
     embedder: Optional[Path] = EMBEDDER,
     answerer: Optional[Path] = ANSWERER,
     gen: GenerationFlags = GenerationFlags(),  # the sampling flags: see generation_options
-    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Each page image's resolution for the "
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1, help="Each page image's resolution for the "
                                              "answer, in pixels (default 602112: 768 visual tokens)."),
     in_paths: List[Path] = IN_PATHS,
     globs: List[str] = GLOBS,
@@ -39,25 +39,24 @@ def ask(
     from ..answer import ANSWER_MAX_PIXELS
     from ..api import Index
 
-    with guarded(db_or_default(db)):
-        idx = Index(db, embedder=embedder, answerer=answerer, device=device, log=log, quick_start=True)
-        idx.answerer  # fail on a missing answer model before any retrieval work
-        settings = gen.settings(idx.answerer.defaults)
+    idx = Index(db, embedder=embedder, answerer=answerer, device=device, log=log, quick_start=True)
+    idx.answerer  # fail on a missing answer model before any retrieval work
+    settings = gen.settings(idx.answerer.defaults)
 
-        def ask_one(q, prev):
-            return idx.ask(q, k, settings, max_pixels or ANSWER_MAX_PIXELS, vision_cache=not no_vision_cache,
-                           follow_up=prev, mode=mode, in_paths=in_paths, globs=globs, where=where)
+    def ask_one(q, prev):
+        return idx.ask(q, k, settings, max_pixels or ANSWER_MAX_PIXELS, vision_cache=not no_vision_cache,
+                       follow_up=prev, mode=mode, in_paths=in_paths, globs=globs, where=where)
 
-        result = ask_one(question, None)
+    result = ask_one(question, None)
+    _emit(result, as_json)
+    while interactive:  # follow-ups in this process, so the conversation's KV cache is kept
+        sys.stderr.write("> ")
+        sys.stderr.flush()
+        line = sys.stdin.readline().strip()
+        if not line:
+            break
+        result = ask_one(line, result)
         _emit(result, as_json)
-        while interactive:  # follow-ups in this process, so the conversation's KV cache is kept
-            sys.stderr.write("> ")
-            sys.stderr.flush()
-            line = sys.stdin.readline().strip()
-            if not line:
-                break
-            result = ask_one(line, result)
-            _emit(result, as_json)
 
 
 def _emit(result, as_json: bool) -> None:

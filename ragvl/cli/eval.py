@@ -8,8 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import RagvlError
-from ._common import ANSWERER, DB, DEVICE, EMBEDDER, MAX_NEW_TOKENS, MODE, display_path, fail, log
+from ._common import ANSWERER, DB, DEVICE, EMBEDDER, MAX_NEW_TOKENS, MODE, display_path, log
 
 
 def eval_cmd(
@@ -31,22 +30,18 @@ def eval_cmd(
     from ..api import Index
     from ..evaluate import evaluate, load_questions
 
-    try:
-        qs = load_questions(questions)
-        idx = Index(db, embedder=embedder, answerer=answerer, device=device, log=log)
-        settings = None
-        if answers:
-            settings = idx.answerer.defaults.with_overrides(max_new_tokens=max_new_tokens)
+    qs = load_questions(questions)
+    idx = Index(db, embedder=embedder, answerer=answerer, device=device, log=log)
+    settings = None
+    if answers:
+        settings = idx.answerer.defaults.with_overrides(max_new_tokens=max_new_tokens)
 
-        def progress(i, r):
-            where = f"rank {r.rank}" if r.rank else f"not in top {k}"
-            log(f"[{i}/{len(qs)}] {where}: {r.question[:70]}")
+    def progress(i, r):
+        where = f"rank {r.rank}" if r.rank else f"not in top {k}"
+        log(f"[{i}/{len(qs)}] {where}: {r.question[:70]}")
 
-        report = evaluate(idx, qs, k=k, mode=mode, answers=answers, answer_k=answer_k, settings=settings,
-                          base=questions.parent, progress=None if as_json else progress)
-    except RagvlError as e:
-        fail(str(e))
-        return
+    report = evaluate(idx, qs, k=k, mode=mode, answers=answers, answer_k=answer_k, settings=settings,
+                      base=questions.parent, progress=None if as_json else progress)
     if as_json:
         print(json.dumps(report.as_dict(), ensure_ascii=False))
         return

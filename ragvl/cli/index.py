@@ -8,7 +8,9 @@ from typing import List, Optional
 
 import typer
 
-from ._common import DB, DEVICE, EMBEDDER, db_or_default, fail, guarded, log
+from ._common import DB, DEVICE, EMBEDDER, fail, log
+
+GIB = 1024 ** 3
 
 
 def index(
@@ -35,9 +37,9 @@ def index(
                                           "untested)."),
     no_vision_cache: bool = typer.Option(False, "--no-vision-cache", help="Do not keep the pages' vision "
                                          "features for `ragvl ask` (about 2.4 MB a page at the 2B shape)."),
-    vision_cache_gb: Optional[float] = typer.Option(None, "--vision-cache-gb", min=0, help="Cap on the stored "
-                                                    "vision features, in GB, recorded in the index (default 4; "
-                                                    "least recently used pages go first)."),
+    vision_cache_gib: Optional[float] = typer.Option(None, "--vision-cache-gib", min=0, help="Cap on the stored "
+                                                     "vision features, in GiB (1024**3 bytes), recorded in the "
+                                                     "index (default 4; least recently used pages go first)."),
 ) -> None:
     """Index PDFs and images: rasterize every page, embed it with ColQwen2, store it in LanceDB (incrementally).
 
@@ -48,16 +50,15 @@ def index(
     if not paths and not (prune or reembed):
         fail("give PDF or image files or folders to index (or --prune / --reembed alone)", 2)
     idx = Index(db, embedder=embedder, device=device, log=log, wait=not no_wait)
-    with guarded(db_or_default(db)):
-        cluster = None
-        if workers is not None or ray_address is not None or threads_per_worker or gpus_per_worker:
-            from ..indexing.distributed import RayOptions  # Ray itself is imported only past this point
+    cluster = None
+    if workers is not None or ray_address is not None or threads_per_worker or gpus_per_worker:
+        from ..indexing.distributed import RayOptions  # Ray itself is imported only past this point
 
-            cluster = RayOptions(workers=workers, address=ray_address, threads_per_worker=threads_per_worker,
-                                 gpus_per_worker=gpus_per_worker)
-        cap = None if vision_cache_gb is None else int(vision_cache_gb * 1024 ** 3)
-        summary = idx.index(paths or [], dpi=dpi, progress=not quiet, prune=prune, reembed=reembed, cluster=cluster,
-                            vision_cache=not no_vision_cache, vision_cache_bytes=cap)
+        cluster = RayOptions(workers=workers, address=ray_address, threads_per_worker=threads_per_worker,
+                             gpus_per_worker=gpus_per_worker)
+    cap = None if vision_cache_gib is None else int(vision_cache_gib * GIB)
+    summary = idx.index(paths or [], dpi=dpi, progress=not quiet, prune=prune, reembed=reembed, cluster=cluster,
+                        vision_cache=not no_vision_cache, vision_cache_bytes=cap)
     if as_json:
         print(json.dumps({**summary.as_dict(), "db": str(idx.db)}, ensure_ascii=False))
     log(summary.line())

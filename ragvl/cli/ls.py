@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._common import DB, display_path, guarded, log
+from ._common import DB, display_path, log
 
 
 def ls(db: Optional[str] = DB,
@@ -15,9 +15,7 @@ def ls(db: Optional[str] = DB,
     """List the indexed documents: path, pages, sha256 (short), indexed-at time; totals."""
     from ..api import Index
 
-    idx = Index(db, log=log)
-    with guarded(idx.db):
-        rows = idx.listing()
+    rows = Index(db, log=log).listing()
     total = sum(r["pages"] for r in rows)
     if as_json:
         print(json.dumps({"documents": rows, "total_documents": len(rows), "total_pages": total},

@@ -17,7 +17,7 @@ def mcp(
     embedder: Optional[Path] = EMBEDDER,
     answerer: Optional[Path] = ANSWERER,
     gen: GenerationFlags = GenerationFlags(),  # the sampling flags: see generation_options
-    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Page resolution for answers (as ask)."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1, help="Page resolution for answers (as ask)."),
     device: Optional[str] = DEVICE,
 ) -> None:
     """Serve the index to assistants over MCP (stdio): search, get_page, list_documents, ask."""

@@ -8,10 +8,17 @@ from typing import Optional
 
 import typer
 
-from ..errors import RagvlError
-from ._common import fail, log
+from ..models.contract import DEFAULT_DTYPE
+from ._common import App, log
 
-models_app = typer.Typer(no_args_is_help=True, help="Convert, list and pull models.")
+models_app = App(no_args_is_help=True, help="Convert, list and pull models.")
+
+# One option for both commands, so that pulling a model and converting its checkpoint by hand
+# make the same model (see DEFAULT_DTYPE).
+DTYPE = typer.Option(DEFAULT_DTYPE, "--dtype", help=f"Weights of the MatMuls: fp32 (exact), int8 or int4; "
+                     f"default {DEFAULT_DTYPE}, in `models pull` and `models convert` alike: a third of fp32's "
+                     "memory, 2.5x its decoding speed, page embedding 1.2-1.4x faster; the answer's prefill "
+                     "slower than fp32 on CPUs without AVX-512.")
 
 
 @models_app.command("convert")
@@ -19,7 +26,7 @@ def models_convert(
     src: Path = typer.Argument(..., help="A Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer)."),
     out: Optional[Path] = typer.Argument(None, help="The ragvl model folder to write (default: the model home, "
                                          "which makes it available to index/search/ask)."),
-    dtype: str = typer.Option("fp32", "--dtype", help="Weights of the MatMuls: fp32, int8 or int4."),
+    dtype: str = DTYPE,
     base: Optional[Path] = typer.Option(None, "--base", help="For a LoRA adapter folder: its base checkpoint."),
     int8_kernel: str = typer.Option("rows", "--int8-kernel", help="int8 only: the kernel of the vision tower and "
                                     "the page embedder. rows (int8 activations per row, MatMulInteger): pages embed "
@@ -36,24 +43,21 @@ def models_convert(
     from ..models.contract import read_manifest
     from ..models.contract import default_model, installed_models, models_dir, set_default
 
-    try:
-        in_home = out is None
-        if in_home:
-            out = models_dir() / f"{src.resolve().name.lower()}-{dtype}"
-        folder = convert(src, out, dtype=dtype, force=force, base=base, log=log, optimize=not no_optimized,
-                         int8_kernel=int8_kernel,
-                         share_vision=[f for f, _ in installed_models() if f.resolve() != out.resolve()])
-        kind = read_manifest(folder, verify=False)["kind"]  # just written and hashed
-        if default or (in_home and default_model(kind) in (None, folder)):
-            set_default(kind, folder)
-            log(f"{folder.name} is now the default {kind} model")
-    except RagvlError as e:
-        fail(str(e))
+    in_home = out is None
+    if in_home:
+        out = models_dir() / f"{src.resolve().name.lower()}-{dtype}"
+    folder = convert(src, out, dtype=dtype, force=force, base=base, log=log, optimize=not no_optimized,
+                     int8_kernel=int8_kernel,
+                     share_vision=[f for f, _ in installed_models() if f.resolve() != out.resolve()])
+    kind = read_manifest(folder, verify=False)["kind"]  # just written and hashed
+    if default or (in_home and default_model(kind) in (None, folder)):
+        set_default(kind, folder)
+        log(f"{folder.name} is now the default {kind} model")
 
 
 @models_app.command("list")
 def models_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
-    """Show the models installed in the model home [env RAGVL_HOME; default ~/.cache/ragvl]."""
+    """Show the models installed in the model home [env RAGVL_HOME; default $XDG_CACHE_HOME/ragvl, else ~/.cache/ragvl]."""
     from ..models.contract import default_model, installed_models, models_dir
 
     rows = []
@@ -74,16 +78,11 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON
 
 @models_app.command("pull")
 def models_pull(
-    dtype: str = typer.Option("int8", "--dtype", help="fp32, int8 (default: a third of fp32's memory, 2.5x its "
-                              "decoding speed, page embedding 1.2-1.4x faster; the answer's prefill slower than fp32 on "
-                              "CPUs without AVX-512) or int4."),
+    dtype: str = DTYPE,
     only: Optional[str] = typer.Option(None, "--only", help="One model name or kind (colqwen2, qwen2-vl)."),
 ) -> None:
     """Download the default models from the Hugging Face hub and convert them (needs the network once)."""
     from ..models.converter import pull_defaults
 
-    try:
-        for folder in pull_defaults(dtype, log, only):
-            log(f"installed {folder}")
-    except RagvlError as e:
-        fail(str(e))
+    for folder in pull_defaults(dtype, log, only):
+        log(f"installed {folder}")

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import DB, display_path, guarded, log
+from ._common import DB, display_path, log
 
 
 def rm(paths: List[Path] = typer.Argument(..., help="Indexed files, or folders (every document under them)."),
@@ -17,9 +17,7 @@ def rm(paths: List[Path] = typer.Argument(..., help="Indexed files, or folders (
     """Remove documents from the index in one commit (a path not in the index: exit 1, nothing removed)."""
     from ..api import Index
 
-    idx = Index(db, log=log, wait=not no_wait)
-    with guarded(idx.db):
-        removed = idx.remove(paths)
+    removed = Index(db, log=log, wait=not no_wait).remove(paths)
     for p in removed:
         log(f"removed {display_path(p)}")
     log(f"{len(removed)} documents removed")

@@ -9,8 +9,8 @@ from typing import List, Optional
 import typer
 
 from ..errors import RagvlError
-from ._common import (DB, DEVICE, EMBEDDER, GLOBS, IN_PATHS, MODE, WHERE, also_note, db_or_default, display_path,
-                      fail, guarded, hit_ranks, log)
+from ._common import (DB, DEVICE, EMBEDDER, GLOBS, IN_PATHS, MODE, WHERE, also_note, display_path, fail, hit_ranks,
+                      log)
 
 
 def search(
@@ -35,11 +35,10 @@ def search(
 
     if explain_tokens and explain is None:
         fail("--explain-tokens needs --explain DIR")
-    with guarded(db_or_default(db)):
-        idx = Index(db, embedder=embedder, device=device, log=log, quick_start=True)
-        hits = idx.search(query, k, mode=mode, in_paths=in_paths, globs=globs, where=where)
-        if explain is not None:
-            write_maps(idx, query, hits, explain, explain_tokens)
+    idx = Index(db, embedder=embedder, device=device, log=log, quick_start=True)
+    hits = idx.search(query, k, mode=mode, in_paths=in_paths, globs=globs, where=where)
+    if explain is not None:
+        write_maps(idx, query, hits, explain, explain_tokens)
     if as_json:
         print(json.dumps([h.as_dict() for h in hits], ensure_ascii=False))
         return

@@ -44,7 +44,7 @@ def serve(
     embedder: Optional[Path] = EMBEDDER,
     answerer: Optional[Path] = ANSWERER,
     gen: GenerationFlags = GenerationFlags(),  # the sampling flags: see generation_options
-    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Page resolution for answers (as ask)."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1, help="Page resolution for answers (as ask)."),
     device: Optional[str] = DEVICE,
 ) -> None:
     """Serve a local web page: ask, see the cited pages and where they matched; plus a JSON API."""

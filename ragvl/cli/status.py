@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._common import DB, db_or_default, display_path, guarded, log
+from ._common import DB, display_path, log
 
 
 def status(db: Optional[str] = DB,
@@ -15,8 +15,7 @@ def status(db: Optional[str] = DB,
     """The index at a glance: size, embedder, and what needs attention (exit 0 even then)."""
     from ..api import Index
 
-    with guarded(db_or_default(db)):
-        s = Index(db, log=log).status()
+    s = Index(db, log=log).status()
     if as_json:
         print(json.dumps(s, ensure_ascii=False))
         return

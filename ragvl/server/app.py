@@ -32,10 +32,9 @@ from ..store import parse_page_id
 from .answers import AnswerQueue
 from .jobs import Jobs
 from .security import Guard
-from .service import Service
+from .service import Service, check_k
 
 STATIC = Path(__file__).parent / "static"
-MAX_K = 50
 
 
 class BadRequest(HTTPException):
@@ -45,12 +44,9 @@ class BadRequest(HTTPException):
 
 def _k(raw, default: int) -> int:
     try:
-        k = int(raw if raw is not None else default)
-    except (TypeError, ValueError):
-        raise BadRequest(f"k must be a whole number, not {raw!r}") from None
-    if not 1 <= k <= MAX_K:
-        raise BadRequest(f"k must be between 1 and {MAX_K}")
-    return k
+        return check_k(raw, default)
+    except RagvlError as e:
+        raise BadRequest(str(e)) from None
 
 
 async def _json_body(request: Request) -> dict:

@@ -17,7 +17,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from ..errors import RagvlError
 from .answers import AnswerQueue
-from .service import Service
+from .service import Service, check_k
 
 HEARTBEAT_S = 5.0  # a progress notification at least this often while ask runs
 
@@ -36,6 +36,14 @@ async def _call(fn, *args):
         raise ToolError(str(e)) from None
 
 
+def _k(k, default: int) -> int:
+    """check_k, the servers' one check of k, as a tool error."""
+    try:
+        return check_k(k, default)
+    except RagvlError as e:
+        raise ToolError(str(e)) from None
+
+
 def build_server(service: Service) -> MCPServer:
     """The MCP server over `service` (tools only: the pages are reached by id through get_page)."""
     mcp = MCPServer(name="ragvl", instructions=(
@@ -47,8 +55,7 @@ def build_server(service: Service) -> MCPServer:
                           "images). Returns rank, path, page, score and the page `id` for get_page; with "
                           "images=true also the page images. Fast (about a second).", structured_output=False)
     async def search(query: str, k: int = 5, images: bool = False) -> list:
-        if not 1 <= k <= 50:
-            raise ToolError("k must be between 1 and 50")
+        k = _k(k, 5)
         hits = await _call(service.search, query, k)
         out: list = [json.dumps(hits, ensure_ascii=False, indent=1)]
         if images:
@@ -66,8 +73,7 @@ def build_server(service: Service) -> MCPServer:
 
     @mcp.tool(description=ASK_DESCRIPTION, structured_output=False)
     async def ask(question: str, ctx: Context, k: int = 3) -> str:
-        if not 1 <= k <= 20:
-            raise ToolError("k must be between 1 and 20")
+        k = _k(k, 3)
         events: asyncio.Queue = asyncio.Queue()
 
         async def pump():

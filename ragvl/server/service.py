@@ -15,8 +15,29 @@ from typing import Callable, Iterator
 
 from ..api import Index
 from ..errors import RagvlError
-from ..fsutil import cpu_threads
 from ..models.runtime import Cancellation, GenerationSettings
+
+
+MAX_K = 50  # the most pages one search returns or one answer reads, over HTTP and MCP alike
+
+
+def check_k(raw, default: int) -> int:
+    """`raw` (None: `default`) as the k of a search or an answer: a whole number from 1 to MAX_K.
+
+    The one check of both servers, so they refuse the same values with the same message (a
+    RagvlError: HTTP answers 400, MCP a tool error).
+    """
+    if raw is None:
+        raw = default
+    try:
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError
+        k = int(raw)
+    except (TypeError, ValueError):
+        raise RagvlError(f"k must be a whole number, not {raw!r}") from None
+    if not 1 <= k <= MAX_K:
+        raise RagvlError(f"k must be between 1 and {MAX_K}, not {k}")
+    return k
 
 
 @dataclass
@@ -162,11 +183,11 @@ class Service:
         return out
 
     def index_paths(self, paths: list[Path], on_progress: Callable[[object], None]):
-        """Index `paths` with half the CPU threads (answers stay responsive); Index.index takes the
+        """Index `paths` with the embedder the server searches with (one copy of the model in memory;
+        its sessions run the job's pages and the searches' queries side by side). Index.index takes the
         index's writer lock, so a `ragvl index` in another process waits for this job, or it for that."""
-        job = Index(self.index.db, embedder=self.opts.embedder, device=self.opts.device, log=self.log,
-                    threads=max(1, cpu_threads() // 2))
-        return job.index(paths, progress=False, on_progress=on_progress)
+        self.embedder()  # loaded under the lock, so a search arriving meanwhile does not load a second
+        return self.index.index(paths, progress=False, on_progress=on_progress)
 
     def remove(self, path: str) -> list[str]:
         """Remove a document (or every document under a folder) in one commit, under the writer lock."""

@@ -31,7 +31,7 @@ import pyarrow as pa
 from ..models.runtime import ImageFeatures
 from .schema import VISION_TABLE, sql_quote
 
-DEFAULT_MAX_BYTES = 4 * 1024 ** 3  # ~1,700 pages at the 2B shape (2.4 MB a page)
+DEFAULT_MAX_BYTES = 4 * 1024 ** 3  # 4 GiB: ~1,800 pages at the 2B shape (2.36 MB = 2.25 MiB a page)
 
 SCHEMA = pa.schema([
     pa.field("key", pa.string()),  # page_id|vision_hash|preprocess: the merge key

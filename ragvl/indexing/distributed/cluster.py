@@ -38,6 +38,27 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
                          f"`ray start --head` or check the address") from None
 
 
+def _token_auth_as_auto() -> None:
+    """Before joining an explicit address: turn Ray's token authentication on as `address="auto"` does.
+
+    Ray 2.60's `ray start --head` enables token authentication whenever a token already lies in
+    Ray's default place (~/.ray/auth_token: any local `ray.init()` writes one). `ray.init("auto")`
+    then finds it and joins; an explicit address does not look, and fails with "Failed to connect
+    to Ray cluster at <node ip>:PORT" unless RAY_AUTH_MODE=token is set. With RAY_AUTH_MODE unset,
+    Ray's own check runs here: where a token is found (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or
+    ~/.ray/auth_token) it sets RAY_AUTH_MODE=token for this process, as "auto" does. A
+    RAY_AUTH_MODE the user set is left alone.
+    """
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available)
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def local_threads(opts: RayOptions) -> int:
     """Threads per worker: as asked, else this machine's cores split among the local workers."""
     if opts.threads_per_worker:
@@ -66,11 +87,14 @@ def ray_session(opts: RayOptions, log: Callable[[str], None]) -> Iterator[object
             log(f"ray: local instance, {workers} workers x {threads} threads")
         else:
             _check_reachable(opts.address)
+            _token_auth_as_auto()
             try:
                 ray.init(address=opts.address, **kwargs)
             except Exception as e:  # ConnectionError: no cluster found for "auto", version mismatch...
-                hint = ("; a cluster with token authentication needs RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN or "
-                        "~/.ray/auth_token)") if not os.environ.get("RAY_AUTH_MODE") else ""
+                hint = ("; a cluster with token authentication needs its token here: ~/.ray/auth_token (copy it "
+                        "from the head: `ray get-auth-token`) or RAY_AUTH_TOKEN"
+                        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token" else
+                        "; is this the cluster's token? (RAY_AUTH_TOKEN, else ~/.ray/auth_token)")
                 raise RagvlError(f"Ray cluster {opts.address} cannot be joined ({short(e, 200)}){hint}") from None
             log(f"ray: joined cluster {opts.address} ({_resources(ray)})")
         yield ray

@@ -39,7 +39,7 @@ def read_manifest(folder: str | Path, kind: str | None = None, *, verify: bool =
                          f"`ragvl models convert`)") from None
     except (OSError, ValueError) as e:
         raise RagvlError(f"{path}: unreadable manifest ({e})") from None
-    if m.get("format") != FORMAT or m.get("format_version") != FORMAT_VERSION:
+    if not isinstance(m, dict) or m.get("format") != FORMAT or m.get("format_version") != FORMAT_VERSION:
         raise RagvlError(f"{path}: not a ragvl model manifest of version {FORMAT_VERSION}")
     if kind is not None and m.get("kind") != kind:
         raise RagvlError(f"{folder}: is a {m.get('kind')} model, expected a {kind} model")

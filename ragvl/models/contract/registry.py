@@ -1,7 +1,8 @@
 """Known models, the model home, and how commands find the model they use.
 
 Like fastembed, each model ragvl can fetch by itself is described by one frozen dataclass.
-Converted models live in the model home (`RAGVL_HOME`, default `~/.cache/ragvl`) under
+Converted models live in the model home (`RAGVL_HOME`, else `$XDG_CACHE_HOME/ragvl`, else
+`~/.cache/ragvl`) under
 `models/NAME-DTYPE/`; `defaults.json` there names the embedder and answerer that `index`,
 `search` and `ask` use when none is given.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import RagvlError
-from ...fsutil import atomic_write
+from ...fsutil import atomic_write, ragvl_home
 from .manifest import KIND_EMBEDDER, KIND_ANSWERER, MANIFEST, read_manifest
 
 
@@ -40,12 +41,17 @@ KNOWN_MODELS = {
                    "apache-2.0 (base)", 4.5, "page retrieval: LoRA adapter merged into colqwen2-base"),
     )
 }
+# The weights `models pull` and `models convert` write unless told otherwise. One default, so that
+# converting a downloaded checkpoint by hand makes the same model (folder name, embedder id) as
+# pulling it; int8 for its memory and speed (README "Models"; `--dtype fp32` is the exact conversion).
+DEFAULT_DTYPE = "int8"
 ENV = {KIND_EMBEDDER: "RAGVL_EMBEDDER", KIND_ANSWERER: "RAGVL_ANSWERER"}
 ROLE = {KIND_EMBEDDER: "embedder", KIND_ANSWERER: "answerer"}
 
 
 def model_home() -> Path:
-    return Path(os.environ.get("RAGVL_HOME") or Path.home() / ".cache" / "ragvl")
+    """RAGVL_HOME, else $XDG_CACHE_HOME/ragvl, else ~/.cache/ragvl (the rule RAGVL_CACHE follows too)."""
+    return ragvl_home("RAGVL_HOME")
 
 
 def models_dir() -> Path:
@@ -60,9 +66,11 @@ def installed_models() -> list[tuple[Path, dict]]:
         for folder in sorted(root.iterdir()):
             if (folder / MANIFEST).exists():
                 try:
-                    out.append((folder, json.loads((folder / MANIFEST).read_text())))
+                    m = json.loads((folder / MANIFEST).read_text())
                 except (OSError, ValueError):
                     continue
+                if isinstance(m, dict):  # else not a manifest ragvl wrote: not a model
+                    out.append((folder, m))
     return out
 
 

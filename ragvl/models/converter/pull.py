@@ -12,7 +12,7 @@ from typing import Callable
 
 from ...errors import RagvlError
 from .convert import convert
-from ..contract import KNOWN_MODELS, KnownModel, installed_models, models_dir, set_default
+from ..contract import DEFAULT_DTYPE, KNOWN_MODELS, KnownModel, installed_models, models_dir, set_default
 
 
 def _offline() -> bool:
@@ -48,7 +48,9 @@ def pull(model: KnownModel, dtype: str, log: Callable[[str], None], force: bool 
     return out
 
 
-def pull_defaults(dtype: str, log: Callable[[str], None], only: str | None = None) -> list[Path]:
+def pull_defaults(dtype: str = DEFAULT_DTYPE, log: Callable[[str], None] = print,
+                  only: str | None = None) -> list[Path]:
+    """Pull every known model (or the one named or of the kind `only`) at `dtype`; their folders."""
     names = [n for n, m in KNOWN_MODELS.items() if only is None or only in (n, m.kind)]
     if not names:
         raise RagvlError(f"--only {only}: expected one of {', '.join(KNOWN_MODELS)}")
