@@ -192,6 +192,32 @@ def test_ray_run_writes_what_a_single_run_writes(head, root, tiny_embedder, tmp_
     assert _vision_rows(tmp_path / "ray-nv") == _vision_rows(tmp_path / "single-nv") == []
 
 
+def test_reembed_with_workers_is_the_single_runs(head, root, tiny_embedder, tmp_path):
+    """After a converter change gives the embedder another id, --reembed re-embeds the same pages
+    under the new id whoever embeds."""
+    import shutil
+
+    emb = tmp_path / "emb"  # outside `root`: every node has the model, as a cluster's install would
+    shutil.copytree(tiny_embedder, emb)
+    folder = root / "reembed"
+    make_pdf(folder / "c.pdf", 2, seed=76)
+    single, ray_db = tmp_path / "single", tmp_path / "ray"
+    runs = {single: [], ray_db: ["--ray-address", head.address, "--workers", "2", "--threads-per-worker", "1"]}
+    env = {**head.env, "RAGVL_THREADS": "2"}
+    for db, extra in runs.items():
+        assert ragvl("index", folder, "--db", db, "--embedder", emb, "-q", *extra, env=env).returncode == 0
+    old_id = PageStore(single).embedder
+    m = json.loads((emb / "ragvl.json").read_text())
+    m["dtype"] = "fp32-v2"  # what a converter change does: the folder's model gets another id
+    (emb / "ragvl.json").write_text(json.dumps(m))
+    got = {db: ragvl("index", "--reembed", "--db", db, "--embedder", emb, "--json", "-q", *extra, env=env)
+           for db, extra in runs.items()}
+    assert [r.returncode for r in got.values()] == [0, 0], [r.stderr for r in got.values()]
+    assert _summary(got[ray_db]) == _summary(got[single]) and _summary(got[single])[4] == 2
+    assert PageStore(ray_db).embedder == PageStore(single).embedder != old_id
+    assert all_rows(ray_db) == all_rows(single)
+
+
 def test_no_wait_is_honoured_with_workers(docs, tiny_embedder, tmp_path):
     """A held writer lock and --no-wait: one line at once, before Ray is started or anything written."""
     from ragvl.store import writer_lock
