@@ -8,6 +8,7 @@ so it embeds exactly the stored pixels.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 
 import numpy as np
@@ -29,13 +30,23 @@ class PageWorker:
         return {"embedder_id": self.model.id, "vision_hash": self.model.vision_hash,
                 "image_key": self.model.image_key, "pid": os.getpid(), "host": socket.gethostname()}
 
-    def embed(self, png: bytes, vision: bool) -> tuple[np.ndarray, np.ndarray | None, tuple | None]:
+    def embed(self, png: bytes, vision: bool, die: bool = False) -> tuple:
         """One page: (vectors (n, 128) float16, its vision features (tokens, hidden) float16 or
-        None, their grid or None)."""
+        None, their grid or None, this worker's pid).
+
+        `die` (the driver's test hook RAGVL_TEST_KILL_WORKER_AT_PAGE): the worker kills itself
+        unless Ray has already restarted it, so a test loses a worker mid-task at a known page.
+        """
+        if die:
+            import ray
+
+            if not ray.get_runtime_context().was_current_actor_reconstructed:
+                os.kill(os.getpid(), signal.SIGKILL)
         image = SourcePage(0, png).image
         feats: list = []
         vectors = (self.model.embed_images([image], vision_out=feats) if vision
                    else self.model.embed_images([image]))[0]
         if not feats:
-            return vectors.astype(np.float16), None, None
-        return vectors.astype(np.float16), np.ascontiguousarray(feats[0].features, np.float16), tuple(feats[0].grid)
+            return vectors.astype(np.float16), None, None, os.getpid()
+        return (vectors.astype(np.float16), np.ascontiguousarray(feats[0].features, np.float16),
+                tuple(feats[0].grid), os.getpid())

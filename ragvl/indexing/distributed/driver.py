@@ -21,6 +21,7 @@ committed batch, and the next run resumes as after any interrupted run.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from contextlib import ExitStack
 from pathlib import Path
@@ -38,6 +39,9 @@ __all__ = ["RayEmbedding", "TASK_RETRIES"]
 
 TASK_RETRIES = 3  # a page that kills this many workers in a row fails its document
 IN_FLIGHT_PER_WORKER = 2  # one computing, one queued: workers never wait on the driver
+# Test hook: RAGVL_TEST_KILL_WORKER_AT_PAGE=N makes the worker given the run's N-th page kill
+# itself (once), so a test loses a worker mid-task at a known point instead of a polled one.
+_KILL_ENV = "RAGVL_TEST_KILL_WORKER_AT_PAGE"
 
 
 class RayEmbedding:
@@ -54,7 +58,10 @@ class RayEmbedding:
         self._stack: ExitStack | None = None
         self._pool: list = []
         self._info: dict = {}
+        self._pids: list[int] = []  # each worker's process, to notice a restart
         self._next = 0
+        raw = os.environ.get(_KILL_ENV, "")
+        self._kill_at = int(raw) if raw.isdigit() else None
 
     # -- PageEmbedding ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -79,14 +86,14 @@ class RayEmbedding:
     def embed_pages(self, pages: Iterable[SourcePage], *, vision: bool) -> Iterator[Embedded]:
         """Each page, in order: up to IN_FLIGHT_PER_WORKER pages per worker are in flight while
         the next ones render."""
-        window: deque = deque()  # (page, ObjectRef or None for a skipped page)
+        window: deque = deque()  # (page, ObjectRef or None for a skipped page, worker)
         limit = IN_FLIGHT_PER_WORKER * len(self._pool)
         for page in pages:
-            ref = None
+            ref, w = None, self._next % len(self._pool)
             if page.skip_reason is None:
-                ref = self._pool[self._next % len(self._pool)].embed.remote(page.png, vision)
                 self._next += 1
-            window.append((page, ref))
+                ref = self._pool[w].embed.remote(page.png, vision, self._next == self._kill_at)
+            window.append((page, ref, w))
             while len(window) > limit:
                 yield self._result(*window.popleft())
         while window:
@@ -98,14 +105,18 @@ class RayEmbedding:
             stack.close()
 
     # -- the actors ------------------------------------------------------------------------------
-    def _result(self, page: SourcePage, ref) -> Embedded:
+    def _result(self, page: SourcePage, ref, w: int) -> Embedded:
         if ref is None:
             return page, None, None
         try:
-            vectors, feats, grid = self._ray.get(ref)
+            vectors, feats, grid, pid = self._ray.get(ref)
         except Exception as e:  # the task's retries ran out (workers kept dying on it)
             raise RagvlError(f"{page.path}: page {page.number}: the embedding worker died "
                              f"{TASK_RETRIES + 1} times ({short(e, 120)})") from None
+        if pid != self._pids[w]:
+            self.log(f"ray: embedding worker {w + 1} was restarted (pid {self._pids[w]} -> {pid}); "
+                     "its pages were embedded again")
+            self._pids[w] = pid
         return page, vectors, None if feats is None else ImageFeatures(feats, tuple(grid))
 
     def _start_workers(self) -> None:
@@ -137,5 +148,6 @@ class RayEmbedding:
             raise RagvlError(f"the Ray workers loaded embedder {', '.join(sorted(ids))}, not {self.meta['id']} (the "
                              f"model at {self.folder} on this machine): install the same model on every node")
         self._info = infos[0]
+        self._pids = [i["pid"] for i in infos]
         self.log(f"ray: {workers} embedding workers x {threads} threads ready")
 
