@@ -81,7 +81,7 @@ def guarded(where: str | os.PathLike | None, *, index: bool = True) -> Iterator[
         fail(str(e))
     except KeyboardInterrupt:
         fail(f"{where}: interrupted" + ("; the index stays at its last committed version" if index else ""), 130)
-    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
         raise  # typer/click's own exits and usage errors, already worded for the user
     except Exception as e:
         if os.environ.get("RAGVL_DEBUG", "") not in ("", "0"):
