@@ -10,7 +10,19 @@ import numpy as np
 import pytest
 
 from ragvl.retrieval import maxsim
+from ragvl.retrieval.cache import View
 from ragvl.retrieval.maxsim import EXACT_BELOW, CentroidStage, PageMatrix, default_n_centroids, maxsim_scores
+from ragvl.retrieval.page_search import PageSearch
+from ragvl.retrieval.segments import Segment
+
+
+def staged(m: PageMatrix, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The staged search users run (PageSearch.visual) over `m` as a one-segment view: (pages, scores)."""
+    n = m.n_pages
+    view = View(0, [Segment("t", m, np.arange(n).astype(str), {})], np.array([0, n]), np.ones(n, bool),
+                np.arange(n), np.full(n, "doc"), np.full(n, "sha"), np.arange(1, n + 1, dtype=np.int32), {})
+    hits = PageSearch(None, view=view).visual(q, k)
+    return (np.array([r for r, _ in hits], dtype=np.int64), np.array([s for _, s in hits], dtype=np.float32))
 
 ROOT = Path(__file__).resolve().parents[1]
 D = 128
@@ -113,7 +125,7 @@ def test_save_load_roundtrip(tmp_path):
             np.testing.assert_array_equal(m2.scores(q), m.scores(q))
             for a, b in zip(m2.exact(q, 7), m.exact(q, 7)):
                 np.testing.assert_array_equal(a, b)
-            for a, b in zip(m2.search(q, 5, candidates=32, exact_below=0), m.search(q, 5, candidates=32, exact_below=0)):
+            for a, b in zip(staged(m2, q, 5), staged(m, q, 5)):
                 np.testing.assert_array_equal(a, b)
     # Saving again over a mapped cache (the old inode stays valid for the open map).
     m2 = PageMatrix.load(tmp_path / "idx")
@@ -142,7 +154,7 @@ def test_empty_index(tmp_path):
     m = PageMatrix.from_pages([])
     q = _unit(np.ones((20, D)))
     assert m.n_pages == 0 and m.n_vectors == 0 and m.scores(q).shape == (0,)
-    for idx, sc in (m.exact(q, 5), m.search(q, 5), m.search(q, 5, exact_below=0)):
+    for idx, sc in (m.exact(q, 5), staged(m, q, 5)):
         assert idx.shape == (0,) and sc.shape == (0,) and idx.dtype == np.int64
     m.save(tmp_path / "e")
     m2 = PageMatrix.load(tmp_path / "e")
@@ -158,7 +170,7 @@ def test_k_larger_than_n_pages_and_bad_inputs():
     m = PageMatrix.from_pages(pages, dtype=np.float32)
     q = _unit(rng.standard_normal((25, D)))
     ref = maxsim_scores(q, pages)
-    for fn in (m.exact, m.search):
+    for fn in (m.exact, lambda q, k: staged(m, q, k)):
         idx, sc = fn(q, 10)
         np.testing.assert_array_equal(idx, np.argsort(-ref))
         np.testing.assert_allclose(sc, np.sort(ref)[::-1], atol=1e-6)
@@ -205,11 +217,11 @@ def test_first_stage_recall():
     m = PageMatrix(X.astype(np.float16), offsets)
     m.build_first_stage(seed=0)
     assert m.stage.n_centroids == default_n_centroids(m.n_vectors) == 512
-    assert m.n_pages >= EXACT_BELOW                             # search() really uses the stage
+    assert m.n_pages >= EXACT_BELOW                             # the search really uses the stage
     hits, top1 = [], []
     for q, t in zip(queries, targets):
         ex_idx, ex_sc = m.exact(q, 5)
-        idx, sc = m.search(q, 5, candidates=128)                # 128 of 3000 pages rescored
+        idx, sc = staged(m, q, 5)                               # 128 of 3000 pages rescored
         hits.append(len(set(idx) & set(ex_idx)) / 5)
         top1.append(ex_idx[0] == t)
         common = np.isin(idx, ex_idx)                           # rescored scores are the exact ones

@@ -22,9 +22,9 @@ In more detail:
 
   - :meth:`PageMatrix.exact`: exact MaxSim top-k over every page (chunked MatMul on
     onnxruntime, segment max with ``np.maximum.reduceat``, sum over query tokens);
-  - :meth:`PageMatrix.search`: a PLAID-style first stage (:class:`CentroidStage`) that picks
-    ~128 candidate pages from k-means centroids, then exact rescoring of only those.
-    Below :data:`EXACT_BELOW` pages (or without a built stage) it is :meth:`exact`.
+  - a PLAID-style first stage (:class:`CentroidStage`) that picks ~128 candidate pages from
+    k-means centroids for exact rescoring of only those: PageSearch.visual (ragvl.retrieval)
+    does the staged search, below :data:`EXACT_BELOW` pages (or without a stage) exactly.
 
 Exact search costs ``2 * nq * 128 * N`` flops: 48 GFLOP for 25 query tokens against 10k pages
 (7.5M vectors). That is compute-bound, not memory-bound: ~170 GFLOP/s is what float32 MLAS gets

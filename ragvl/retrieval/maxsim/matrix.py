@@ -1,4 +1,7 @@
-"""PageMatrix: every page's vectors in one contiguous matrix, with exact and staged search."""
+"""PageMatrix: every page's vectors in one contiguous matrix, exact scoring, its first stage.
+
+The staged search (first stage, then exact rescoring) is PageSearch.visual's, over views of
+these matrices: one implementation, the one users run."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from .pool import parallel
 from .reference import check_query
 from .stage import CentroidStage
 
-EXACT_BELOW = 2000        # below this many pages search() is always exact (it is fast enough there)
+EXACT_BELOW = 2000        # below this many pages a search is always exact (it is fast enough there)
 CHUNK_VECTORS = 16384     # rows per MatMul: (25, 16384) fp32 scores = 1.6 MB, stays in L2/L3
 PERSIST_FORMAT = 1        # the cache directory's layout (meta.json "format")
 
@@ -194,22 +197,6 @@ class PageMatrix:
         """Train the centroid first stage on this matrix and attach it (see :class:`CentroidStage`)."""
         self.stage = CentroidStage.build(self, n_centroids=n_centroids, seed=seed, sample=sample, iters=iters)
         return self.stage
-
-    def search(self, query: np.ndarray, k: int = 10, *, candidates: int = 128,
-               exact_below: int = EXACT_BELOW) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k pages: ``(indices, scores)`` like :meth:`exact`, the scores exact.
-
-        With a first stage and at least `exact_below` pages: the stage proposes
-        ``max(candidates, k)`` pages, which are rescored exactly. Otherwise exact over all pages.
-        """
-        n_cand = max(int(candidates), int(k))
-        if self.stage is None or self.n_pages < exact_below or n_cand >= self.n_pages:
-            return self.exact(query, k)
-        q = check_query(query, self.dim)
-        cand = self.stage.candidates(q, n_cand)                     # (n_cand,) page ids
-        s = self.score_pages(q, cand)                               # (n_cand,) exact
-        idx, sc = top_k(s, k, tiebreak=cand)
-        return cand[idx], sc
 
     # ---- persistence: a cache directory, memory-mapped back ----------------------------------
 
