@@ -144,7 +144,7 @@ def _summary(r) -> tuple:
 
 def test_ray_run_writes_what_a_single_run_writes(head, root, tiny_embedder, tmp_path):
     """A corrupt page, a page that hangs past the time limit, a page that crashes MuPDF, an image
-    file and stored vision features; then --prune (with --vision-cache-gb) after a deletion, and
+    file and stored vision features; then --prune (with --vision-cache-gib) after a deletion, and
     --no-vision-cache: the same rows, skips, exit status and features, whoever embeds."""
     docs, other = root / "mixed", root / "other"
     make_pdf(docs / "a.pdf", 2, seed=71)
@@ -179,7 +179,7 @@ def test_ray_run_writes_what_a_single_run_writes(head, root, tiny_embedder, tmp_
     assert _vision_rows(ray_db) == _vision_rows(single)
 
     gone.unlink()
-    one, many = both(single, ray_db, other, "--prune", "--vision-cache-gb", "0.5")
+    one, many = both(single, ray_db, other, "--prune", "--vision-cache-gib", "0.5")
     assert one.returncode == 0 and _summary(many) == _summary(one), many.stderr
     assert _summary(one)[2] == ["old.pdf"]
     assert all_rows(ray_db) == all_rows(single)
