@@ -11,7 +11,7 @@
 
 The command line is a thin layer over this class. Every write takes the index's writer lock
 (ragvl.store.writer_lock). The index remembers its embedder: without `embedder=` the
-recorded one is used (ragvl.indexing.embedder_ref).
+recorded one is used (ragvl.store.embedder_ref).
 """
 
 from __future__ import annotations
