@@ -7,7 +7,7 @@ attention (projections / the attention kernel / rotary and reshapes), vision MLP
 merger, language model (attention / MLP / norms), the 128-d projection, other. Also by operator
 type. Writes bench/results/profile_embed.md and .json.
 
-    python bench/profile_embed.py --embedder bench/out/ckpt-colqwen2-qwen2vl-2b-...-ragvl-int8
+    python bench/experiments/profile_embed.py --embedder bench/out/ckpt-colqwen2-qwen2vl-2b-...-ragvl-int8
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+BENCH = HERE.parent  # results.py and the benchmarks whose helpers an experiment reuses
+sys.path.insert(0, str(BENCH))
 from results import Run  # noqa: E402
 
 NAME = "profile_embed"
@@ -62,7 +63,6 @@ def part(node: str, op: str) -> str:
 def profile(folder: str, threads: int) -> dict:
     import onnxruntime as ort
 
-    sys.path.insert(0, str(HERE))
     from bench_colqwen2 import render_pages
     from ragvl.models.runtime.colqwen2 import ColQwen2
 

@@ -20,7 +20,7 @@ quantization error is per token).
 Speed is not measured here (bench_colqwen2.py does), so the run may share the machine.
 Writes bench/results/int8_fidelity.md and .json.
 
-    python bench/fidelity_int8.py --fp32 bench/out/...-ragvl-fp32 --int8 bench/out/...-ragvl-int8 \\
+    python bench/experiments/fidelity_int8.py --fp32 bench/out/...-ragvl-fp32 --int8 bench/out/...-ragvl-int8 \\
         --int8 bench/out/...-ragvl-int8-nbits
 """
 
@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+BENCH = HERE.parent  # results.py and the benchmarks whose helpers an experiment reuses
+sys.path.insert(0, str(BENCH))
 from results import Run  # noqa: E402
 
 NAME = "int8_fidelity"
