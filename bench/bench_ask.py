@@ -141,6 +141,7 @@ def task_ragvl(folder: str, threads: int, runs: int, cases: list[dict]) -> dict:
             ans = answer_question(m, Store(), c["question"], hits, settings).consume()
             wall = time.perf_counter() - t
             tm = ans.generation.timings
+            assert tm.load_s == 0, "a session opened inside a timed run"  # open() above: no stage row includes one
             recs[c["name"]].append({"preprocess_s": round(pre, 5), "vision_s": round(tm.vision_s, 5),
                                     "prefill_s": round(tm.prefill_s, 5), "ttft_s": round(tm.first_token_s, 5),
                                     "answer_call_s": round(wall, 5)})

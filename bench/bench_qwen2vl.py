@@ -417,6 +417,7 @@ def task_ragvl(folder: str, threads: int, new_tokens: int, runs: int) -> dict:
         pre = time.perf_counter() - t
         g = m.generate(messages, [image], settings).consume()
         tm = g.timings
+        assert tm.load_s == 0, "a session opened inside a timed run"  # open() above: no stage row includes one
         rec = {"preprocess_s": pre, "vision_s": tm.vision_s, "prefill_s": tm.prefill_s,
                "first_token_s": tm.first_token_s, "decode_s": tm.decode_s, "decode_steps": tm.decode_steps,
                "decode_tok_s": tm.decode_steps / tm.decode_s if tm.decode_s else None,

@@ -103,6 +103,7 @@ def task_ttft(folder: str, threads: int, runs: int, cases: list[dict]) -> dict:
             assert f.continued
             for key, g in (("scratch", a), ("stored", b), ("follow_up", f)):
                 t = g.timings
+                assert t.load_s == 0, "a session opened inside a timed run"  # open() above: no row includes one
                 rec[key].append({"vision_s": round(t.vision_s, 4), "prefill_s": round(t.prefill_s, 4),
                                  "ttft_s": round(t.first_token_s, 4), "prompt_tokens": g.prompt_tokens,
                                  "first_token": g.token_ids[:1]})

@@ -262,8 +262,9 @@ class Index:
         return self._rank(query, k, mode, Filters.of(in_paths, globs, where), snapshot=True)[0]
 
     def _rank(self, query: str, k: int, mode: str, filters: Filters, *,
-              snapshot: bool) -> tuple[list[Hit], PageSearch]:
-        """search(), and the searcher that ranked (its store: a PageStore unless `snapshot`)."""
+              snapshot: bool) -> tuple[list[Hit], PageSearch, float]:
+        """search(), the searcher that ranked (its store: a PageStore unless `snapshot`), and the
+        seconds spent opening the embedder's sessions (0.0 once open: VisionLanguageModel.ensure_open)."""
         if mode not in MODES:
             raise RagvlError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
         searcher = None
@@ -271,10 +272,11 @@ class Index:
             searcher = self._snapshot_searcher()
         searcher = searcher or self.searcher()
         store = searcher.store
-        q = None
+        q, load_s = None, 0.0
         if mode != "text":  # the model's ranking: the index's vectors must be this embedder's
             embedder = self._load_embedder(store)
             store.check_embedder(embedder.id)
+            load_s = embedder.ensure_open("embed", "encoder")  # what a query runs: no vision tower
             q = embedder.embed_queries([query])[0]
         allowed = _allowed_mask(searcher, allowed_keys(store, filters)) if filters else None
         n = searcher.distinct_pages(allowed)
@@ -284,7 +286,7 @@ class Index:
         hits = searcher.search(q, k, allowed=allowed, mode=mode, text=query)
         # stored paths are relative to the index's parent folder: give them whole
         return [replace(h, path=str(store.resolve(h.path)), also=tuple(str(store.resolve(a)) for a in h.also))
-                for h in hits], searcher
+                for h in hits], searcher, load_s
 
     def ask(self, question: str, k: int = 3, settings: GenerationSettings | None = None,
             max_pixels: int = ANSWER_MAX_PIXELS, *, mode: str = "visual", in_paths: Iterable | None = None,
@@ -298,12 +300,17 @@ class Index:
         `follow_up`: a previous, complete answer. When the question retrieves the same pages, the
         conversation goes on from its KV cache (`Answer.continued`); otherwise a new prompt starts
         over the new pages, and a note says so.
+
+        Timings (`Answer.as_dict()["timings"]`): `load_s` is the time spent opening sessions, the
+        embedder's during retrieval and the answer model's before its vision and prefill;
+        `retrieval_s` and the answer's stages exclude it.
         """
         t0 = time.perf_counter()
-        # The answer model's prompt graphs load (seconds) while the pages are retrieved.
+        # The answer model's prompt graphs load (seconds) while the pages are retrieved; what is
+        # left of that when the prefill starts is waited for into the answer's load_s.
         self.answerer.open_in_background("embed", "decoder")
         # the full path: the answer reads the pages' images from the same pinned store
-        hits, searcher = self._rank(question, k, mode, Filters.of(in_paths, globs, where), snapshot=False)
+        hits, searcher, load_s = self._rank(question, k, mode, Filters.of(in_paths, globs, where), snapshot=False)
         if not hits:
             raise RagvlError(f"{self.db}: no page matches the filters")
         store = searcher.store
@@ -312,12 +319,12 @@ class Index:
             if follow_up.conversation is None:
                 raise RagvlError("follow_up: the previous answer is not complete (consume it first)")
             cont = follow_up_question(self.answerer, follow_up, question, hits, settings,
-                                      retrieval_s=time.perf_counter() - t0)
+                                      retrieval_s=time.perf_counter() - t0 - load_s, load_s=load_s)
             if cont is not None:
                 return cont
         vision = VisionCache(self.db) if vision_cache else None
         answer = answer_question(self.answerer, store, question, hits, settings, max_pixels,
-                                 retrieval_s=time.perf_counter() - t0, vision=vision)
+                                 retrieval_s=time.perf_counter() - t0 - load_s, vision=vision, load_s=load_s)
         if follow_up is not None:
             answer.follow_up_of = follow_up
             answer.notes.insert(0, "this follow-up retrieved other pages than the previous answer: "

@@ -80,11 +80,15 @@ def test_chat_json_matches_transformers(model, ckpt, page):
 
 def test_chat_streams_text_to_stdout_and_progress_to_stderr(model, page):
     r = ragvl("chat", "Hi", "--image", page, "--answerer", model, "--max-new-tokens", 5)
-    assert "prompt tokens" in r.stderr
+    assert "prompt tokens" in r.stderr and "; load " in r.stderr  # opening the model: apart from the stages
     assert "prompt tokens" not in r.stdout
-    text = json.loads(ragvl("chat", "Hi", "--image", page, "--answerer", model, "--max-new-tokens", 5,
-                            "--json").stdout)["text"]
+    out = json.loads(ragvl("chat", "Hi", "--image", page, "--answerer", model, "--max-new-tokens", 5,
+                           "--json").stdout)
+    text = out["text"]
     assert text.strip() and r.stdout.strip() == text.strip()  # the answer itself is what stdout holds
+    # A new process opens the sessions: that is load_s, outside vision_s and prefill_s.
+    assert set(out["timings"]) >= {"load_s", "vision_s", "prefill_s", "first_token_s", "decode_tok_s"}
+    assert out["timings"]["load_s"] > 0
 
 
 def test_chat_sampling_is_seedable(model, page):

@@ -87,7 +87,8 @@ def test_ask_streams_tokens_then_sources_then_timings(server):
         done = events[-1][1]
         assert "".join(d["text"] for n, d in events if n == "token") == done["answer"]
         assert set(done) >= {"question", "answer", "sources", "timings", "prompt_tokens", "new_tokens"}
-        assert set(done["timings"]) >= {"retrieval_s", "vision_s", "prefill_s", "first_token_s", "decode_tok_s"}
+        assert set(done["timings"]) >= {"retrieval_s", "load_s", "vision_s", "prefill_s", "first_token_s",
+                                        "decode_tok_s"}
         hits = c.get("/api/search", params={"q": "What grew in region 1?", "k": 2}).json()
         assert events[-2][1] == hits == done["sources"]
 

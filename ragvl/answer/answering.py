@@ -31,7 +31,8 @@ class Answer:
     sources: list[Hit]
     generation: Generation
     notes: list[str] = field(default_factory=list)
-    retrieval_s: float = 0.0
+    retrieval_s: float = 0.0  # opening sessions excluded: that is in load_s
+    load_s: float = 0.0  # opening the embedder's sessions during retrieval (the answer model's: in its Timings)
     vision_reason: str | None = None  # why some pages were encoded rather than taken from the index
     follow_up_of: "Answer | None" = None  # the answer this one followed up on, when it did
 
@@ -67,7 +68,8 @@ class Answer:
                 "notes": self.notes, "prompt_tokens": g["prompt_tokens"], "new_tokens": g["new_tokens"],
                 "vision": self.vision, "follow_up": None if self.follow_up_of is None else
                 {"continued": self.continued, "previous_question": self.follow_up_of.question},
-                "timings": {"retrieval_s": round(self.retrieval_s, 4), **g["timings"]}}
+                "timings": {"retrieval_s": round(self.retrieval_s, 4), **g["timings"],
+                            "load_s": round(self.load_s + self.generation.timings.load_s, 4)}}
 
 
 def low_score_notes(hits: Sequence[Hit]) -> list[str]:
@@ -97,8 +99,10 @@ def page_inputs(model: Qwen2VL, store: PageStore, hits: Sequence[Hit], max_pixel
 
 def answer_question(model: Qwen2VL, store: PageStore, question: str, hits: Sequence[Hit],
            settings: GenerationSettings | None = None, max_pixels: int = ANSWER_MAX_PIXELS,
-           retrieval_s: float = 0.0, vision: VisionCache | None = None) -> Answer:
+           retrieval_s: float = 0.0, vision: VisionCache | None = None, load_s: float = 0.0) -> Answer:
     """Start answering `question` over the pages of `hits` (streams when iterated).
+
+    `retrieval_s` and `load_s`: the retrieval's time and the sessions it opened (Answer.load_s).
 
     With `vision`, pages whose stored vision features match the answer model's vision graph and
     preprocessing are spliced in as they are; the others are encoded from their images.
@@ -108,11 +112,12 @@ def answer_question(model: Qwen2VL, store: PageStore, question: str, hits: Seque
     messages = answer_messages(question, [(h.path, h.page) for h in hits])
     gen = model.generate(messages, inputs, settings, max_pixels=max_pixels)
     return Answer(question, list(hits), gen, low_score_notes(hits), retrieval_s + time.perf_counter() - t0,
-                  vision_reason=reason)
+                  load_s=load_s, vision_reason=reason)
 
 
 def follow_up_question(model: Qwen2VL, previous: Answer, question: str, hits: Sequence[Hit],
-                       settings: GenerationSettings | None = None, retrieval_s: float = 0.0) -> Answer | None:
+                       settings: GenerationSettings | None = None, retrieval_s: float = 0.0,
+                       load_s: float = 0.0) -> Answer | None:
     """Continue `previous` with `question` when `hits` are the pages it was answered over (the KV
     cache is extended with the new turn only); None when the pages differ or it is not finished."""
     conv = previous.conversation
@@ -122,4 +127,4 @@ def follow_up_question(model: Qwen2VL, previous: Answer, question: str, hits: Se
     gen = model.follow_up(conv, question, settings)
     # The prompt labels its pages as the first answer did: keep those sources and their numbers.
     return Answer(question, list(previous.sources), gen, [], retrieval_s + time.perf_counter() - t0,
-                  follow_up_of=previous)
+                  load_s=load_s, follow_up_of=previous)

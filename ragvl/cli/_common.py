@@ -188,11 +188,12 @@ def generation_options(command):
 DEVICE = typer.Option(None, "--device", envvar="RAGVL_DEVICE", help="cpu or cuda.")
 
 
-def timings_line(g) -> str:
-    """One stderr line: prompt and new tokens, vision, prefill and decode speed."""
-    t = g.timings.as_dict()
-    return (f"{g.prompt_tokens} prompt tokens, {len(g.token_ids)} new; vision {t['vision_s']:.2f}s, "
-            f"prefill {t['prefill_s']:.2f}s, decode {t['decode_tok_s'] or 0:.1f} tok/s")
+def timings_line(result: dict) -> str:
+    """One stderr line from a Generation's or an Answer's `as_dict()`: prompt and new tokens, the
+    time spent opening sessions (apart: no stage includes it), vision, prefill and decode speed."""
+    t = result["timings"]
+    return (f"{result['prompt_tokens']} prompt tokens, {result['new_tokens']} new; load {t['load_s']:.2f}s, "
+            f"vision {t['vision_s']:.2f}s, prefill {t['prefill_s']:.2f}s, decode {t['decode_tok_s'] or 0:.1f} tok/s")
 
 
 DB = typer.Option(None, "--db", envvar="RAGVL_DB",

@@ -79,6 +79,7 @@ def _emit(result, as_json: bool) -> None:
     v = result.vision
     log(f"vision: {v['reused']} page(s) from the index, {v['computed']} encoded"
         + (f" ({v['reason']})" if v["reason"] else ""))
-    t = result.generation.timings.as_dict()
-    log(f"retrieval {result.retrieval_s:.2f}s, first token {result.retrieval_s + t['first_token_s']:.2f}s; "
-        + timings_line(result.generation))
+    d = result.as_dict()
+    t = d["timings"]  # the wall time to the first token: retrieval + opening sessions + the answer's part
+    log(f"retrieval {t['retrieval_s']:.2f}s, first token {t['retrieval_s'] + t['load_s'] + t['first_token_s']:.2f}s; "
+        + timings_line(d))

@@ -41,4 +41,4 @@ def chat(
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
-    log(timings_line(reply))
+    log(timings_line(reply.as_dict()))

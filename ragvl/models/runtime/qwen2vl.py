@@ -31,16 +31,24 @@ def user_message(text: str, n_images: int) -> list[dict]:
 
 @dataclass
 class Timings:
+    """Where an answer's time went. No stage includes opening a session: the sessions a stage
+    needs are opened (or waited for, when `open_in_background` is opening them) before its timer
+    starts, and that time is `load_s` (0 once the model is open)."""
+
+    load_s: float = 0.0  # opening the onnxruntime sessions this answer needed and found closed
     vision_s: float = 0.0
     prefill_s: float = 0.0
     decode_s: float = 0.0
-    first_token_s: float = 0.0  # from the call to the first generated token: vision + prefill + 1 pick
+    # From the call to the first generated token, load_s excluded: preprocessing + vision +
+    # prefill + 1 pick. The wall time to the first token is load_s + first_token_s.
+    first_token_s: float = 0.0
     decode_steps: int = 0  # the first token comes from prefill, so steps = tokens - 1 (+1 for a stop)
 
     def as_dict(self) -> dict:
         steps = self.decode_steps
-        return {"vision_s": round(self.vision_s, 4), "prefill_s": round(self.prefill_s, 4),
-                "decode_s": round(self.decode_s, 4), "first_token_s": round(self.first_token_s, 4),
+        return {"load_s": round(self.load_s, 4), "vision_s": round(self.vision_s, 4),
+                "prefill_s": round(self.prefill_s, 4), "decode_s": round(self.decode_s, 4),
+                "first_token_s": round(self.first_token_s, 4),
                 "decode_tok_s": round(steps / self.decode_s, 2) if self.decode_s > 0 else None}
 
 
@@ -130,8 +138,12 @@ class Qwen2VL(VisionLanguageModel):
         return logits[0], cache
 
     def prefill(self, prompt: Prompt, timings: Timings | None = None):
-        """Vision + prefill: returns (logits (V,), cache, rope delta)."""
+        """Vision + prefill: returns (logits (V,), cache, rope delta).
+
+        The sessions they need are opened first, into `timings.load_s` (the vision tower only
+        when some image has no given features)."""
         timings = timings or Timings()
+        timings.load_s += self.ensure_open(*(("vision",) if self.needs_vision(prompt) else ()), "embed", "decoder")
         t0 = time.perf_counter()
         feats = self.encode_images(prompt)
         t1 = time.perf_counter()
@@ -200,6 +212,7 @@ class Qwen2VL(VisionLanguageModel):
         gen = Generation(iter(()), prompt_tokens=len(ids), vision={"reused": 0, "computed": 0}, continued=True)
 
         def extend(timings: Timings):
+            timings.load_s += self.ensure_open("embed", "decoder")
             t0 = time.perf_counter()
             todo = np.asarray([ids[conv.cached:]], np.int64)  # (1, n): tokens not in the cache yet
             n = todo.shape[1]
@@ -216,7 +229,8 @@ class Qwen2VL(VisionLanguageModel):
                      context) -> Iterator[str]:
         """Decode after `first(timings)` -> (logits, cache, rope delta, ids so far, ids in cache);
         at the end, `gen.conversation` keeps the state for a follow-up (`context()` gives the
-        messages, first prompt and max_pixels)."""
+        messages, first prompt and max_pixels). `first` opens the embed and decoder sessions
+        (into `load_s`), so the decode steps never open one."""
         tok = self.tokenizer
         stops = set(settings.eos_token_ids) | {t for t in (tok.im_end_id, tok.eos_token_id) if t is not None}
         if settings.ignore_eos:
@@ -228,7 +242,7 @@ class Qwen2VL(VisionLanguageModel):
         for step in range(settings.max_new_tokens):
             token = sampler(logits, np.asarray(ids, np.int64))
             if step == 0:
-                gen.timings.first_token_s = time.perf_counter() - start
+                gen.timings.first_token_s = time.perf_counter() - start - gen.timings.load_s
             if token in stops:
                 gen.stop_reason = "stop"
                 break

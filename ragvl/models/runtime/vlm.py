@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence, Union
@@ -103,6 +104,22 @@ class VisionLanguageModel:
             self.session(g)
         return self
 
+    def ensure_open(self, *graphs: str) -> float:
+        """Open these graphs' sessions where they are not open yet (all of the manifest's by
+        default), waiting for any that `open_in_background` is opening; returns the seconds that
+        took, 0.0 when all were open already.
+
+        Every timed path calls it before its stage's timer starts and reports the seconds as
+        `load_s`: a stage's time (vision, prefill, decode, retrieval) never includes opening a
+        session, which for a 2B decoder takes seconds.
+        """
+        graphs = graphs or tuple(self.manifest["graphs"])
+        if all(g in self._sessions for g in graphs):
+            return 0.0
+        t0 = time.perf_counter()
+        self.open(*graphs)
+        return time.perf_counter() - t0
+
     def open_in_background(self, *graphs: str) -> threading.Thread:
         """Start opening these graphs' sessions in a thread (onnxruntime releases the GIL while
         it loads), so that other start-up work overlaps it; `session()` waits for a graph being
@@ -176,6 +193,11 @@ class VisionLanguageModel:
                 counts += c
                 given.append(None)
         return pixels, grids, counts, given
+
+    @staticmethod
+    def needs_vision(prompt: Prompt) -> bool:
+        """Whether encoding `prompt` runs the vision tower: some image has no given features."""
+        return any(g is None for g in (prompt.given or [None] * len(prompt.grids)))
 
     def encode_images(self, prompt: Prompt) -> np.ndarray:
         """Vision features (sum of tokens, H) for every image of `prompt`, given ones used as they are."""

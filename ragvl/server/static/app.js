@@ -108,7 +108,9 @@ async function ask(question, k) {
     else if (name === "done") {
       const t = data.timings;
       $("answer-state").textContent = data.notes && data.notes.length ? "Note: " + data.notes.join(" ") : "";
-      $("timings").textContent = `retrieval ${t.retrieval_s.toFixed(2)}s · first token ${(t.retrieval_s + t.first_token_s).toFixed(2)}s · ` +
+      // load_s (opening the models' sessions) is apart from every stage; the first token waited for all three.
+      $("timings").textContent = `retrieval ${t.retrieval_s.toFixed(2)}s · ` + (t.load_s ? `load ${t.load_s.toFixed(2)}s · ` : "") +
+        `first token ${(t.retrieval_s + t.load_s + t.first_token_s).toFixed(2)}s · ` +
         `${data.new_tokens} tokens` + (t.decode_tok_s ? ` at ${t.decode_tok_s.toFixed(1)} tok/s` : "");
       if (!text) { $("answer").hidden = false; $("answer").textContent = "(empty answer)"; }
     } else if (name === "error") $("answer-state").textContent = "Error: " + data.error;
