@@ -262,21 +262,26 @@ def _linear_node(x: str, y: str, k: int, n: int, fmt: str, name: str):
 
 
 def _rows_linear_model(k: int, n: int):
-    """The rows kernel's matmul alone: u8 x u8 MatMulInteger with the converter's weights
-    (quantize_columns, zero point 128) on activations already quantized. The per-row activation
-    quantization and the rescaling around it are left out of the limit: the graphs share one
-    quantization between q/k/v and between gate/up, so counting it per Linear overstated it."""
+    """The rows kernel's matmul alone, in the layout this CPU runs it with (runtime/int8.py:
+    u8s8, u8s7 or u8u8, as `int8_kernel()` chooses), with the converter's weights
+    (quantize_columns) on activations already quantized. The per-row activation quantization
+    and the rescaling around it are left out of the limit: the graphs share one quantization
+    between q/k/v and between gate/up, so counting it per Linear overstated it."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
+    from ragvl.models.contract import int8_kernel
     from ragvl.models.converter.quantize import quantize_columns
+    from ragvl.models.runtime.int8 import derive_weight
 
     q, _ = quantize_columns(_weights(k, n, "int8-rows")[0])
+    kernel = int8_kernel()
     zp = numpy_helper.from_array(np.array(128, np.uint8), "zp")
-    return _model([helper.make_node("MatMulInteger", ["A", "W", "zp", "zp"], ["Y"])],
+    w, inputs = (q, ["A", "W", "zp", "zp"]) if kernel == "u8u8" else (derive_weight(q, kernel), ["A", "W", "zp"])
+    return _model([helper.make_node("MatMulInteger", inputs, ["Y"])],
                   [helper.make_tensor_value_info("A", TensorProto.UINT8, ["m", k])],
                   [helper.make_tensor_value_info("Y", TensorProto.INT32, ["m", n])],
-                  [numpy_helper.from_array(q, "W"), zp])
+                  [numpy_helper.from_array(w, "W"), zp])
 
 
 def _bound_run(sess, feeds: dict):
@@ -336,7 +341,12 @@ def measure_gemm(shape: dict, threads: int, reps: int) -> dict:
         flops = 2.0 * 2 * m * m * d
     sess = _session(model, threads)
     t = _best(_bound_run(sess, feeds), reps)
-    return {**shape, "best_s": round(t, 5), "gflops": round(flops / t / 1e9, 1)}
+    out = {**shape, "best_s": round(t, 5), "gflops": round(flops / t / 1e9, 1)}
+    if shape["kind"] == "linear" and shape["format"] == "int8-rows":
+        from ragvl.models.contract import int8_kernel
+
+        out["kernel"] = int8_kernel()
+    return out
 
 
 def measure_bandwidth(threads: int, mem_gb: float, reps: int, dtypes: list[str], hidden: int = 1536,
@@ -428,7 +438,7 @@ def floors_tables(floors: dict) -> str:
     for r in sorted(floors.get("gemm", []), key=lambda r: (r["kind"], r["format"], -r["m"], r["op"])):
         what = f"{names[r['kind']]} {r['op']}"
         if r["kind"] == "linear" and r["format"] == "int8-rows":
-            fmt_s = "int8 rows: MatMulInteger u8 x u8 (activations already quantized)"
+            fmt_s = f"int8 rows: MatMulInteger {r.get('kernel', 'u8u8')} (activations already quantized)"
         elif r["kind"] == "linear" and r["format"] != "fp32":
             f = quant_format(r["format"])
             fmt_s = f"MatMulNBits {f.bits}-bit, block {f.block_size}, accuracy_level {f.accuracy_level}"

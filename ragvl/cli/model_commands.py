@@ -58,13 +58,14 @@ def models_convert(
 @models_app.command("list")
 def models_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
     """Show the models installed in the model home [env RAGVL_HOME; default $XDG_CACHE_HOME/ragvl, else ~/.cache/ragvl]."""
-    from ..models.contract import default_model, installed_models, models_dir
+    from ..models.contract import cpu_features, default_model, graph_kernels, installed_models, models_dir
 
     rows = []
     for folder, m in installed_models():
         size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
         rows.append({"name": folder.name, "kind": m.get("kind"), "dtype": m.get("dtype"), "bytes": size,
-                     "default": default_model(m.get("kind", "")) == folder, "path": str(folder)})
+                     "default": default_model(m.get("kind", "")) == folder, "path": str(folder),
+                     "kernels": graph_kernels(m), "cpu": cpu_features().kind})
     if as_json:
         print(json.dumps(rows))
         return
@@ -72,8 +73,10 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON
         log(f"no models in {models_dir()}: run `ragvl models pull` or `ragvl models convert CHECKPOINT_DIR`")
         return
     for r in rows:
+        kernels = ", ".join(f"{g} {k}" for g, k in r["kernels"].items())
         print(f"{'*' if r['default'] else ' '} {r['name']:<32} {r['kind']:<9} {r['dtype']:<5} "
-              f"{r['bytes'] / 1e9:7.2f} GB")
+              f"{r['bytes'] / 1e9:7.2f} GB  {kernels}")
+    log(f"kernels as this CPU runs them ({cpu_features().kind}; RAGVL_INT8_KERNEL overrides the int8 one)")
 
 
 @models_app.command("pull")

@@ -1,7 +1,9 @@
 """What the converter and the runtime agree on: architecture configs, graph and KV names, the
-rotary helpers, the manifest a converted folder carries, and the model registry. It imports
+rotary helpers, the manifest a converted folder carries, the model registry, and what this CPU
+can multiply in integers (which int8 kernel runs here). It imports
 neither side."""
 
+from .cpu import INT8_KERNELS, CpuFeatures, best_int8_kernel, cpu_features, graph_kernels, int8_kernel
 from .config import COLQWEN2_ARCHITECTURES, TextConfig, VisionConfig, read_config
 from .manifest import KIND_ANSWERER, KIND_EMBEDDER, MANIFEST, model_config, read_manifest, write_manifest
 from .names import VECTOR_DIM, kv_names, optimized_graph, optimized_key
@@ -12,4 +14,5 @@ from .rope import mrope_inv_freq, mrope_positions
 __all__ = ["COLQWEN2_ARCHITECTURES", "TextConfig", "VisionConfig", "read_config", "KIND_ANSWERER", "KIND_EMBEDDER",
            "MANIFEST", "model_config", "read_manifest", "write_manifest", "VECTOR_DIM", "kv_names", "optimized_graph",
            "optimized_key", "DEFAULT_DTYPE", "KNOWN_MODELS", "KnownModel", "default_model", "installed_models",
-           "models_dir", "resolve_model", "set_default", "mrope_inv_freq", "mrope_positions"]
+           "models_dir", "resolve_model", "set_default", "mrope_inv_freq", "mrope_positions",
+           "INT8_KERNELS", "CpuFeatures", "best_int8_kernel", "cpu_features", "graph_kernels", "int8_kernel"]

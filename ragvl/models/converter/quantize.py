@@ -5,10 +5,11 @@
   float scale and zero point (asymmetric, so skewed blocks keep their full range). With
   accuracy_level 4 the kernel quantizes activations per block too. Fastest at one row (decode).
 * ``rows`` (int8 only): int8 weights per output column and int8 activations per row (token or
-  patch), symmetric, multiplied exactly in integers by MatMulInteger. On an AVX2 CPU its integer
-  matmuls run 2.2-2.9x faster than MatMulNBits and 1.5-1.7x faster than fp32 MatMul at the 2B
-  shapes (bench/results/colqwen2.md, floors); with its quantizing and rescaling and the fp32
-  attention, a page embeds 1.2-1.4x faster than in fp32 (the same file, per run).
+  patch), symmetric, multiplied exactly in integers by MatMulInteger. The weights are stored
+  once, as uint8 = int8 + 128 (zero point 128), a layout every CPU multiplies exactly; at load
+  the runtime derives the layout this CPU's integer instructions multiply fastest and still
+  exactly (runtime/int8.py; contract/cpu.py chooses: int8 weights where the CPU has VNNI, AMX
+  or an ARM dot product, 7-bit weights on AVX2 without one).
   Per-row scales keep one outlier token from coarsening every other row, as a per-tensor scale
   (onnxruntime's quantize_dynamic) would; the price is a larger error than MatMulNBits' blocks
   of 64 (bench/results/int8_fidelity.md).
@@ -120,8 +121,8 @@ def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 per output (a row of the HF weight `w` (N, K)), for the rows kernel.
 
     Returns (q (K, N) uint8 holding int8 + 128, as MatMulInteger's B with zero point 128;
-    scales (N,) float32). uint8 on both sides because AVX2's u8 x s8 instruction saturates its
-    pairwise int16 sums, while the u8 x u8 path widens first and is exact.
+    scales (N,) float32). Stored as uint8 because u8 x u8 is exact on every CPU (AVX2's u8 x s8
+    instruction saturates its pairwise int16 sums); the faster layouts are derived from it at load.
     """
     scale = (np.abs(w).max(axis=1) / 127.0).astype(np.float32)  # (N,)
     scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
