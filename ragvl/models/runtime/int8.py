@@ -20,12 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import TensorProto, numpy_helper
 
 from ...errors import RagvlError
+
+if TYPE_CHECKING:  # onnx is imported when a graph is rewritten: `ragvl search` never needs it
+    import onnx
 
 ZERO_POINT = 128  # of the stored uint8 weights (quantize.quantize_columns)
 
@@ -44,8 +46,10 @@ class Derived:
         return sum(a.nbytes for a in self.arrays)
 
 
-def _read(init: TensorProto, folder: Path) -> np.ndarray:
+def _read(init: "onnx.TensorProto", folder: Path) -> np.ndarray:
     """An initializer's array, memory-mapped from its external data file when it has one."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
     if init.data_location != TensorProto.EXTERNAL:
         return numpy_helper.to_array(init)
     info = {e.key: e.value for e in init.external_data}
@@ -64,8 +68,10 @@ def derive_weight(q: np.ndarray, kernel: str) -> np.ndarray:
     return np.trunc(q8 / 2 + np.copysign(np.float32(0.5), q8)).astype(np.int8)
 
 
-def _replace(init: TensorProto, array: np.ndarray, derived: Derived) -> None:
+def _replace(init: "onnx.TensorProto", array: np.ndarray, derived: Derived) -> None:
     """Point `init` at `array`: inline if small, else as an initializer supplied in memory."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
     if init.data_location != TensorProto.EXTERNAL:
         init.CopyFrom(numpy_helper.from_array(array, init.name))
         return
@@ -80,6 +86,8 @@ def rows_weights(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str, str]
     Matched by the converter's names (`X.weight.qweight`, `X.weight.scales`) and checked
     against the node: a uint8 constant weight with a constant zero point of 128.
     """
+    from onnx import TensorProto, numpy_helper
+
     inits = {i.name: i for i in model.graph.initializer}
     out = []
     for node in model.graph.node:
@@ -99,13 +107,17 @@ def rows_weights(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str, str]
 
 def derive(path: Path, kernel: str) -> tuple[str | None, Derived | None]:
     """The kernel `path`'s graph runs with and, unless that is the stored layout (u8u8), the
-    graph rewritten for it: (None, None) for a graph without rows-kernel weights."""
+    graph rewritten for it: (None, None) for a graph without rows-kernel weights. u8u8 reads
+    nothing (the file is loaded as it is, without importing onnx: `ragvl search` starts faster)."""
+    if kernel == "u8u8":
+        return kernel, None
+    import onnx
+    from onnx import TensorProto
+
     model = onnx.load(str(path), load_external_data=False)  # the structure: a few MB at 2B
     found = rows_weights(model)
     if not found:
         return None, None
-    if kernel == "u8u8":
-        return kernel, None
     folder = path.parent
     inits = {i.name: i for i in model.graph.initializer}
     derived = Derived(kernel, b"")

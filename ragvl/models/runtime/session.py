@@ -72,7 +72,8 @@ def create_session(path: str | Path, device: str = "cpu", threads: int | None = 
 
 
 def session_kernel(sess: ort.InferenceSession) -> str | None:
-    """The int8 kernel `sess` runs its rows-kernel matmuls with (None: the graph has none)."""
+    """The int8 kernel `sess` runs its rows-kernel matmuls with: u8u8 for a graph loaded as
+    stored (whether or not it has any), None for a graph that was inspected and has none."""
     return _KERNELS.get(sess, (None, None))[0]
 
 
