@@ -18,6 +18,8 @@ from ragvl.store.page_store import PageStore
 from ragvl.models.runtime.qwen2vl import Qwen2VL
 from tiny_pdfs import make_pdf
 
+pytestmark = pytest.mark.slow  # runs ragvl's commands end to end (subprocesses, indexes): left out of the fast loop
+
 
 def ragvl(*args, env=None, timeout=600):
     return subprocess.run([sys.executable, "-m", "ragvl.cli", *map(str, args)], capture_output=True, text=True,

@@ -76,6 +76,7 @@ def test_each_short_flag_means_one_thing():
     assert meaning["-i"] == {"--interactive"} and meaning["-k"] == {"--top-k"}
 
 
+@pytest.mark.slow  # over 5 s: left out of the fast loop
 def test_vision_cache_cap_is_in_gib(tmp_path, tiny_embedder):
     from ragvl.store.page_store import PageStore
 

@@ -20,6 +20,8 @@ from ragvl.store import Producer, VisionCache
 from scale_helpers import ragvl
 from tiny_pdfs import make_pdf
 
+pytestmark = pytest.mark.slow  # runs ragvl's commands end to end (subprocesses, indexes): left out of the fast loop
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_pdfs" / "northwind_fy2024_review.pdf"
 N_COPIES = 10

@@ -14,6 +14,8 @@ import pytest
 
 from ragvl.evaluate import Question, facts_found, key_facts
 
+pytestmark = pytest.mark.slow  # runs ragvl's commands end to end (subprocesses, indexes): left out of the fast loop
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_pdfs"
 QUESTIONS = SAMPLES / "questions.json"

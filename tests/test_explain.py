@@ -13,6 +13,8 @@ from PIL import Image
 
 from tiny_pdfs import make_pdf
 
+pytestmark = pytest.mark.slow  # runs ragvl's commands end to end (subprocesses, indexes): left out of the fast loop
+
 
 def ragvl(*args):
     return subprocess.run([sys.executable, "-m", "ragvl.cli", *map(str, args)], capture_output=True, text=True,

@@ -19,6 +19,8 @@ from ragvl.store.page_store import PageStore, vectors_from_column
 from ragvl.models.runtime.colqwen2 import ColQwen2
 from tiny_pdfs import break_page_content, make_image, make_pdf
 
+pytestmark = pytest.mark.slow  # runs ragvl's commands end to end (subprocesses, indexes): left out of the fast loop
+
 
 class CountingEmbedder:
     """The real embedder, counting the pages it is asked to embed."""

@@ -20,6 +20,8 @@ from ragvl.errors import RagvlError
 from ragvl.store.page_store import PageStore
 from tiny_pdfs import make_pdf
 
+pytestmark = pytest.mark.slow  # runs ragvl's commands end to end (subprocesses, indexes): left out of the fast loop
+
 
 
 def ragvl(*args, env=None, **kw):

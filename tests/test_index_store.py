@@ -23,6 +23,8 @@ from ragvl.store.page_store import PageStore, vectors_from_column
 from ragvl.models.runtime.colqwen2 import ColQwen2
 from tiny_pdfs import make_pdf
 
+pytestmark = pytest.mark.slow  # runs ragvl's commands end to end (subprocesses, indexes): left out of the fast loop
+
 
 
 class Counting:

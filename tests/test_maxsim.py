@@ -204,6 +204,7 @@ def test_append_is_incremental():
     assert m.append([]).n_pages == 170
 
 
+@pytest.mark.slow  # over 5 s: left out of the fast loop
 def test_first_stage_recall():
     """recall@5 of the centroid first stage + exact rescoring >= 0.98 vs exact, on the bench's
     clustered ColQwen2-like data (shorter pages than real ones, to keep this test fast)."""

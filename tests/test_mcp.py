@@ -15,6 +15,8 @@ from PIL import Image
 
 from tiny_pdfs import make_pdf
 
+pytestmark = pytest.mark.slow  # runs ragvl's commands end to end (subprocesses, indexes): left out of the fast loop
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_embedder, tiny_answerer):

@@ -18,6 +18,8 @@ from ragvl.store.page_store import PageStore
 from scale_helpers import ray_head
 from tiny_pdfs import make_pdf
 
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # starts a Ray cluster with `ray start --head`
+
 pytest.importorskip("ray")
 
 RAY = str(Path(sys.executable).with_name("ray"))

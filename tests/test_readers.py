@@ -12,6 +12,8 @@ from servers import Served
 from scale_helpers import ragvl, s3_server
 from tiny_pdfs import make_pdf
 
+pytestmark = pytest.mark.slow  # runs ragvl's commands end to end (subprocesses, indexes): left out of the fast loop
+
 TABLES = ("pages", "meta", "vision")
 
 

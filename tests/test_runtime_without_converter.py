@@ -13,8 +13,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 
 from tiny_pdfs import make_pdf
+
+pytestmark = pytest.mark.slow  # runs ragvl's commands end to end (subprocesses, indexes): left out of the fast loop
 
 ROOT = Path(__file__).resolve().parents[1]
 CONVERTER = "ragvl.models.converter"

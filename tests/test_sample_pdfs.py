@@ -21,6 +21,8 @@ import numpy as np
 import pymupdf
 import pytest
 
+pytestmark = pytest.mark.slow  # runs ragvl's commands end to end (subprocesses, indexes): left out of the fast loop
+
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_pdfs"
 
 PAGES = {  # as documented in sample_pdfs/README.md

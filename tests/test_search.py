@@ -13,6 +13,8 @@ import pytest
 
 from tiny_pdfs import make_pdf
 
+pytestmark = pytest.mark.slow  # runs ragvl's commands end to end (subprocesses, indexes): left out of the fast loop
+
 QUERIES = ["revenue grew in region 2", "bar chart", "page 3 of the report"]
 
 

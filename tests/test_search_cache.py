@@ -19,6 +19,8 @@ from ragvl.retrieval.maxsim import maxsim_scores
 from ragvl.retrieval.page_search import PageSearch
 from ragvl.store.page_store import PageRow, PageStore
 
+pytestmark = pytest.mark.slow  # runs ragvl's commands end to end (subprocesses, indexes): left out of the fast loop
+
 D = 128
 WORDS = ["revenue", "region", "chart", "thermostat", "incident", "runbook", "sakura", "market", "growth",
          "europe", "visitors", "quarter", "summary", "brief", "latency", "pager"]

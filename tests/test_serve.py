@@ -17,6 +17,8 @@ from PIL import Image
 from servers import Served, sse_events
 from tiny_pdfs import make_pdf
 
+pytestmark = pytest.mark.slow  # runs ragvl's commands end to end (subprocesses, indexes): left out of the fast loop
+
 
 @pytest.fixture(scope="module")
 def answerer(tiny_answerer):

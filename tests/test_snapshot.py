@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from ragvl.retrieval.cache import local_cache_root
 from ragvl.retrieval.page_search import PageSearch
@@ -18,6 +19,8 @@ from ragvl.retrieval.snapshot import FILE, fingerprint, newest_version, read_sna
 
 from test_search_cache import D, _unit, make_doc, new_store, put
 from tiny_pdfs import make_pdf
+
+pytestmark = pytest.mark.slow  # runs ragvl's commands end to end (subprocesses, indexes): left out of the fast loop
 
 Q = _unit(np.random.default_rng(7).standard_normal((5, D)))
 

@@ -18,6 +18,8 @@ from ragvl.models.runtime.qwen2vl import Qwen2VL, user_message
 from tiny_numpy import make_numpy_checkpoint  # noqa: E402
 from tiny_pdfs import make_pdf  # noqa: E402
 
+pytestmark = pytest.mark.slow  # runs ragvl's commands end to end (subprocesses, indexes): left out of the fast loop
+
 
 def snapshot(folder):
     return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}

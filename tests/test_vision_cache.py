@@ -25,6 +25,8 @@ from tiny_pdfs import make_pdf
 
 from tiny_numpy import make_numpy_checkpoint  # noqa: E402
 
+pytestmark = pytest.mark.slow  # runs ragvl's commands end to end (subprocesses, indexes): left out of the fast loop
+
 N_NEW = 32
 QUESTION = "What grew in region 1?"
 
