@@ -26,6 +26,7 @@ from ragvl.models.converter.optimize import external_files, save_optimized
 from ragvl.models.runtime.colqwen2 import ColQwen2
 from ragvl.models.runtime.generation import GenerationSettings
 from ragvl.models.runtime.qwen2vl import Qwen2VL, user_message
+from ragvl.models.runtime.session import session_kernel
 
 from tiny_numpy import make_numpy_checkpoint  # noqa: E402
 
@@ -152,6 +153,19 @@ def test_optimized_copies_give_the_outputs_of_a_full_copy(answerer, reference, t
     assert snapshot(old) == before
 
 
+@pytest.mark.parametrize("kernel", ["u8u8", "u8s7"])
+def test_int8_copies_rewritten_at_load_read_the_shared_weights(tmp_path, monkeypatch, kernel):
+    """The rows kernel's weights rewritten at load (runtime/int8.py) from an optimized copy that
+    reads them from the plain graph's data: the same features as from a full copy."""
+    monkeypatch.setenv("RAGVL_INT8_KERNEL", kernel)
+    folder = convert(make_numpy_checkpoint(tmp_path / "ckpt", variant="b", seed=2), tmp_path / "m", dtype="int8",
+                     log=lambda m: None)
+    new, old = Qwen2VL(folder), Qwen2VL(old_layout(folder, tmp_path / "old"))
+    assert np.array_equal(vision_out(new), vision_out(old))
+    assert new.loaded["vision"]["file"] == old.loaded["vision"]["file"] == "vision.opt.onnx"
+    assert session_kernel(new.vision) == session_kernel(old.vision) == kernel
+
+
 def _other_cpu():
     return CpuFeatures("Another CPU", "testarch", ())
 
@@ -187,6 +201,7 @@ def test_copies_made_elsewhere_are_skipped_with_the_reason(answerer, reference, 
     assert snapshot(folder) == before  # the skipped copy is neither rebuilt nor rewritten there
 
 
+@pytest.mark.slow  # a `ragvl` subprocess
 def test_models_list_says_whether_the_copies_load_here(answerer, tmp_path):
     home = tmp_path / "home"
     shutil.copytree(answerer, home / "models" / "a")
