@@ -22,10 +22,17 @@ One run, per weight format (each in its own child process):
    weights), cold (page cache emptied first, where the kernel allows) and warm. Target (issue
    10): `ragvl search` <= 3 s warm.
 
+5. With `--weights` (and nothing else): one copy of the weights. Per model (the answerer in each
+   of --dtypes, the embedder) and layout of its onnxruntime-optimized copies: none (optimized at
+   load), before (each copy with all its weights: what converters wrote before) and now (the
+   copies read the plain graphs' weights): the folder's size and the time a fresh process takes
+   to open every graph, cold (the folder's files dropped from the page cache) and warm.
+
 The machine is shared: each table records the load average at start and end. Prefer the ratios.
 
     python bench/bench_vision_cache.py --config tiny             # seconds: checks the harness
     python bench/bench_vision_cache.py --dtypes int8 --runs 1    # the 2B shape (minutes)
+    python bench/bench_vision_cache.py --weights                 # the 2B folders' sizes and opening
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from results import Run, default_results_dir  # noqa: E402
 
 NAME = "vision_cache"     # TTFT and the store (results/vision_cache.md)
 STARTUP = "startup"       # start-up (results/startup.md): its own file, so it can be rerun alone
+WEIGHTS = "weights"       # one copy of the weights (results/weights.md, `--weights`)
 FOLLOW_UP = "And in Q4?"
 
 
@@ -145,7 +153,18 @@ def task_startup(folder: str, threads: int, mode: str) -> dict:
             "query_s": round(t2 - t1, 3), "opened": m.opened, "private_gb": gb(proc_status_kb("RssAnon"))}
 
 
-TASKS = {"ttft": task_ttft, "startup": task_startup}
+def task_open(folder: str, threads: int, kind: str) -> dict:
+    """Open every graph of a model folder (the manifest already verified: its hashes are cached)."""
+    from ragvl.models.runtime.vlm import VisionLanguageModel
+
+    m = VisionLanguageModel(folder, kind, threads=threads)
+    t0 = time.perf_counter()
+    m.open()
+    return {"open_s": round(time.perf_counter() - t0, 3), "graphs": m.loaded,
+            "rss_gb": gb(proc_status_kb("VmRSS"))}
+
+
+TASKS = {"ttft": task_ttft, "startup": task_startup, "open": task_open}
 
 QUERY = "What was the revenue in 2023?"
 
@@ -248,34 +267,108 @@ def start_end_to_end(db: Path, answerer: Path | None, runs: int = 3) -> dict:
 # =============================================================================================
 
 
-def with_optimized(folder: Path, work: Path, optimized: bool) -> Path:
-    """`folder` with (as `ragvl models convert` now writes it) or without onnxruntime's saved
-    optimized graphs: the folder itself when it already is so, else a copy of hard links with
-    its own manifest (nothing is written into `folder`)."""
+# The layouts of a converted folder's onnxruntime-optimized copies (results/weights.md).
+LAYOUTS = {"plain": "no optimized copies (optimized at load)",
+           "full": "before: each optimized copy with all its weights",
+           "shared": "now: the optimized copies read the plain graphs' weights"}
+
+
+def layout_of(manifest: dict) -> str:
+    """Which of LAYOUTS a manifest describes: converters that record the CPU share the weights."""
+    opt = manifest.get("optimized") or {}
+    return "plain" if not opt.get("graphs") else "shared" if "onnxruntime" in opt else "full"
+
+
+def with_layout(folder: Path, work: Path, layout: str) -> Path:
+    """`folder` with its optimized copies laid out as `layout` (LAYOUTS), valid on this machine:
+    the folder itself when it already is so, else a folder in `work` of hard links to its plain
+    graphs and side files, with its own optimized copies and manifest (nothing is written into
+    `folder`; one built before is reused while its plain graphs are still `folder`'s)."""
+    from ragvl.models.contract import optimized_status
     from ragvl.models.contract.manifest import MANIFEST, write_manifest
     from ragvl.models.contract.names import optimized_graph
-    from ragvl.models.converter.optimize import key, save_optimized
+    from ragvl.models.converter.optimize import PROVIDER, key, record, save_optimized
 
     m = json.loads((folder / MANIFEST).read_text())
-    if bool(m.get("optimized")) == optimized:
+    if layout_of(m) == layout and (layout == "plain" or optimized_status(m, PROVIDER)[0]):
         return folder
-    out = work / f"{folder.name}-{'optimized' if optimized else 'plain'}"
-    if (out / MANIFEST).exists():
+    out = work / f"{folder.name}-{layout}"
+    data = [g + ".data" for g in m["graphs"].values()]
+    if (out / MANIFEST).exists() and all((out / d).stat().st_ino == (folder / d).stat().st_ino for d in data):
         return out
     shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
+    out.mkdir(parents=True)
     saved = set((m.get("optimized") or {}).get("graphs", {}).values())
     for f in folder.iterdir():
-        if f.name != MANIFEST and not any(f.name in (o, o + ".data") for o in saved):
+        if f.is_file() and f.name != MANIFEST and not any(f.name in (o, o + ".data") for o in saved):
             os.link(f, out / f.name)
     m.pop("files")
     m["optimized"] = None
-    if optimized:
+    if layout != "plain":
         for g, file in m["graphs"].items():
-            log(f"  optimizing {g}")
-            save_optimized(out / file)
-        m["optimized"] = {"key": key(), "graphs": {g: optimized_graph(f) for g, f in m["graphs"].items()}}
+            log(f"  optimizing {g} ({layout})")
+            save_optimized(out / file, share=layout == "shared")
+        graphs = {g: optimized_graph(f) for g, f in m["graphs"].items()}
+        m["optimized"] = {**record(), "graphs": graphs} if layout == "shared" else {"key": key(), "graphs": graphs}
     write_manifest(out, m)
+    return out
+
+
+def folder_bytes(folder: Path) -> int:
+    """The bytes of a folder's files, each inode counted once."""
+    seen = {}
+    for f in folder.iterdir():
+        if f.is_file():
+            st = f.stat()
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
+
+
+def _evict(folder: Path) -> bool:
+    """Drop `folder`'s files from the page cache (no root needed, other files stay cached); False
+    where the kernel cannot (no posix_fadvise, or a tmpfs: its pages are the files)."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()] \
+        if Path("/proc/mounts").exists() else []
+    real = str(folder.resolve())
+    fs = max((m for m in mounts if real == m[1] or real.startswith(m[1].rstrip("/") + "/")),
+             key=lambda m: len(m[1]), default=None)
+    if fs is not None and fs[2] in ("tmpfs", "ramfs"):
+        return False
+    os.sync()
+    for f in folder.iterdir():
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    return True
+
+
+def weights_once(models: dict[str, tuple[Path, str]], work: Path, threads: int, runs: int) -> dict:
+    """Per model and layout (LAYOUTS): the folder's size and the time a fresh process takes to open
+    every graph, cold (the folder's files dropped from the page cache first) and warm (best of
+    `runs` after one that fills it)."""
+    out: dict[str, dict] = {}
+    for name, (folder, kind) in models.items():
+        for layout in LAYOUTS:
+            f = with_layout(folder, work, layout)
+            args = {"folder": str(f), "threads": threads, "kind": kind}
+            log(f"weights: {name}, {layout} ({f.name})")
+            cold = run_child("open", args, work, script=__file__) if _evict(f) else None
+            warm = [run_child("open", args, work, script=__file__) for _ in range(runs + 1)][1:]
+            if (cold and "error" in cold) or any("error" in w for w in warm):
+                out[f"{name}, {layout}"] = {"error": (cold or {}).get("error") or warm[0].get("error")}
+                continue
+            best = min(warm, key=lambda w: w["open_s"])
+            out[f"{name}, {layout}"] = {
+                "model": name, "layout": layout, "bytes": folder_bytes(f),
+                "data_bytes": sum(p.stat().st_size for p in f.glob("*.data")),
+                "own_opt_bytes": sum(p.stat().st_size for p in f.glob("*.opt.onnx.data")),
+                "cold_open_s": None if cold is None else cold["open_s"], "warm_open_s": best["open_s"],
+                "graphs": best["graphs"]}
     return out
 
 
@@ -343,6 +436,26 @@ def tables(res: dict) -> dict[str, str]:
                          "anonymous resident memory after the query (RssAnon); mapped weights are "
                          "shared page cache instead.")
         out["startup"] = "\n".join(lines)
+    if res.get("weights"):
+        lines = [f"The {res['spec']} shape: each model folder as converted, with its onnxruntime-optimized copies "
+                 "laid out three ways.", "",
+                 "| model, optimized copies | folder (MB) | of it, the copies' own data (MB) | cold: open every "
+                 "graph (s) | warm (s) | graphs loaded |", "|---|---|---|---|---|---|"]
+        for label, r in res["weights"].items():
+            if "error" in r:
+                lines.append(f"| {label} | error: {r['error']} | | | | |")
+                continue
+            saved = [g for g, c in r["graphs"].items() if c["optimized"]]
+            loaded = f"{', '.join(saved)}: saved copies" if saved else "plain, optimized at load"
+            lines.append(f"| {r['model']}, {LAYOUTS[r['layout']]} | {r['bytes'] / 1e6:,.1f} | "
+                         f"{r['own_opt_bytes'] / 1e6:,.1f} | {fmt(r['cold_open_s'])} | {r['warm_open_s']:.2f} | "
+                         f"{loaded} |")
+        lines.append("\nA fresh process opens every graph of the folder (`VisionLanguageModel.open()`, weights "
+                     "prepacked), after the manifest's hashes are verified (cached). Cold: the folder's files "
+                     f"dropped from the page cache first (posix_fadvise; '—': not possible here); warm: best of "
+                     f"{res.get('weights_runs', 3)} after one run that fills it. Folder: every file once (hard "
+                     "links share bytes).")
+        out["weights"] = "\n".join(lines)
     return out
 
 
@@ -357,6 +470,8 @@ def main(argv=None) -> int:
                    help="a converted ColQwen2 folder for the start-up rows (default: bench_colqwen2.py's int8 "
                         "conversion in --work, when there)")
     p.add_argument("--skip-ttft", action="store_true", help="only the start-up rows (results/startup.md)")
+    p.add_argument("--weights", action="store_true", help="only the one-copy-of-the-weights rows "
+                   "(results/weights.md): folder sizes and session open times per layout of the optimized copies")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--child-args", help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -371,16 +486,28 @@ def main(argv=None) -> int:
     ckpt, _ = ensure_checkpoint(work, spec_d, DEFAULT_MAX_PIXELS, 0, SHARD_BYTES)
     cases = answer_cases()
     res: dict[str, Any] = {"spec": spec_d["name"], "runs": args.runs, "ttft": {}, "startup": {}}
+    emb = args.embedder or work / f"ckpt-colqwen2-{ckpt.name[len('ckpt-'):]}-ragvl-int8"
+    if args.weights:
+        weights_run = Run(Path(__file__).name, WEIGHTS, argv, threads=args.threads)
+        models = {f"answerer {dt}": (ensure_converted(work, ckpt, dt, False)[0], "qwen2-vl")
+                  for dt in [d.strip() for d in args.dtypes.split(",") if d.strip()]}
+        if (emb / "ragvl.json").exists():
+            models["embedder int8"] = (emb, "colqwen2")
+        res["weights_runs"] = max(args.runs, 3)
+        res["weights"] = weights_once(models, work, args.threads, res["weights_runs"])
+        weights_run.add("once", tables(res)["weights"])
+        weights_run.save({k: v for k, v in res.items() if k in ("spec", "weights", "weights_runs")},
+                         default_results_dir(args.config, work))
+        return 0
     if not args.skip_ttft:
         for dt in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
             folder, _ = ensure_converted(work, ckpt, dt, False)
             log(f"TTFT {dt} (load average {os.getloadavg()[0]:.2f})")
             res["ttft"][dt] = run_child("ttft", {"folder": str(folder), "threads": args.threads, "runs": args.runs,
                                                  "cases": cases}, work, script=__file__)
-    emb = args.embedder or work / f"ckpt-colqwen2-{ckpt.name[len('ckpt-'):]}-ragvl-int8"
     start_run = Run(Path(__file__).name, STARTUP, argv, threads=args.threads)
     if (emb / "ragvl.json").exists():
-        plain, opt = with_optimized(emb, work, False), with_optimized(emb, work, True)
+        plain, opt = with_layout(emb, work, "plain"), with_layout(emb, work, "shared")
         for label, folder, mode in (("before: every graph, optimized at load", plain, "eager"),
                                     ("lazy sessions, optimized at load", plain, "lazy"),
                                     ("lazy sessions, saved optimized graphs", opt, "lazy"),

@@ -49,6 +49,9 @@ def test_ask_json_sources_equal_search(db, tiny_embedder, answerer):
     assert set(out) >= {"answer", "sources", "timings"} and isinstance(out["answer"], str)
     assert set(out["timings"]) >= {"retrieval_s", "load_s", "vision_s", "prefill_s", "first_token_s", "decode_tok_s"}
     assert out["timings"]["load_s"] > 0  # a new process opens both models' sessions: outside every stage
+    # which file each answerer graph was loaded from, and why (the saved optimized copies, valid here)
+    assert out["graphs"]["decoder"]["file"] == "decoder.opt.onnx" and out["graphs"]["decoder"]["optimized"]
+    assert out["graphs"]["decoder"]["reason"].endswith(", as here")
     search = json.loads(ragvl("search", "What grew in region 1?", "-k", 2, *common, "--json").stdout)
     assert [(s["path"], s["page"], s["score"]) for s in out["sources"]] == \
         [(s["path"], s["page"], s["score"]) for s in search]

@@ -69,7 +69,8 @@ class Answer:
                 "vision": self.vision, "follow_up": None if self.follow_up_of is None else
                 {"continued": self.continued, "previous_question": self.follow_up_of.question},
                 "timings": {"retrieval_s": round(self.retrieval_s, 4), **g["timings"],
-                            "load_s": round(self.load_s + self.generation.timings.load_s, 4)}}
+                            "load_s": round(self.load_s + self.generation.timings.load_s, 4)},
+                "graphs": g["graphs"]}
 
 
 def low_score_notes(hits: Sequence[Hit]) -> list[str]:

@@ -35,8 +35,8 @@ def models_convert(
     force: bool = typer.Option(False, "--force", help="Replace an existing ragvl model folder."),
     default: bool = typer.Option(False, "--default", help="Make it the default model of its kind."),
     no_optimized: bool = typer.Option(False, "--no-optimized-graphs", help="Do not save onnxruntime's optimized "
-                                      "graphs beside the plain ones (half the disk; each load then optimizes, "
-                                      "seconds at the 2B shape)."),
+                                      "graphs beside the plain ones (they read the plain graphs' weights: little "
+                                      "disk saved; each load then optimizes, seconds at the 2B shape)."),
 ) -> None:
     """Convert a Qwen2-VL or ColQwen2 checkpoint to ONNX (no torch needed, works offline)."""
     from ..models.converter import convert
@@ -60,14 +60,14 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON
     """Show the models installed in the model home [env RAGVL_HOME; default $XDG_CACHE_HOME/ragvl, else ~/.cache/ragvl]."""
     from ..models.contract import cpu_features, default_model, graph_kernels, installed_models, models_dir
 
-    rows = []
-    for folder, m in installed_models():
+    rows, installed = [], installed_models()
+    for folder, m in installed:
         size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
         rows.append({"name": folder.name, "kind": m.get("kind"), "dtype": m.get("dtype"), "bytes": size,
                      "default": default_model(m.get("kind", "")) == folder, "path": str(folder),
                      "kernels": graph_kernels(m), "cpu": cpu_features().kind})
     if as_json:
-        print(json.dumps(rows))
+        print(json.dumps([{**r, **_optimized(m)} for r, (_, m) in zip(rows, installed)]))
         return
     if not rows:
         log(f"no models in {models_dir()}: run `ragvl models pull` or `ragvl models convert CHECKPOINT_DIR`")
@@ -77,6 +77,14 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON
         print(f"{'*' if r['default'] else ' '} {r['name']:<32} {r['kind']:<9} {r['dtype']:<5} "
               f"{r['bytes'] / 1e9:7.2f} GB  {kernels}")
     log(f"kernels as this CPU runs them ({cpu_features().kind}; RAGVL_INT8_KERNEL overrides the int8 one)")
+
+
+def _optimized(manifest: dict) -> dict:
+    """Whether a model's saved optimized graphs load here on the CPU, and why (`models list --json`)."""
+    from ..models.contract import optimized_status
+
+    usable, reason = optimized_status(manifest, "CPUExecutionProvider")
+    return {"optimized": usable, "optimized_reason": reason}
 
 
 @models_app.command("pull")

@@ -7,12 +7,14 @@ from .cpu import INT8_KERNELS, CpuFeatures, best_int8_kernel, cpu_features, grap
 from .config import COLQWEN2_ARCHITECTURES, TextConfig, VisionConfig, read_config
 from .manifest import KIND_ANSWERER, KIND_EMBEDDER, MANIFEST, model_config, read_manifest, write_manifest
 from .names import VECTOR_DIM, kv_names, optimized_graph, optimized_key
+from .optimized import optimized_record, optimized_status, same_optimizer
 from .registry import (DEFAULT_DTYPE, KNOWN_MODELS, KnownModel, default_model, installed_models, models_dir,
                        resolve_model, set_default)
 from .rope import mrope_inv_freq, mrope_positions
 
 __all__ = ["COLQWEN2_ARCHITECTURES", "TextConfig", "VisionConfig", "read_config", "KIND_ANSWERER", "KIND_EMBEDDER",
            "MANIFEST", "model_config", "read_manifest", "write_manifest", "VECTOR_DIM", "kv_names", "optimized_graph",
+           "optimized_record", "optimized_status", "same_optimizer",
            "optimized_key", "DEFAULT_DTYPE", "KNOWN_MODELS", "KnownModel", "default_model", "installed_models",
            "models_dir", "resolve_model", "set_default", "mrope_inv_freq", "mrope_positions",
            "INT8_KERNELS", "CpuFeatures", "best_int8_kernel", "cpu_features", "graph_kernels", "int8_kernel"]

@@ -12,7 +12,8 @@ def kv_names(i: int) -> tuple[str, str, str, str]:
 
 def optimized_key(provider: str) -> str:
     """Which onnxruntime wrote a pre-optimized graph, and for which provider: a saved optimized
-    graph is only loaded by the same onnxruntime version on the same provider."""
+    graph is only loaded by the same onnxruntime version on the same provider (and, where the
+    manifest records one, the same CPU: optimized.py)."""
     import onnxruntime as ort
 
     return f"onnxruntime-{ort.__version__}-{provider}"

@@ -25,11 +25,11 @@ from ...errors import RagvlError
 from ...fsutil import remove_stale_partials, replace_dir
 from .checkpoint import Checkpoint, TensorSource
 from ..contract import (COLQWEN2_ARCHITECTURES, KIND_ANSWERER, KIND_EMBEDDER, MANIFEST, optimized_graph, read_config,
-                        write_manifest)
+                        same_optimizer, write_manifest)
 from .decoder_graph import build_decoder, build_embed, colbert_tensor_names, text_tensor_names
 from .lora import LoraAdapter, MergedSource, is_adapter
 from .onnx_builder import GraphBuilder
-from .optimize import key as optimized_key, save_optimized
+from .optimize import LEVEL, PROVIDER, external_files, record as optimized_record, save_optimized
 from .quantize import FORMATS, WeightFormat
 from .vision_graph import build_vision, vision_tensor_names
 
@@ -67,11 +67,18 @@ def _find_shared_vision(key: str, candidates: Sequence[Path]) -> Path | None:
     return None
 
 
-def _shared_optimized(shared: Path, opt: str) -> bool:
-    """Whether `shared` holds an optimized vision graph this onnxruntime wrote (reused, not redone)."""
+def _shared_optimized(shared: Path, opt: str) -> list[str] | None:
+    """The files of `shared`'s optimized vision graph (the graph, then its data files) when this
+    onnxruntime, at this level, on this CPU, wrote it (reused, not redone); else None."""
     m = json.loads((shared / MANIFEST).read_text())
-    o = m.get("optimized") or {}
-    return o.get("key") == optimized_key() and (shared / opt).exists() and (shared / (opt + ".data")).exists()
+    if not same_optimizer(m.get("optimized"), PROVIDER, LEVEL) or not (shared / opt).exists():
+        return None
+    data = external_files(shared / opt)  # the plain graph's data file, and its own if it has one
+    if not set(data) <= {m["graphs"]["vision"] + ".data", opt + ".data"}:
+        return None
+    if not all((shared / f).exists() for f in data):
+        return None
+    return [opt, *data]
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -96,8 +103,8 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
       serves both models in a process.
     - `fused_attention` uses onnxruntime's MultiHeadAttention kernel in the vision tower (about
       1.4x faster there on a CPU than MatMul + Softmax, which materialise the N x N scores).
-    - `optimize` saves onnxruntime's optimized copy of every graph (optimize.py): faster loads,
-      about twice the disk.
+    - `optimize` saves onnxruntime's optimized copy of every graph (optimize.py): faster loads;
+      it reads the weights it did not change from the plain graph's data file (one copy on disk).
     - `int8_kernel` ("rows" or "nbits"): the int8 kernel of the graphs that only multiply many
       rows at once (vision tower, ColQwen2's encoder; quantize.py); the answerer's decoder, which
       decodes one row at a time, always uses MatMulNBits.
@@ -192,12 +199,14 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
         graphs = {"vision": "vision.onnx", "embed": "embed.onnx", text_graph: f"{text_graph}.onnx"}
         optimized = None
         if optimize:
-            optimized = {"key": optimized_key(), "graphs": {}}
+            optimized = optimized_record()
             for name, file in graphs.items():
                 opt = optimized_graph(file)
-                if name == "vision" and shared is not None and _shared_optimized(shared, opt):
-                    for f in (opt, opt + ".data"):
-                        _link_or_copy(shared / f, tmp / f)
+                reuse = _shared_optimized(shared, opt) if name == "vision" and shared is not None else None
+                if reuse:
+                    for f in reuse:
+                        if not (tmp / f).exists():  # vision.onnx.data is linked already
+                            _link_or_copy(shared / f, tmp / f)
                 else:
                     log(f"optimizing {name} graph (onnxruntime)")
                     save_optimized(tmp / file)

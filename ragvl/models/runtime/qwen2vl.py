@@ -65,6 +65,7 @@ class Generation:
     vision: dict = field(default_factory=dict)  # {"reused": images given as features, "computed": encoded}
     conversation: Conversation | None = None  # set once the answer is complete: pass it to follow_up
     continued: bool = False  # a follow-up that extended the kept KV cache (not a fresh prompt)
+    graphs: dict = field(default_factory=dict)  # the model's open graphs: {name: {"file", "optimized", "reason"}}
 
     def __iter__(self) -> Iterator[str]:
         for piece in self._pieces:
@@ -79,7 +80,7 @@ class Generation:
     def as_dict(self) -> dict:
         return {"text": self.text, "token_ids": self.token_ids, "prompt_tokens": self.prompt_tokens,
                 "new_tokens": len(self.token_ids), "stop_reason": self.stop_reason, "vision": self.vision,
-                "timings": self.timings.as_dict()}
+                "timings": self.timings.as_dict(), "graphs": self.graphs}
 
 
 class Qwen2VL(VisionLanguageModel):
@@ -175,7 +176,7 @@ class Qwen2VL(VisionLanguageModel):
         """Stream an answer to an already built prompt (`messages` as rendered into it, if known)."""
         settings = settings or self.defaults
         start = time.perf_counter() if start is None else start
-        gen = Generation(iter(()), prompt_tokens=len(prompt.ids),
+        gen = Generation(iter(()), prompt_tokens=len(prompt.ids), graphs=self.loaded,
                          vision={"reused": prompt.n_given, "computed": len(prompt.grids) - prompt.n_given})
 
         def first(timings: Timings):
@@ -209,7 +210,8 @@ class Qwen2VL(VisionLanguageModel):
             return self.generate_prompt(prompt, settings, messages=messages, max_pixels=conv.max_pixels, start=start)
         new = [int(t) for t in self.tokenizer.encode_prompt(suffix, [])]
         ids = conv.ids + new
-        gen = Generation(iter(()), prompt_tokens=len(ids), vision={"reused": 0, "computed": 0}, continued=True)
+        gen = Generation(iter(()), prompt_tokens=len(ids), vision={"reused": 0, "computed": 0}, continued=True,
+                         graphs=self.loaded)
 
         def extend(timings: Timings):
             timings.load_s += self.ensure_open("embed", "decoder")

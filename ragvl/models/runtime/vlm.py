@@ -18,7 +18,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from ...errors import RagvlError
-from ..contract import model_config, optimized_key, read_manifest
+from ..contract import model_config, optimized_status, read_manifest
 from .preprocess import ImageConfig, ImageInput, num_image_tokens, preprocess
 from .session import create_session, default_device, providers_for
 from .tokenizer import Tokenizer
@@ -75,6 +75,9 @@ class VisionLanguageModel:
         # Sessions open on first use: `ragvl search` embeds a text query and never needs the
         # vision graph, an answer from stored features may not either.
         self._sessions: dict = {}
+        # Per open graph, the file it was loaded from and why: {"file", "optimized", "reason"}
+        # (`--json` outputs carry it: an optimized copy made elsewhere is skipped, and says so).
+        self.loaded: dict[str, dict] = {}
         self._opening = threading.Lock()  # one graph opens at a time: never two sessions of one graph
 
     def session(self, graph: str):
@@ -84,19 +87,29 @@ class VisionLanguageModel:
             with self._opening:
                 sess = self._sessions.get(graph)
                 if sess is None:
-                    path, preoptimized = self.graph_path(graph)
-                    sess = self._sessions[graph] = create_session(path, self.device, self.threads,
-                                                                  optimize=not preoptimized, prepack=self.prepack)
+                    choice = self.graph_choice(graph)
+                    sess = self._sessions[graph] = create_session(self.folder / choice["file"], self.device,
+                                                                  self.threads, optimize=not choice["optimized"],
+                                                                  prepack=self.prepack)
+                    self.loaded[graph] = choice
         return sess
 
+    def graph_choice(self, graph: str) -> dict:
+        """Which file `graph` loads from, and why: {"file", "optimized", "reason"}. The copy
+        onnxruntime optimized at conversion where it is valid here (the same onnxruntime version,
+        provider and CPU: contract.optimized_status), else the plain graph, optimized at load."""
+        usable, reason = optimized_status(self.manifest, providers_for(self.device)[0])
+        name = ((self.manifest.get("optimized") or {}).get("graphs") or {}).get(graph)
+        if usable and name and (self.folder / name).exists():
+            return {"file": name, "optimized": True, "reason": reason}
+        if usable:
+            reason = f"no optimized copy of the {graph} graph: optimized at load"
+        return {"file": self.manifest["graphs"][graph], "optimized": False, "reason": reason}
+
     def graph_path(self, graph: str) -> tuple[Path, bool]:
-        """The file to load for `graph`: the copy onnxruntime optimized at conversion when it was
-        made by this onnxruntime version for this device's provider (then True), else the graph."""
-        opt = self.manifest.get("optimized") or {}
-        name = opt.get("graphs", {}).get(graph)
-        if name and opt.get("key") == optimized_key(providers_for(self.device)[0]) and (self.folder / name).exists():
-            return self.folder / name, True
-        return self.folder / self.manifest["graphs"][graph], False
+        """The file to load for `graph` and whether it is a saved optimized copy (graph_choice)."""
+        choice = self.graph_choice(graph)
+        return self.folder / choice["file"], choice["optimized"]
 
     def open(self, *graphs: str) -> "VisionLanguageModel":
         """Open these graphs' sessions now (all of the manifest's by default), e.g. before timing."""
