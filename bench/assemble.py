@@ -126,8 +126,9 @@ def summary(folder: Path | None = None) -> str:
     def when(r, what):
         if r:
             m = r["meta"]
-            runs.append(f"{what}: {m['started_utc']}, `{' '.join(['bench/' + m['script']] + m['argv'])}`, "
-                        f"load average {m['loadavg_start'][0]}")
+            h = m.get("host") or {}
+            runs.append(f"{what}: {m['started_utc']} on {h.get('cpu', '?')} ({h.get('simd', '?')}), "
+                        f"`{' '.join(['bench/' + m['script']] + m['argv'])}`, load average {m['loadavg_start'][0]}")
 
     if col:
         d = col["derived"]["engines"]
@@ -165,8 +166,9 @@ def summary(folder: Path | None = None) -> str:
         cell = (f"first stage + exact rescoring {big['staged']['p50_ms']:.0f} ms (recall@5 "
                 f"{big['staged']['recall5']:.3f} on synthetic data); exact {big['exact']['p50_ms']:.0f} ms")
         rows.append(f"| search, {big['n_pages']:,} synthetic pages, ms a query (p50) | — | {cell} | | |")
-        runs.append(f"search: `bench/bench_search.py` (options in bench/README.md), load average "
-                    f"{srch['machine']['loadavg']:.1f}")
+        mach = srch["machine"]
+        runs.append(f"search: `bench/bench_search.py` (options in bench/README.md)"
+                    + (f" on {mach['cpu']}" if mach.get("cpu") else "") + f", load average {mach['loadavg']:.1f}")
     if len(rows) == 2:
         return "*No benchmark results yet: run the scripts in bench/ (see bench/README.md).*\n"
     out = rows + ["", *practice(col, ask, qv, sizes)]
