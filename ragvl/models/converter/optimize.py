@@ -27,12 +27,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import onnx
 from onnx import TensorProto
 
 from ...errors import RagvlError
-from ..contract import optimized_graph, optimized_key, optimized_record
+from ..contract import external_location, optimized_graph, optimized_key, optimized_record
 
 PROVIDER = "CPUExecutionProvider"
 LEVEL = "extended"
@@ -89,17 +88,6 @@ def _tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
                 yield from _tensors(g)
 
 
-def _where(t: TensorProto) -> tuple[str, int, int] | None:
-    """(file, offset, length) of an external tensor's bytes; None for one stored in the graph."""
-    if t.data_location != TensorProto.EXTERNAL:
-        return None
-    info = {e.key: e.value for e in t.external_data}
-    length = info.get("length")
-    if length is None:  # optional in the format: the dense size
-        length = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize * int(np.prod(t.dims))
-    return info["location"], int(info.get("offset", 0)), int(length)
-
-
 def _point(t: TensorProto, location: str, offset: int, length: int) -> None:
     del t.external_data[:]
     for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
@@ -110,7 +98,7 @@ def _point(t: TensorProto, location: str, offset: int, length: int) -> None:
 def external_files(graph: Path) -> list[str]:
     """The data files (names in the graph's folder) that `graph`'s external tensors are read from."""
     model = onnx.load(str(graph), load_external_data=False)
-    return sorted({w[0] for t in _tensors(model.graph) if (w := _where(t))})
+    return sorted({w[0] for t in _tensors(model.graph) if (w := external_location(t))})
 
 
 class _Files:
@@ -165,7 +153,7 @@ def share_weights(graph: Path, opt: Path) -> dict:
     folder = opt.parent
     plain = onnx.load(str(graph), load_external_data=False)
     model = onnx.load(str(opt), load_external_data=False)
-    ref = {t.name: (t, w) for t in _tensors(plain.graph) if (w := _where(t))}
+    ref = {t.name: (t, w) for t in _tensors(plain.graph) if (w := external_location(t))}
     by_kind: dict[tuple, list[str]] = defaultdict(list)
     for name, (t, _) in ref.items():
         by_kind[(t.data_type, tuple(t.dims))].append(name)
@@ -177,7 +165,7 @@ def share_weights(graph: Path, opt: Path) -> dict:
     try:
         with _Files(folder) as files:
             for t in _tensors(model.graph):
-                w = _where(t)
+                w = external_location(t)
                 if w is None:
                     continue
                 kind = (t.data_type, tuple(t.dims))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import RagvlError
+from ..contract import external_location
 
 if TYPE_CHECKING:  # onnx is imported when a graph is rewritten: `ragvl search` never needs it
     import onnx
@@ -36,27 +37,22 @@ ZERO_POINT = 128  # of the stored uint8 weights (quantize.quantize_columns)
 class Derived:
     """A graph rewritten for one int8 kernel: bytes for onnxruntime and the weights it needs."""
 
-    kernel: str
     model: bytes
     names: list[str] = field(default_factory=list)  # external initializers supplied in memory
     arrays: list[np.ndarray] = field(default_factory=list)  # kept alive as long as the session
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays)
 
 
 def _read(init: "onnx.TensorProto", folder: Path) -> np.ndarray:
     """An initializer's array, memory-mapped from its external data file when it has one."""
     import onnx
-    from onnx import TensorProto, numpy_helper
-    if init.data_location != TensorProto.EXTERNAL:
+    from onnx import numpy_helper
+
+    where = external_location(init)
+    if where is None:
         return numpy_helper.to_array(init)
-    info = {e.key: e.value for e in init.external_data}
+    location, offset, _ = where
     dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
-    shape = tuple(init.dims)
-    return np.memmap(folder / info["location"], dtype=dtype, mode="r", offset=int(info.get("offset", 0)),
-                     shape=shape)
+    return np.memmap(folder / location, dtype=dtype, mode="r", offset=offset, shape=tuple(init.dims))
 
 
 def derive_weight(q: np.ndarray, kernel: str) -> np.ndarray:
@@ -120,7 +116,7 @@ def derive(path: Path, kernel: str) -> tuple[str | None, Derived | None]:
         return None, None
     folder = path.parent
     inits = {i.name: i for i in model.graph.initializer}
-    derived = Derived(kernel, b"")
+    derived = Derived(b"")
     done_scales: set[str] = set()
     for node, w, scales in found:
         del node.input[3]  # the int8 weights' zero point is 0, MatMulInteger's default
