@@ -5,10 +5,11 @@
     python bench/assemble.py --check    # exit 1 if either file is not what the results give
 
 bench/README.md = bench/README.template.md (hand-written prose) with every ``<!-- table: NAME -->``
-line replaced by table NAME from bench/results/*.md (each preceded by the line saying when, on
-what machine and with which options it was measured). README.md keeps its own text; only the
-block between ``<!-- bench:summary -->`` and ``<!-- /bench:summary -->`` is rewritten, from the
-results' JSON. No number in either file is typed by hand.
+line replaced by table NAME as measured on each CPU kind, from bench/results/<kind>/*.md (results
+of no recorded kind: bench/results/*.md), each preceded by the line saying when, on what machine
+and with which options it was measured. README.md keeps its own text; only the block between
+``<!-- bench:summary -->`` and ``<!-- /bench:summary -->`` is rewritten, from the results' JSON,
+one row group per CPU kind. No number in either file is typed by hand.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ REPO = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from results import MARKER, RESULTS, read_json, read_tables, shown_in_readme  # noqa: E402
+from results import MARKER, RESULTS, kind_label, kinds, read_json, read_tables, shown_in_readme  # noqa: E402
 
 TEMPLATE = HERE / "README.template.md"
 BENCH_README = HERE / "README.md"
@@ -65,8 +66,23 @@ def options_table(script: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def bench_readme(template: str, tables: dict[str, str]) -> tuple[str, list[str]]:
-    """The template with its table and option markers filled in; also the names of tables not found."""
+def tables_by_kind(root: Path) -> dict[str, list[tuple[str | None, str]]]:
+    """{table name: [(CPU kind or None, Markdown), ...]}: the top folder's first, then each kind's."""
+    out: dict[str, list[tuple[str | None, str]]] = {}
+    for kind in [None, *kinds(root)]:
+        for name, md in read_tables(root / kind if kind else root).items():
+            out.setdefault(name, []).append((kind, md))
+    return out
+
+
+def _section(kind: str | None, md: str, several: bool) -> str:
+    """One kind's copy of a table, under a line naming the kind when the table has several."""
+    return f"**{kind_label(kind)}**\n\n{md}\n" if kind and several else md
+
+
+def bench_readme(template: str, tables: dict[str, list[tuple[str | None, str]]]) -> tuple[str, list[str]]:
+    """The template with its table and option markers filled in (a table measured on several CPU
+    kinds once per kind); also the names of tables not found."""
     out, missing = [GENERATED], []
     for line in template.splitlines(keepends=True):
         o = OPTIONS.match(line.rstrip("\n"))
@@ -79,7 +95,8 @@ def bench_readme(template: str, tables: dict[str, str]) -> tuple[str, list[str]]
             continue
         name = m.group(1)
         if name in tables:
-            out.append(tables[name])
+            found = tables[name]
+            out.append("".join(_section(kind, md, len(found) > 1) for kind, md in found).rstrip("\n") + "\n")
         else:
             missing.append(name)
             script = {"qwen2vl": "bench_qwen2vl.py", "colqwen2": "bench_colqwen2.py", "ask": "bench_ask.py",
@@ -99,12 +116,57 @@ def _x(v, ref) -> str:
     return f"{v:.1f}" + (f" ({v / ref:.2f}x)" if ref else "")
 
 
-def summary(folder: Path | None = None) -> str:
-    """README.md's speed table, from bench/results/{colqwen2,ask,qwen2vl,search}.json."""
-    col, ask, qv, srch = (read_json(n, folder) for n in ("colqwen2", "ask", "qwen2vl", "search"))
-    dts = ("fp32", "int8", "int4")
+def summary(root: Path | None = None) -> str:
+    """README.md's speed table: a row group per CPU kind from bench/results/<kind>/{colqwen2,ask,
+    qwen2vl}.json, then search (bench/results/search.json)."""
+    root = Path(root or RESULTS)
     rows = ["| job | reference fp32 | ragvl fp32 | ragvl int8 | ragvl int4 |", "|---|---|---|---|---|"]
-    runs, withheld = [], []
+    runs, withheld, notes = [], [], []
+    for kind in kinds(root):
+        group = kind_rows(root / kind, runs, withheld)
+        if group:
+            cpus = sorted({c for c in group[1] if c})
+            rows.append(f"| **{kind_label(kind)}** ({', '.join(cpus) or '?'}) | | | | |")
+            rows += group[0]
+            for b in practice(*group[2]):
+                if b.startswith("- **Model size**"):  # the same on every CPU: said once
+                    notes += [] if b in notes else [b]
+                elif b:
+                    notes.append(f"- *{kind_label(kind)}:* " + b.removeprefix("- "))
+    srch = read_json("search", root)
+    if srch:  # bench_search.py's own JSON (machine, args, sizes; no Run meta)
+        ok, why = shown_in_readme({"threads": srch["machine"].get("cpus"),
+                                   "loadavg_start": [srch["machine"].get("loadavg")]})
+        if ok:
+            big = max(srch["sizes"], key=lambda r: r["n_pages"])
+            cell = (f"first stage + exact rescoring {big['staged']['p50_ms']:.0f} ms (recall@5 "
+                    f"{big['staged']['recall5']:.3f} on synthetic data); exact {big['exact']['p50_ms']:.0f} ms")
+            rows.append("| **search** (CPU not recorded) | | | | |")
+            rows.append(f"| search, {big['n_pages']:,} synthetic pages, ms a query (p50) | — | {cell} | | |")
+            mach = srch["machine"]
+            runs.append(f"search: `bench/bench_search.py` (options in bench/README.md)"
+                        + (f" on {mach['cpu']}" if mach.get("cpu") else "") + f", load average {mach['loadavg']:.1f}")
+        else:
+            withheld.append(f"search (`bench/bench_search.py`: {why}; rerun it on a quiet machine)")
+    if len(rows) == 2:
+        return "*No benchmark results yet: run the scripts in bench/ (see bench/README.md).*\n"
+    out = rows + [""] + (notes + [""] if notes else [])
+    if withheld:
+        out += ["Not shown, as measured on a busy machine: " + "; ".join(withheld) + ".", ""]
+    out += ["Ratios in parentheses: ragvl / the reference in the same run (below 1 is faster, "
+                      "except tokens/s). Search recall is measured against exact MaxSim on synthetic "
+                      "ColQwen2-like vectors, not on real documents.", ""]
+    out += ["Runs: " + "; ".join(runs) + ". Machine, options and load of each run: bench/README.md."]
+    return "\n".join(out) + "\n"
+
+
+def kind_rows(folder: Path, runs: list[str], withheld: list[str]):
+    """One CPU kind's rows of the speed table, the CPU models its runs name, and what `practice`
+    needs; None when nothing of it may be shown. Appends to `runs` and `withheld`."""
+    col, ask, qv = (read_json(n, folder) for n in ("colqwen2", "ask", "qwen2vl"))
+    dts = ("fp32", "int8", "int4")
+    rows, cpus = [], []
+    label = kind_label(folder.name)
 
     def shown(r, what, script):
         """A run's figures go into README only when shown_in_readme says so; else a note says why."""
@@ -114,19 +176,19 @@ def summary(folder: Path | None = None) -> str:
                                  "loadavg_start": [r.get("machine", {}).get("loadavg")]}
         ok, why = shown_in_readme(meta)
         if not ok:
-            withheld.append(f"{what} (`bench/{script}`: {why}; rerun it on a quiet machine)")
+            withheld.append(f"{what} on {label} (`bench/{script}`: {why}; rerun it on a quiet machine)")
         return r if ok else None
 
     col = shown(col, "page embedding", "bench_colqwen2.py")
     ask = shown(ask, "time to first token", "bench_ask.py")
     sizes = qv  # sizes on disk do not depend on the machine's load
     qv = shown(qv, "decode and memory", "bench_qwen2vl.py")
-    srch = shown(srch, "search", "bench_search.py")
 
     def when(r, what):
         if r:
             m = r["meta"]
             h = m.get("host") or {}
+            cpus.append(h.get("cpu"))
             runs.append(f"{what}: {m['started_utc']} on {h.get('cpu', '?')} ({h.get('simd', '?')}), "
                         f"`{' '.join(['bench/' + m['script']] + m['argv'])}`, load average {m['loadavg_start'][0]}")
 
@@ -161,24 +223,9 @@ def summary(folder: Path | None = None) -> str:
         rows.append("| peak memory while answering, GB | " + _f((e.get("hf") or {}).get("peak_rss_gb"))
                     + " | " + " | ".join(_f((e.get(f"ragvl-{dt}") or {}).get("peak_rss_gb")) for dt in dts) + " |")
         when(qv, "decode and memory")
-    if srch:  # bench_search.py's own JSON (machine, args, sizes; no Run meta)
-        big = max(srch["sizes"], key=lambda r: r["n_pages"])
-        cell = (f"first stage + exact rescoring {big['staged']['p50_ms']:.0f} ms (recall@5 "
-                f"{big['staged']['recall5']:.3f} on synthetic data); exact {big['exact']['p50_ms']:.0f} ms")
-        rows.append(f"| search, {big['n_pages']:,} synthetic pages, ms a query (p50) | — | {cell} | | |")
-        mach = srch["machine"]
-        runs.append(f"search: `bench/bench_search.py` (options in bench/README.md)"
-                    + (f" on {mach['cpu']}" if mach.get("cpu") else "") + f", load average {mach['loadavg']:.1f}")
-    if len(rows) == 2:
-        return "*No benchmark results yet: run the scripts in bench/ (see bench/README.md).*\n"
-    out = rows + ["", *practice(col, ask, qv, sizes)]
-    if withheld:
-        out += ["Not shown, as measured on a busy machine: " + "; ".join(withheld) + ".", ""]
-    out += ["Ratios in parentheses: ragvl / the reference in the same run (below 1 is faster, "
-                      "except tokens/s). Search recall is measured against exact MaxSim on synthetic "
-                      "ColQwen2-like vectors, not on real documents.", ""]
-    out += ["Runs: " + "; ".join(runs) + ". Machine, options and load of each run: bench/README.md."]
-    return "\n".join(out) + "\n"
+    if not rows:
+        return None
+    return rows, cpus, (col, ask, qv, sizes)
 
 
 def practice(col: dict | None, ask: dict | None, qv: dict | None, sizes_run: dict | None = None) -> list[str]:
@@ -213,7 +260,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results", type=Path, default=RESULTS, help="results folder (default bench/results)")
     args = ap.parse_args(argv)
 
-    tables = read_tables(args.results)
+    tables = tables_by_kind(args.results)
     bench_md, missing = bench_readme(TEMPLATE.read_text(), tables)
     main_old = MAIN_README.read_text()
     if not SUMMARY.search(main_old):

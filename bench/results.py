@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+RESULTS = HERE / "results"  # one folder per CPU kind inside (cpu_kind()); results of unknown CPU at the top
 MARKER = re.compile(r"^<!-- table: ([\w.-]+) -->\s*$")
 # Children log against the parent's clock (BENCH_EPOCH) and say who they are (BENCH_TASK).
 T_START = float(os.environ.get("BENCH_EPOCH", time.time()))
@@ -53,6 +53,22 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+# The CPU kinds results are kept apart by: the widest feature onnxruntime's kernels dispatch on.
+KIND_LABELS = {"amx_int8": "AMX + AVX-512 VNNI", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
+               "asimddp": "ARM dot product", "avx512f": "AVX-512 without VNNI", "avx2": "AVX2 only"}
+
+
+def cpu_kind() -> str:
+    """This CPU's kind as a folder name, e.g. "avx2" or "amx_int8" (ragvl's own reading of it)."""
+    from ragvl.models.contract import cpu_features
+
+    return cpu_features().kind.split()[-1]
+
+
+def kind_label(kind: str) -> str:
+    return KIND_LABELS.get(kind, kind)
 
 
 def usable_cores() -> int:
@@ -125,7 +141,7 @@ class Run:
             "script": script,
             "argv": self.argv,
             "started_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.t0)),
-            "host": {"cpu": cpu_model(), "cores": usable_cores(), "cpu_count": os.cpu_count(),
+            "host": {"cpu": cpu_model(), "kind": cpu_kind(), "cores": usable_cores(), "cpu_count": os.cpu_count(),
                      "simd": _simd(), "memory_gb": _mem_gb(), "platform": platform.platform(),
                      "python": platform.python_version()},
             "threads": threads,
@@ -149,8 +165,9 @@ class Run:
                 f"commit {m['commit']}.*")
 
     def save(self, raw: dict, out_dir: Path | None = None) -> tuple[Path, Path]:
-        """Write <out_dir>/<name>.md (every table with its caption) and <name>.json (meta + raw)."""
-        out_dir = Path(out_dir or RESULTS)
+        """Write <out_dir>/<name>.md (every table with its caption) and <name>.json (meta + raw);
+        `out_dir` defaults to this CPU kind's folder of bench/results."""
+        out_dir = Path(out_dir or RESULTS / cpu_kind())
         out_dir.mkdir(parents=True, exist_ok=True)
         self.meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         self.meta["duration_min"] = round((time.time() - self.t0) / 60, 1)
@@ -166,8 +183,17 @@ class Run:
         return md_path, json_path
 
 
+def kinds(root: Path | None = None) -> list[str]:
+    """The CPU kinds measured: the folders of bench/results (or `root`), AVX2 first."""
+    root = Path(root or RESULTS)
+    found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    order = list(KIND_LABELS)[::-1]
+    return sorted(found, key=lambda k: (order.index(k) if k in order else len(order), k))
+
+
 def read_tables(folder: Path | None = None) -> dict[str, str]:
-    """{table name: Markdown} from every results .md in `folder` (default bench/results)."""
+    """{table name: Markdown} from every results .md in `folder` (default bench/results, the
+    results of no recorded CPU kind; a kind's own are in its folder)."""
     tables: dict[str, str] = {}
     for f in sorted(Path(folder or RESULTS).glob("*.md")):
         name, buf = None, []
@@ -188,6 +214,6 @@ def read_json(name: str, folder: Path | None = None) -> dict | None:
 
 
 def default_results_dir(config: str, work: Path) -> Path:
-    """bench/results for the 2B shape (what the README shows); <work>/results for other configs
-    (a tiny run checks the harness, its numbers mean nothing)."""
-    return RESULTS if config == "2b" else Path(work) / "results"
+    """This CPU kind's folder of bench/results for the 2B shape (what the README shows);
+    <work>/results for other configs (a tiny run checks the harness, its numbers mean nothing)."""
+    return RESULTS / cpu_kind() if config == "2b" else Path(work) / "results"
