@@ -61,23 +61,17 @@ def part(node: str, op: str) -> str:
 
 
 def profile(folder: str, threads: int) -> dict:
-    import onnxruntime as ort
-
     from bench_colqwen2 import render_pages
     from ragvl.models.runtime.colqwen2 import ColQwen2
+    from ragvl.models.runtime.session import create_session, session_kernel
 
     m = ColQwen2(folder, threads=threads)
     tmp = tempfile.mkdtemp()
     for g in ("vision", "embed", "encoder"):
         path, preoptimized = m.graph_path(g)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if preoptimized
-                                       else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-        so.intra_op_num_threads = threads
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(tmp, g)
-        so.log_severity_level = 3
-        m._sessions[g] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        # as ragvl opens it (the int8 kernel this CPU runs), with the profiler on
+        m._sessions[g] = create_session(path, threads=threads, optimize=not preoptimized,
+                                        profile=os.path.join(tmp, g))
     pages = [image for _, _, _, image in render_pages()][:2]
     m.embed_images(pages[:1])  # warm-up: first-run allocations stay out of the figures
     # One profile per session covers both pages: only the events of its last run (the second
@@ -98,7 +92,9 @@ def profile(folder: str, threads: int) -> dict:
             op = e.get("args", {}).get("op_name", "?")
             by_part[part(node, op)] += e["dur"] / 1e6
             by_op[op] += e["dur"] / 1e6
-    return {"folder": folder, "dtype": m.manifest["dtype"], "threads": threads, "wall_s": round(wall, 3),
+    kernels = sorted({k for k in map(session_kernel, m._sessions.values()) if k})
+    return {"folder": folder, "dtype": m.manifest["dtype"], "int8_kernel": ", ".join(kernels) or None,
+            "threads": threads, "wall_s": round(wall, 3),
             "by_part_s": dict(sorted(by_part.items(), key=lambda x: -x[1])),
             "by_op_s": dict(sorted(by_op.items(), key=lambda x: -x[1]))}
 
@@ -107,7 +103,8 @@ def tables(r: dict) -> dict[str, str]:
     """{table name: Markdown}: time by model part, and by operator (the 12 costliest)."""
     total = sum(r["by_part_s"].values())
     share = lambda rows: [f"| {k} | {v:.2f} | {v / total:.0%} |" for k, v in rows]  # noqa: E731
-    parts = [f"ColQwen2 {r['dtype']}, one sample page. Node time {total:.2f} s of {r['wall_s']:.2f} s wall.", "",
+    kernel = f" (int8 kernel {r['int8_kernel']})" if r.get("int8_kernel") else ""
+    parts = [f"ColQwen2 {r['dtype']}{kernel}, one sample page. Node time {total:.2f} s of {r['wall_s']:.2f} s wall.", "",
              "| part | s | share |", "|---|---|---|", *share(r["by_part_s"].items())]
     ops = ["| operator | s | share |", "|---|---|---|", *share(list(r["by_op_s"].items())[:12])]
     return {"parts": "\n".join(parts), "ops": "\n".join(ops)}

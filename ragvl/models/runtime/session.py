@@ -45,7 +45,8 @@ _KERNELS: "weakref.WeakKeyDictionary[ort.InferenceSession, tuple[str | None, Der
 
 
 def create_session(path: str | Path, device: str = "cpu", threads: int | None = None,
-                   optimize: bool = True, prepack: bool = True, kernel: str | None = None) -> ort.InferenceSession:
+                   optimize: bool = True, prepack: bool = True, kernel: str | None = None,
+                   profile: str | None = None) -> ort.InferenceSession:
     """Open one ONNX graph on `device`, failing loudly if the provider did not take it.
 
     `optimize=False` for a graph onnxruntime already optimized and saved (at conversion): its
@@ -57,6 +58,8 @@ def create_session(path: str | Path, device: str = "cpu", threads: int | None = 
     session keeps the stored int8 layout (u8u8): deriving another would copy the weights.
     `kernel`: the int8 kernel of the graph's rows-kernel matmuls (int8.py); default: this CPU's
     (`contract.int8_kernel()`).
+    `profile`: a file prefix; onnxruntime's profiler records every run (bench/experiments), in
+    a session of its own.
     """
     path = Path(path)
     try:
@@ -64,10 +67,10 @@ def create_session(path: str | Path, device: str = "cpu", threads: int | None = 
     except OSError as e:
         raise RagvlError(f"{path}: cannot open the graph ({e.strerror})") from None
     kernel = kernel or (int8_kernel() if prepack else "u8u8")
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, device, threads, optimize, prepack, kernel)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, device, threads, optimize, prepack, kernel, profile)
     sess = _OPEN.get(key)
     if sess is None:
-        sess = _OPEN[key] = _open(path, device, threads, optimize, prepack, kernel)
+        sess = _OPEN[key] = _open(path, device, threads, optimize, prepack, kernel, profile)
     return sess
 
 
@@ -78,13 +81,15 @@ def session_kernel(sess: ort.InferenceSession) -> str | None:
 
 
 def _open(path: Path, device: str, threads: int | None, optimize: bool, prepack: bool,
-          kernel: str) -> ort.InferenceSession:
+          kernel: str, profile: str | None) -> ort.InferenceSession:
     providers = providers_for(device)
     so = ort.SessionOptions()
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     so.intra_op_num_threads = threads or cpu_threads()
     so.log_severity_level = 3
+    if profile:
+        so.enable_profiling, so.profile_file_prefix = True, profile
     if not prepack:
         so.add_session_config_entry("session.disable_prepacking", "1")
     try:
