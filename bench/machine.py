@@ -87,8 +87,12 @@ def prefill_items(spec, seq: int, lm_head: bool = True, many_rows: bool = False)
     """One prefill over `seq` tokens: q / k / v / o and the MLP per layer, attention as ragvl's
     decoder graph computes it (grouped-query: (nkv, rep*S, hd) @ (nkv, hd, S), full S x S before
     masking), and lm_head on the last position only (a GEMV: bandwidth-bound, see
-    :func:`stage_floor`). `many_rows`: ColQwen2's encoder (int8 takes the rows kernel), not the
-    answerer's decoder."""
+    :func:`stage_floor`). `many_rows`: ColQwen2's encoder (int8 takes the rows kernel). The
+    answerer's decoder takes it too where this CPU's int8 kernel is not u8u8 (its column-scaled
+    MatMulNBits are rewritten at load, runtime/int8.py); on u8u8 it runs MatMulNBits."""
+    from ragvl.models.contract import int8_kernel
+
+    many_rows = many_rows or int8_kernel() != "u8u8"
     H, inter, L = spec.hidden_size, spec.intermediate_size, spec.num_layers
     kv = spec.num_kv_heads * spec.head_dim
     rep = spec.num_heads // spec.num_kv_heads

@@ -129,12 +129,56 @@ def test_u8s8_is_exact_everywhere_where_pairs_cannot_saturate(tmp_path):
     assert np.array_equal(sess.run(None, {"a": a})[0], (a.astype(np.int64) - 128) @ (b.astype(np.int64) - 128))
 
 
+@pytest.mark.parametrize("kernel", sorted({"u8u8", "u8s7", best_int8_kernel()}))
+@pytest.mark.parametrize("optimized", [False, True])
+def test_decoder_blocks_become_the_rows_kernel(tmp_path, kernel, optimized):
+    """The decoder's column-scaled MatMulNBits (with its bias, which onnxruntime's optimizer folds
+    into the node) runs as stored on u8u8 and as the rows kernel elsewhere, computing exactly the
+    rows kernel's numbers from the same stored weights; K not a whole number of blocks."""
+    from ragvl.models.converter.optimize import save_optimized
+
+    rng = np.random.default_rng(11)
+    k, n = 200, 72  # 200 = 3 blocks of 64 + 8
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    w[:, ::2] = np.abs(w[:, ::2])
+    bias = rng.standard_normal(n).astype(np.float32)
+    g = GraphBuilder("t", tmp_path / "t.onnx")
+    x = g.input("x", FLOAT, ["M", k])
+    fmt = FORMATS["int8"].for_any_rows()
+    assert fmt.describe()["weights"] == "per output column" and fmt.kernel == "nbits"
+    g.output(linear(g, x, "l.weight", w, bias, "/l", fmt), "y", FLOAT, ["M", n])
+    g.save()
+    path = tmp_path / "t.onnx"
+    if optimized:
+        save_optimized(path)
+        path = tmp_path / "t.opt.onnx"
+        node = next(nd for nd in onnx.load(str(path), load_external_data=False).graph.node
+                    if nd.op_type == "MatMulNBits")
+        assert node.input[5] == "l.bias"  # the bias Add folded in: the rewrite must keep it
+    xs = rng.standard_normal((9, k)).astype(np.float32)
+    xs[2] *= 30
+    sess = create_session(path, threads=2, kernel=kernel, optimize=not optimized)
+    y = sess.run(None, {"x": xs})[0]
+    q, scales = quantize_columns(w)
+    if kernel == "u8u8":
+        assert derive(path, kernel) == ("u8u8", None)  # MatMulNBits as stored
+        ref = xs @ ((q.astype(np.float32) - 128) * scales) + bias  # its activations are quantized in blocks
+        assert (np.abs(y - ref).max(axis=1) / np.abs(ref).max(axis=1)).max() < 0.02
+        return
+    assert session_kernel(sess) == kernel
+    ops = [nd.op_type for nd in onnx.load_from_string(derive(path, kernel)[1].model).graph.node]
+    assert "MatMulNBits" not in ops and ops.count("MatMulInteger") == 1
+    if kernel == "u8s7":
+        q, scales = (derive_weight(q, kernel).astype(np.int16) + 128).astype(np.uint8), scales * 2
+    np.testing.assert_allclose(y, rows_reference(xs, q, scales) + bias, rtol=1e-6, atol=1e-5)
+
+
 def test_graphs_without_rows_weights_are_loaded_as_they_are(tmp_path):
     g = GraphBuilder("t", tmp_path / "t.onnx")
     x = g.input("x", FLOAT, ["M", 64])
     g.output(linear(g, x, "l.weight", np.ones((8, 64), np.float32), None, "/l", FORMATS["int8"]), "y", FLOAT, ["M", 8])
     g.save()
-    assert derive(tmp_path / "t.onnx", "u8s8") == (None, None)  # MatMulNBits: no rows kernel
+    assert derive(tmp_path / "t.onnx", "u8s8") == (None, None)  # MatMulNBits' own blocks: kept
     assert session_kernel(create_session(tmp_path / "t.onnx", kernel="u8s8")) is None
 
 
@@ -150,6 +194,7 @@ def test_models_list_says_which_kernel_runs_here(make_np_ckpt, tmp_path, monkeyp
     models = tmp_path / "home" / "models"
     convert(make_np_ckpt(variant="a", kind="colqwen2"), models / "emb-int8", dtype="int8", log=lambda m: None)
     convert(make_np_ckpt(variant="a", kind="colqwen2"), models / "emb-fp32", dtype="fp32", log=lambda m: None)
+    convert(make_np_ckpt(variant="a"), models / "ans-int8", dtype="int8", log=lambda m: None)
     out = CliRunner().invoke(app, ["models", "list", "--json"])
     assert out.exit_code == 0, out.output
     rows = {r["name"]: r for r in json.loads(out.stdout)}
@@ -158,6 +203,9 @@ def test_models_list_says_which_kernel_runs_here(make_np_ckpt, tmp_path, monkeyp
                                            "encoder": f"int8 {best} (MatMulInteger)",
                                            "embed": "int8 blocks of 64 (GatherBlockQuantized)"}
     assert rows["emb-fp32"]["kernels"] == {"vision": "fp32 (MatMul)", "encoder": "fp32 (MatMul)", "embed": "fp32 (Gather)"}
+    # the decoder's column-scaled blocks: MatMulNBits as stored on AVX2, the rows kernel elsewhere
+    assert rows["ans-int8"]["kernels"]["decoder"] == (
+        "int8 blocks of 64 (MatMulNBits)" if best == "u8u8" else f"int8 {best} (MatMulInteger)")
     assert rows["emb-int8"]["cpu"] == cpu_features().kind
     text = CliRunner().invoke(app, ["models", "list"])
     assert f"int8 {best}" in text.stdout

@@ -159,8 +159,12 @@ def teacher_forced_top1(vlm: Qwen2VL, prompt, tokens: list[int]) -> np.ndarray:
 # the steps and int4 on 0.37 (block sizes 16-128 and both accuracy levels gave 0.36-0.45), where
 # chance is about 1/400. The floors sit below those so they catch a broken kernel or packing,
 # not noise; real checkpoints are measured in bench/.
-@pytest.mark.parametrize("dtype,floor", [("int8", 0.85), ("int4", 0.3)])
-def test_quantized_top1_agreement(tiny_ckpt_a, tmp_path, dtype, floor):
+@pytest.mark.parametrize("dtype,floor,kernel", [("int8", 0.85, "u8u8"), ("int8", 0.85, "u8s7"), ("int4", 0.3, None)])
+def test_quantized_top1_agreement(tiny_ckpt_a, tmp_path, monkeypatch, dtype, floor, kernel):
+    """int8 on the decoder's both kernels: MatMulNBits as stored (u8u8: AVX2) and the rows kernel
+    derived from it (u8s7 stands for u8s8 here: the same rewrite, exact on every CPU)."""
+    if kernel:
+        monkeypatch.setenv("RAGVL_INT8_KERNEL", kernel)
     fp32 = Qwen2VL(convert(tiny_ckpt_a, tmp_path / "fp32", log=lambda m: None))
     quant = Qwen2VL(convert(tiny_ckpt_a, tmp_path / dtype, dtype=dtype, log=lambda m: None))
     agree = []
@@ -174,6 +178,8 @@ def test_quantized_top1_agreement(tiny_ckpt_a, tmp_path, dtype, floor):
     print(f"\n{dtype} top-1 agreement with fp32 over {3 * N_NEW} steps: {rate:.3f}")
     assert rate >= floor
     assert quant.manifest["dtype"] == dtype
+    rows_kernel = quant.manifest["weight_format"]["decoder"].get("weights") == "per output column"
+    assert rows_kernel == (dtype == "int8")
     disk = lambda d: sum(f.stat().st_size for f in d.iterdir() if f.name.startswith("decoder"))  # noqa: E731
     assert disk(quant.folder) < disk(fp32.folder)
 

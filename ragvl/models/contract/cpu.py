@@ -132,7 +132,9 @@ def graph_kernels(manifest: dict, kernel: str | None = None) -> dict[str, str]:
         gather = graph == "embed"
         if not f:
             out[graph] = "fp32 (Gather)" if gather else "fp32 (MatMul)"
-        elif f.get("kernel") == "rows":
+        elif f.get("kernel") == "rows" or (f.get("weights") == "per output column" and not gather
+                                           and (kernel or int8_kernel()) != "u8u8"):
+            # column-scaled MatMulNBits becomes the rows kernel where it is not u8u8 (runtime/int8.py)
             out[graph] = f"int8 {kernel or int8_kernel()} (MatMulInteger)"
         else:
             out[graph] = (f"int{f['bits']} blocks of {f['block_size']} "

@@ -106,8 +106,10 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
     - `optimize` saves onnxruntime's optimized copy of every graph (optimize.py): faster loads;
       it reads the weights it did not change from the plain graph's data file (one copy on disk).
     - `int8_kernel` ("rows" or "nbits"): the int8 kernel of the graphs that only multiply many
-      rows at once (vision tower, ColQwen2's encoder; quantize.py); the answerer's decoder, which
-      decodes one row at a time, always uses MatMulNBits.
+      rows at once (vision tower, ColQwen2's encoder; quantize.py). With "rows", the answerer's
+      decoder, which decodes one row at a time and prefills many, stores the same numbers in
+      MatMulNBits' layout, from which CPUs with an int8 dot product derive the rows kernel at
+      load; with "nbits" it keeps MatMulNBits' own blocks.
     """
     src, out = Path(src), Path(out)
     if dtype not in FORMATS:
@@ -177,12 +179,13 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
         # The vision tower and ColQwen2's encoder only ever see many rows at once (patches, page
         # tokens); the answerer's decoder also decodes one row at a time. Each gets its kernel.
         many_rows = fmt.for_many_rows() if int8_kernel == "rows" else fmt
+        any_rows = fmt.for_any_rows() if int8_kernel == "rows" else fmt
         key = vision_key(source, v_names, many_rows, fused_attention)
         shared = _find_shared_vision(key, [Path(c) for c in share_vision])
         steps = [
             ("embed", lambda g: build_embed(g, source, cfg.text, fmt)),
             ("encoder", lambda g: build_decoder(g, source, cfg.text, True, many_rows, head="colbert")) if embedder else
-            ("decoder", lambda g: build_decoder(g, source, cfg.text, cfg.tie_word_embeddings, fmt)),
+            ("decoder", lambda g: build_decoder(g, source, cfg.text, cfg.tie_word_embeddings, any_rows)),
         ]
         if shared is None:
             steps.insert(0, ("vision", lambda g: build_vision(g, source, cfg.vision, many_rows, fused_attention)))
@@ -219,7 +222,7 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
             "kind": KIND_EMBEDDER if embedder else KIND_ANSWERER,
             "architecture": cfg.architecture,
             "dtype": dtype,
-            "weight_format": {"vision": many_rows.describe(), text_graph: (many_rows if embedder else fmt).describe(),
+            "weight_format": {"vision": many_rows.describe(), text_graph: (many_rows if embedder else any_rows).describe(),
                               "embed": fmt.describe()} if fmt.quantized else None,
             "fused_attention": fused_attention,
             "config": cfg.to_dict(),

@@ -13,6 +13,13 @@
   Per-row scales keep one outlier token from coarsening every other row, as a per-tensor scale
   (onnxruntime's quantize_dynamic) would; the price is a larger error than MatMulNBits' blocks
   of 64 (bench/results/int8_fidelity.md).
+* ``nbits`` with column scales (int8, the answerer's decoder): the rows kernel's numbers (int8
+  per output column, symmetric) stored in MatMulNBits' layout: every block of a column has the
+  column's scale and zero point 128. A graph that decodes one row at a time and prefills many
+  needs both kernels: on AVX2, MatMulNBits is the faster at one row and the only exact choice,
+  and it runs the file as stored; on a CPU with an int8 dot product MatMulInteger is as fast at
+  one row and 4-9x faster at many, and the runtime derives its weights from these exactly
+  (runtime/int8.py).
 
 Doing this per tensor while converting keeps peak memory at one tensor, where
 `onnxruntime.quantization.quantize_dynamic` over a finished 2B graph peaks near 20 GB.
@@ -39,6 +46,7 @@ class WeightFormat:
     # products: that is what makes a decode step faster than fp32 on a CPU, not just smaller.
     accuracy_level: int = 4
     kernel: str = "nbits"  # "nbits" (MatMulNBits) or "rows" (MatMulInteger, int8 only)
+    scales: str = "blocks"  # nbits: "blocks" (asymmetric, per block) or "columns" (int8 only)
 
     @property
     def quantized(self) -> bool:
@@ -50,14 +58,21 @@ class WeightFormat:
         chosen for size, and the rows kernel needs 8-bit weights)."""
         return replace(self, kernel="rows") if self.bits == 8 else self
 
+    def for_any_rows(self) -> WeightFormat:
+        """The format for a graph that decodes one row and prefills many (the answerer's
+        decoder): int8 takes MatMulNBits with column scales, which the runtime turns into the
+        rows kernel on CPUs with an int8 dot product; fp32 and int4 are unchanged."""
+        return replace(self, scales="columns") if self.bits == 8 else self
+
     def describe(self) -> dict | None:
         """What a manifest records about this format (None for fp32)."""
         if not self.quantized:
             return None
         if self.kernel == "rows":
             return {"bits": 8, "kernel": "rows", "weights": "per output column", "activations": "per row"}
-        return {"bits": self.bits, "block_size": self.block_size, "kernel": "nbits",
-                "accuracy_level": self.accuracy_level}
+        out = {"bits": self.bits, "block_size": self.block_size, "kernel": "nbits",
+               "accuracy_level": self.accuracy_level}
+        return out | {"weights": "per output column"} if self.scales == "columns" else out
 
 
 # Block sizes measured on the 2-core AVX-512 dev machine with accuracy_level 4, for a
@@ -130,6 +145,19 @@ def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(q.T.astype(np.uint8)), scale
 
 
+def quantize_column_blocks(w: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """quantize_columns' numbers in MatMulNBits' 8-bit layout: (packed (N, n_blocks, block_size)
+    uint8, scales (N*n_blocks,) with each column's scale in all its blocks, zero points 128).
+    K is padded to whole blocks with zeros (stored 128)."""
+    q, scale = quantize_columns(w)  # (K, N), (N,)
+    n, k = w.shape
+    nb = -(-k // block_size)
+    packed = np.full((n, nb * block_size), 128, np.uint8)
+    packed[:, :k] = q.T
+    return (packed.reshape(n, nb, block_size), np.repeat(scale, nb).astype(np.float32),
+            np.full(n * nb, 128, np.uint8))
+
+
 def rows_reference(x: np.ndarray, q: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """What the rows kernel computes for x (..., K), in numpy (integer products are exact)."""
     s_row = np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.float32(1e-30)) / np.float32(127)
@@ -167,7 +195,8 @@ def linear(g: GraphBuilder, x: str, name: str, weight: np.ndarray, bias: np.ndar
         acc = g.cast(g.op("MatMulInteger", [xq, g.weight(name + ".qweight", q), zp, zp], path), FLOAT, path)
         y = g.mul(g.mul(acc, s, path + "/row_scale"), g.weight(name + ".scales", scales), path + "/col_scale")
     elif fmt.quantized:
-        packed, scales, zp = quantize_blockwise(weight, fmt.bits, fmt.block_size)
+        packed, scales, zp = (quantize_column_blocks(weight, fmt.block_size) if fmt.scales == "columns"
+                              else quantize_blockwise(weight, fmt.bits, fmt.block_size))
         y = g.op("MatMulNBits", [x, g.weight(name + ".qweight", packed), g.weight(name + ".scales", scales),
                                  g.weight(name + ".zero_points", zp)], path, domain=MS_DOMAIN,
                  K=k, N=n, bits=fmt.bits, block_size=fmt.block_size, accuracy_level=fmt.accuracy_level)
