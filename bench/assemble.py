@@ -125,7 +125,7 @@ def summary(root: Path | None = None) -> str:
     qwen2vl}.json, then search (bench/results/search.json)."""
     root = Path(root or RESULTS)
     rows = ["| job | reference fp32 | ragvl fp32 | ragvl int8 | ragvl int4 |", "|---|---|---|---|---|"]
-    runs, withheld, notes = [], [], []
+    runs, withheld, notes, size_notes = [], [], [], []
     for kind in kinds(root):
         group = kind_rows(root / kind, runs, withheld)
         if group:
@@ -133,8 +133,8 @@ def summary(root: Path | None = None) -> str:
             rows.append(f"| **{kind_label(kind)}** ({', '.join(cpus) or '?'}) | | | | |")
             rows += group[0]
             for b in practice(*group[2]):
-                if b.startswith("- **Model size**"):  # the same on every CPU: said once
-                    notes += [] if b in notes else [b]
+                if b.startswith("- **Model size**"):  # the same on every CPU: said once, last
+                    size_notes += [] if b in size_notes else [b]
                 elif b:
                     notes.append(f"- *{kind_label(kind)}:* " + b.removeprefix("- "))
     srch = read_json("search", root)
@@ -154,6 +154,7 @@ def summary(root: Path | None = None) -> str:
             withheld.append(f"search (`bench/bench_search.py`: {why}; rerun it on a quiet machine)")
     if len(rows) == 2:
         return "*No benchmark results yet: run the scripts in bench/ (see bench/README.md).*\n"
+    notes += size_notes
     out = rows + [""] + (notes + [""] if notes else [])
     if withheld:
         out += ["Not shown, as measured on a busy machine: " + "; ".join(withheld) + ".", ""]
