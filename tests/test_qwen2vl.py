@@ -82,8 +82,9 @@ def test_vision_features_and_prefill_logits(pair, size):
     np.testing.assert_allclose(logits, ref["first_logits"], atol=1e-4, rtol=1e-4)
 
 
-def test_unfused_vision_attention(tiny_ckpt_b, tmp_path):
-    """The plain MatMul + Softmax vision attention matches HF as the fused default does."""
+def test_unfused_attention(tiny_ckpt_b, tmp_path):
+    """The plain MatMul + Softmax attention (vision tower and decoder) matches HF as the fused
+    default does: vision features and greedy tokens."""
     p = Pair(tiny_ckpt_b, tmp_path / "m")
     plain = Qwen2VL(convert(tiny_ckpt_b, tmp_path / "plain", fused_attention=False, log=lambda m: None))
     image = noise_image(200, 300, seed=11)
@@ -91,9 +92,46 @@ def test_unfused_vision_attention(tiny_ckpt_b, tmp_path):
     with torch.no_grad():
         ref = p.hf.model.visual(torch.from_numpy(np.concatenate(prompt.pixel_values)),
                                 grid_thw=torch.tensor([prompt.grids[0]])).pooler_output.numpy()
+    messages = user_message("What is in the picture?", 1)
+    tokens = p.theirs(messages, [image])["new_token_ids"].tolist()
     for vlm in (p.vlm, plain):
         np.testing.assert_allclose(vlm.encode_images(prompt), ref, atol=1e-4, rtol=1e-4)
+        out = vlm.generate(messages, [image], GenerationSettings(max_new_tokens=N_NEW, ignore_eos=True)).consume()
+        assert out.token_ids == tokens
     assert p.vlm.manifest["fused_attention"] and not plain.manifest["fused_attention"]
+
+
+def test_prefill_attention_takes_group_query_attention(tiny_ckpt_b, tmp_path):
+    """The fused decoder runs GroupQueryAttention for an unpadded prefill (with or without a
+    past) and the plain graph for one token or a padded mask: there it equals the unfused
+    decoder bit for bit, and within float rounding on a prefill."""
+    import onnx
+    import onnxruntime as ort
+
+    graphs = {}
+    for fused in (True, False):
+        folder = convert(tiny_ckpt_b, tmp_path / str(fused), fused_attention=fused, optimize=False, log=lambda m: None)
+        model = onnx.load(str(folder / "decoder.onnx"), load_external_data=False)
+        ifs = [n for n in model.graph.node if n.op_type == "If"]
+        branch_ops = {n.op_type for i in ifs for a in i.attribute if a.name == "then_branch" for n in a.g.node}
+        assert ("GroupQueryAttention" in branch_ops) == fused and bool(ifs) == fused
+        graphs[fused] = ort.InferenceSession(str(folder / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    sess = graphs[True]
+    shapes = {i.name: i.shape for i in sess.get_inputs()}
+    h = shapes["inputs_embeds"][2]
+    past = [n for n in shapes if n.startswith("past")]
+    nkv, hd = shapes[past[0]][1], shapes[past[0]][3]
+    rng = np.random.default_rng(0)
+    for s, p, padded, exact in ((9, 0, False, False), (5, 9, False, False), (1, 14, False, True),
+                                (6, 0, True, True), (3, 4, True, True)):
+        feeds = {"inputs_embeds": rng.standard_normal((1, s, h)).astype(np.float32),
+                 "attention_mask": np.ones((1, p + s), np.int64),
+                 "position_ids": np.tile(np.arange(p, p + s), (3, 1, 1)).astype(np.int64)}
+        feeds["attention_mask"][0, 0] = 0 if padded else 1
+        feeds |= {n: rng.standard_normal((1, nkv, p, hd)).astype(np.float32) for n in past}
+        fused, plain = graphs[True].run(None, feeds), graphs[False].run(None, feeds)
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(fused, plain))
+        assert (diff == 0) if exact else (0 < diff < 1e-5), (s, p, padded, diff)
 
 
 @pytest.mark.parametrize("size", [(56, 56), (333, 250), (90, 640)])

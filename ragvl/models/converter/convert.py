@@ -102,7 +102,9 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
       and options, it is hard-linked instead of written again; one onnxruntime session then
       serves both models in a process.
     - `fused_attention` uses onnxruntime's MultiHeadAttention kernel in the vision tower (about
-      1.4x faster there on a CPU than MatMul + Softmax, which materialise the N x N scores).
+      1.4x faster there on a CPU than MatMul + Softmax, which materialise the N x N scores) and
+      its GroupQueryAttention in the answerer's prefill (1.5-2.3x at 934-2,537 tokens); one
+      decoded token keeps MatMul + Softmax, 3x faster there (bench/experiments/attention.py).
     - `optimize` saves onnxruntime's optimized copy of every graph (optimize.py): faster loads;
       it reads the weights it did not change from the plain graph's data file (one copy on disk).
     - `int8_kernel` ("rows" or "nbits"): the int8 kernel of the graphs that only multiply many
@@ -185,7 +187,8 @@ def convert(src: str | Path, out: str | Path, dtype: str = "fp32", force: bool =
         steps = [
             ("embed", lambda g: build_embed(g, source, cfg.text, fmt)),
             ("encoder", lambda g: build_decoder(g, source, cfg.text, True, many_rows, head="colbert")) if embedder else
-            ("decoder", lambda g: build_decoder(g, source, cfg.text, cfg.tie_word_embeddings, any_rows)),
+            ("decoder", lambda g: build_decoder(g, source, cfg.text, cfg.tie_word_embeddings, any_rows,
+                                                fused_attention=fused_attention)),
         ]
         if shared is None:
             steps.insert(0, ("vision", lambda g: build_vision(g, source, cfg.vision, many_rows, fused_attention)))

@@ -82,8 +82,27 @@ def _mask_bias(g: GraphBuilder, attention_mask: str, embeds: str) -> str:
     return g.where(allowed, g.const(np.float32(0), np.float32), g.const(NEG_INF, np.float32), p)
 
 
+def _prefill_condition(g: GraphBuilder, x: str, mask: str) -> tuple[str, str, str]:
+    """(use GroupQueryAttention, its seqlens_k (B,) int32, its total length () int32), computed
+    once per graph: true for a prefill (S > 1) of one sequence with no padding, the only inputs
+    for which GroupQueryAttention's implicit causal mask equals the attention mask."""
+    if "gqa" not in g.memo:
+        p = "/model/gqa"
+        b, s = g.shape(x, p + "/batch", 0, 1), g.shape(x, p + "/seq", 1, 2)
+        t = g.shape(mask, p + "/total", 1, 2)
+        one = g.const([1])
+        many = g.op("Greater", [s, one], p + "/many")
+        single = g.op("Equal", [b, one], p + "/single")
+        unpadded = g.op("Equal", [g.op("ReduceMin", [mask], p + "/min", keepdims=0), g.const(1)], p + "/unpadded")
+        cond = g.squeeze(g.op("And", [g.op("And", [many, single], p), g.unsqueeze(unpadded, [0], p)], p + "/all"),
+                         [0], p + "/cond")
+        t32 = g.cast(t, 6, p + "/total")  # INT32
+        g.memo["gqa"] = (cond, g.sub(t32, g.const([1], np.int32), p + "/seqlens_k"), g.squeeze(t32, [0], p + "/total"))
+    return g.memo["gqa"]
+
+
 def _attention(g: GraphBuilder, src: TensorSource, x: str, i: int, cos: str, sin: str, bias: str,
-               cfg: TextConfig, fmt: WeightFormat, kv_cache: bool) -> str:
+               cfg: TextConfig, fmt: WeightFormat, kv_cache: bool, mask: str, fused: bool) -> str:
     p, n = f"/model/layers.{i}/self_attn", f"model.layers.{i}.self_attn."
     H, nh, nkv, hd = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
 
@@ -95,16 +114,43 @@ def _attention(g: GraphBuilder, src: TensorSource, x: str, i: int, cos: str, sin
     q = rotate(g, proj("q_proj", nh), cos, sin, hd // 2, f"{p}/q_rot")  # (B, nh, S, hd)
     k = rotate(g, proj("k_proj", nkv), cos, sin, hd // 2, f"{p}/k_rot")  # (B, nkv, S, hd)
     v = proj("v_proj", nkv)
-    if kv_cache:
+    if not kv_cache:
+        o = _grouped_attention(g, p, q, k, v, bias, nh, nkv, hd)
+    else:
         past_k, past_v, present_k, present_v = kv_names(i)
         for name in (past_k, past_v):
             g.input(name, FLOAT, ["batch", nkv, "past_seq", hd])
-        k = g.concat([past_k, k], 2, f"{p}/k_cache")  # (B, nkv, T, hd)
-        v = g.concat([past_v, v], 2, f"{p}/v_cache")
-        g.output(k, present_k, FLOAT, ["batch", nkv, "total_seq", hd])
-        g.output(v, present_v, FLOAT, ["batch", nkv, "total_seq", hd])
-    # Grouped-query attention without copying K/V per head: the rep query heads that share one
-    # KV head are stacked along the sequence axis, a free reshape of (B, nh, S, hd).
+
+        def step(b: GraphBuilder) -> list[str]:
+            kc = b.concat([past_k, k], 2, f"{p}/k_cache")  # (B, nkv, T, hd)
+            vc = b.concat([past_v, v], 2, f"{p}/v_cache")
+            return [_grouped_attention(b, p, q, kc, vc, bias, nh, nkv, hd), kc, vc]
+
+        def prefill(b: GraphBuilder) -> list[str]:
+            # onnxruntime's GroupQueryAttention: 1.5x faster than step's graph at a 934-token
+            # prefill, 2.3x at 2,537, but 3x slower for one token (bench/results/*/attention.md)
+            def bsh(t: str, heads: int, c: str) -> str:  # (B, heads, S, hd) -> (B, S, heads*hd)
+                return b.reshape(b.transpose(t, (0, 2, 1, 3), f"{p}/gqa/{c}"), [0, 0, heads * hd], f"{p}/gqa/{c}")
+            _, seqlens, total = _prefill_condition(g, x, mask)
+            return b.op("GroupQueryAttention", [bsh(q, nh, "q"), bsh(k, nkv, "k"), bsh(v, nkv, "v"), past_k, past_v,
+                                                seqlens, total], f"{p}/gqa", n_out=3, domain=MS_DOMAIN,
+                        num_heads=nh, kv_num_heads=nkv, scale=float(hd ** -0.5))
+
+        if fused:
+            o, kc, vc = g.if_else(_prefill_condition(g, x, mask)[0], prefill, step, f"{p}/attention", 3)
+        else:
+            o, kc, vc = step(g)
+        g.output(kc, present_k, FLOAT, ["batch", nkv, "total_seq", hd])
+        g.output(vc, present_v, FLOAT, ["batch", nkv, "total_seq", hd])
+    return linear(g, o, n + "o_proj.weight", src.get(n + "o_proj.weight", (H, H)), None, f"{p}/o_proj", fmt)
+
+
+def _grouped_attention(g: GraphBuilder, p: str, q: str, k: str, v: str, bias: str, nh: int, nkv: int,
+                       hd: int) -> str:
+    """Softmax(q k^T / sqrt(hd) + bias) v for q (B, nh, S, hd), k / v (B, nkv, T, hd) -> (B, S, H).
+
+    Grouped-query attention without copying K/V per head: the rep query heads that share one
+    KV head are stacked along the sequence axis, a free reshape of (B, nh, S, hd)."""
     q = g.mul(q, g.const(np.float32(hd ** -0.5), np.float32), f"{p}/scale")
     qg = g.reshape(q, [0, nkv, -1, hd], f"{p}/q_groups")  # (B, nkv, rep*S, hd)
     scores = g.matmul(qg, g.transpose(k, (0, 1, 3, 2), f"{p}/k_t"), f"{p}/qk")  # (B, nkv, rep*S, T)
@@ -115,8 +161,7 @@ def _attention(g: GraphBuilder, src: TensorSource, x: str, i: int, cos: str, sin
                                       f"{p}/probs_shape"), f"{p}/probs")  # (B, nkv, rep*S, T)
     o = g.matmul(probs, v, f"{p}/pv")  # (B, nkv, rep*S, hd)
     o = g.reshape(o, [0, nh, -1, hd], f"{p}/o_heads")  # (B, nh, S, hd)
-    o = g.reshape(g.transpose(o, (0, 2, 1, 3), f"{p}/o"), [0, 0, H], f"{p}/o")  # (B, S, H)
-    return linear(g, o, n + "o_proj.weight", src.get(n + "o_proj.weight", (H, H)), None, f"{p}/o_proj", fmt)
+    return g.reshape(g.transpose(o, (0, 2, 1, 3), f"{p}/o"), [0, 0, nh * hd], f"{p}/o")  # (B, S, H)
 
 
 def _mlp(g: GraphBuilder, src: TensorSource, x: str, i: int, cfg: TextConfig, fmt: WeightFormat) -> str:
@@ -131,13 +176,15 @@ def _mlp(g: GraphBuilder, src: TensorSource, x: str, i: int, cfg: TextConfig, fm
 
 
 def build_decoder(g: GraphBuilder, src: TensorSource, cfg: TextConfig, tied: bool, fmt: WeightFormat,
-                  head: str = "lm") -> None:
+                  head: str = "lm", fused_attention: bool = True) -> None:
     """Add the language model to an empty graph builder.
 
     head="lm": the answerer's decoder, with KV cache; outputs last-position logits, the final
     hidden states and the presents. head="colbert": ColQwen2's page/query encoder, no cache;
     outputs `embeddings` (B, S, 128): custom_text_proj of the final hidden states, L2-normalised
     per token and multiplied by the attention mask, as colpali-engine's ColQwen2.forward.
+    `fused_attention` (head="lm"): an unpadded one-sequence prefill takes onnxruntime's
+    GroupQueryAttention, every other call (one token, padding) the MatMul + Softmax graph.
     """
     kv_cache = head == "lm"
     H = cfg.hidden_size
@@ -151,7 +198,8 @@ def build_decoder(g: GraphBuilder, src: TensorSource, cfg: TextConfig, tied: boo
         n, p = f"model.layers.{i}.", f"/model/layers.{i}"
         h = g.rms_norm(x, g.weight(n + "input_layernorm.weight", src.get(n + "input_layernorm.weight", (H,))),
                        eps, p + "/input_layernorm")
-        x = g.add(x, _attention(g, src, h, i, cos, sin, bias, cfg, fmt, kv_cache), p + "/attn_residual")
+        x = g.add(x, _attention(g, src, h, i, cos, sin, bias, cfg, fmt, kv_cache, mask, fused_attention),
+                  p + "/attn_residual")
         h = g.rms_norm(x, g.weight(n + "post_attention_layernorm.weight",
                                    src.get(n + "post_attention_layernorm.weight", (H,))),
                        eps, p + "/post_attention_layernorm")

@@ -131,6 +131,23 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op_type, inputs, outs, name=node_name, domain=domain or None, **attrs))
         return outs[0] if n_out == 1 else outs
 
+    def if_else(self, cond: str, then_fn, else_fn, path: str, n_out: int) -> list[str]:
+        """An If node on `cond`: each branch is built by `fn(builder)` -> its n_out values, on a
+        builder that shares this graph's names, constants and weights (a branch reads any value
+        of the outer graph, and its constants and weights live there)."""
+        branches = []
+        for label, fn in (("then", then_fn), ("else", else_fn)):
+            sub = GraphBuilder.__new__(GraphBuilder)
+            sub.__dict__.update(self.__dict__, nodes=[], inputs=[], outputs=[], memo={})
+            values = fn(sub)
+            for j, v in enumerate(values):
+                name = f"{path}/{label}/output_{j}"
+                sub.nodes.append(helper.make_node("Identity", [v], [name], name=f"{path}/{label}/Identity_{j}"))
+                sub.outputs.append(helper.make_tensor_value_info(name, FLOAT, None))
+            branches.append(helper.make_graph(sub.nodes, f"{path}/{label}", [], sub.outputs))
+        outs = self.op("If", [cond], path, n_out=n_out, then_branch=branches[0], else_branch=branches[1])
+        return outs if n_out > 1 else [outs]
+
     def save(self) -> tuple[Path, Path]:
         """Write the graph and close the weights file; returns (graph path, data path)."""
         self.data.close()
