@@ -140,9 +140,15 @@ class GraphBuilder:
             sub = GraphBuilder.__new__(GraphBuilder)
             sub.__dict__.update(self.__dict__, nodes=[], inputs=[], outputs=[], memo={})
             values = fn(sub)
+            made = {o for node in sub.nodes for o in node.output}
             for j, v in enumerate(values):
                 name = f"{path}/{label}/output_{j}"
-                sub.nodes.append(helper.make_node("Identity", [v], [name], name=f"{path}/{label}/Identity_{j}"))
+                if v in made:  # renamed where it is made and read: an Identity would copy it
+                    for node in sub.nodes:
+                        for io in (node.input, node.output):
+                            io[:] = [name if x == v else x for x in io]
+                else:  # a value of the outer graph
+                    sub.nodes.append(helper.make_node("Identity", [v], [name], name=f"{path}/{label}/Identity_{j}"))
                 sub.outputs.append(helper.make_tensor_value_info(name, FLOAT, None))
             branches.append(helper.make_graph(sub.nodes, f"{path}/{label}", [], sub.outputs))
         outs = self.op("If", [cond], path, n_out=n_out, then_branch=branches[0], else_branch=branches[1])
