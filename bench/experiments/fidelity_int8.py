@@ -3,8 +3,8 @@
 
 On random weights "top-5 identical" is either trivial or impossible, so this measures what int8
 can actually break: the order of two pages under one query. For every int8 embedder given
-(the rows kernel, and MatMulNBits for comparison), over `--pages` page images x `--queries`
-questions:
+(the rows kernel under every CPU kernel exact on this machine, `--kernels`, and MatMulNBits for
+comparison), over `--pages` page images x `--queries` questions:
 
 * the int8 score error: |int8 MaxSim - fp32 MaxSim| over every (query, page), max and p99;
 * the pairs of pages whose fp32 scores differ by more than that max error under a query, and
@@ -18,7 +18,7 @@ then reworded ones. Each engine embeds at `--max-pixels` (default 128 visual tok
 sixth of what indexing uses, to keep 3 engines x 50 pages within half an hour on 2 cores;
 quantization error is per token).
 Speed is not measured here (bench_colqwen2.py does), so the run may share the machine.
-Writes bench/results/int8_fidelity.md and .json.
+Writes bench/results/<cpu kind>/int8_fidelity.md and .json.
 
     python bench/experiments/fidelity_int8.py --fp32 bench/out/...-ragvl-fp32 --int8 bench/out/...-ragvl-int8 \\
         --int8 bench/out/...-ragvl-int8-nbits
@@ -102,12 +102,15 @@ def compare(ref: np.ndarray, got: np.ndarray) -> dict:
 
 def table(r: dict) -> str:
     rows = ["| int8 embedder (kernel) | max / p99 score error | pairs beyond the max error | kept order | "
-            "all pairs kept | identical top-5 | top-1 equal |", "|---|---|---|---|---|---|---|"]
+            "all pairs kept | identical top-5 | top-1 equal | max score diff to the first rows kernel |",
+            "|---|---|---|---|---|---|---|---|"]
     for name, c in r["engines"].items():
         kept = c["kept_beyond"] / max(c["pairs_beyond"], 1)
+        first = c.get("diff_to_first_kernel")
         rows.append(f"| {name} | {c['max_err']:.4f} / {c['p99_err']:.4f} | {c['pairs_beyond']} of {c['pairs']} "
                     f"({c['pairs_beyond_2x']} beyond 2x) | {c['kept_beyond']} ({kept:.2%}) | "
-                    f"{c['kept_all'] / c['pairs']:.2%} | {c['top5_identical']:.2f} | {c['top1_equal']:.2f} |")
+                    f"{c['kept_all'] / c['pairs']:.2%} | {c['top5_identical']:.2f} | {c['top1_equal']:.2f} | "
+                    f"{'—' if first is None else f'{first:.1e}'} |")
     return (f"{r['n_pages']} page images x {r['n_queries']} questions, at most {r['max_pixels'] // 784} visual "
             f"tokens a page; fp32 MaxSim scores span {r['score_spread']:.2f}. A pair is two pages under one "
             f"question; \"beyond the max error\": their fp32 scores differ by more than the largest int8 score "
@@ -122,7 +125,15 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=20)
     p.add_argument("--max-pixels", type=int, default=128 * 28 * 28)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--kernels", default=None,
+                   help="the CPU kernels a rows-kernel folder is run with, comma-separated (default: every "
+                        "kernel exact on this CPU, its own choice first)")
     args = p.parse_args(argv)
+    from ragvl.models.contract import cpu_features, int8_kernel
+
+    exact = [int8_kernel()] + [k for k in ("u8s8", "u8u8", "u8s7") if k != int8_kernel()
+                               and (k != "u8s8" or cpu_features().int8_dot)]
+    kernels = args.kernels.split(",") if args.kernels else exact
     run = Run(Path(__file__).name, NAME, argv, threads=args.threads)
     from ragvl.retrieval.maxsim import maxsim_scores
 
@@ -133,9 +144,20 @@ def main(argv=None) -> int:
     r = {"n_pages": len(pages), "n_queries": len(qs), "max_pixels": args.max_pixels,
          "score_spread": float(np.ptp(ref_scores)), "engines": {}}
     for folder in args.int8:
-        e = embed(folder, pages, qs, args.threads, args.max_pixels)
         name = Path(folder).name.split("-ragvl-")[-1]  # bench_colqwen2.py names its folders <ckpt>-ragvl-<dtype>
-        r["engines"][f"{name} ({e['kernel']} kernel)"] = compare(ref_scores, score(e))
+        first = None
+        for k in kernels:
+            os.environ["RAGVL_INT8_KERNEL"] = k  # read when the engine opens its sessions
+            e = embed(folder, pages, qs, args.threads, args.max_pixels)
+            if e["kernel"] != "rows":  # MatMulNBits: one kernel whatever the CPU
+                r["engines"][f"{name} ({e['kernel']} kernel)"] = compare(ref_scores, score(e))
+                break
+            got = score(e)
+            c = compare(ref_scores, got)
+            first = got if first is None else first
+            c["diff_to_first_kernel"] = float(np.abs(got - first).max())
+            r["engines"][f"{name} (rows kernel, {k})"] = c
+        os.environ.pop("RAGVL_INT8_KERNEL", None)
     run.add("main", table(r))
     run.save(r)
     return 0
