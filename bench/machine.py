@@ -85,8 +85,9 @@ def vision_items(spec, grid_thw: list[int]) -> list[dict]:
 
 def prefill_items(spec, seq: int, lm_head: bool = True, many_rows: bool = False) -> list[dict]:
     """One prefill over `seq` tokens: q / k / v / o and the MLP per layer, attention as ragvl's
-    decoder graph computes it (grouped-query: (nkv, rep*S, hd) @ (nkv, hd, S), full S x S before
-    masking), and lm_head on the last position only (a GEMV: bandwidth-bound, see
+    MatMul graph computes it (grouped-query: (nkv, rep*S, hd) @ (nkv, hd, S), full S x S before
+    masking; a prefill now runs GroupQueryAttention, which bench/experiments/attention.py times
+    against it), and lm_head on the last position only (a GEMV: bandwidth-bound, see
     :func:`stage_floor`). `many_rows`: ColQwen2's encoder (int8 takes the rows kernel). The
     answerer's decoder takes it too where this CPU's int8 kernel is not u8u8 (its column-scaled
     MatMulNBits are rewritten at load, runtime/int8.py); on u8u8 it runs MatMulNBits."""
