@@ -112,7 +112,7 @@ def rows_weights(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str, str]
 
 def column_blocks(model: onnx.ModelProto, folder: Path) -> list[tuple[onnx.NodeProto, np.ndarray, np.ndarray]]:
     """The 8-bit MatMulNBits nodes of `model` that hold rows-kernel numbers: (node, stored uint8
-    weights (K, N) = int8 + 128, a memory-mapped transposed view, column scales (N,)). Checked on
+    weights as stored, (N, K) = int8 + 128, memory-mapped, column scales (N,)). Checked on
     the data: zero points all 128, scales constant along each column."""
     from onnx import helper
 
@@ -134,7 +134,7 @@ def column_blocks(model: onnx.ModelProto, folder: Path) -> list[tuple[onnx.NodeP
         if not np.all(scales == scales[:, :1]):
             continue
         packed = _read(inits[node.input[1]], folder).reshape(n, -1)[:, :k]  # (N, K), memory-mapped
-        out.append((node, packed.T, np.ascontiguousarray(scales[:, 0])))
+        out.append((node, packed, np.ascontiguousarray(scales[:, 0])))
     return out
 
 
@@ -178,7 +178,7 @@ def _as_rows(model: onnx.ModelProto, found, kernel: str, derived: Derived) -> No
         xq, s = quantized[x]
         name = node.input[1].removesuffix(".qweight") + ".rows_qweight"  # the stored blocks' own name is dropped
         # one weight at a time in memory besides the derived ones (the file stays memory-mapped)
-        weight, col = derive_weight(np.ascontiguousarray(w), kernel), scales * (np.float32(2) if kernel == "u8s7" else np.float32(1))
+        weight, col = _derive_transposed(w, kernel), scales * (np.float32(2) if kernel == "u8s7" else np.float32(1))
         for n_, a in ((name, weight), (name.removesuffix(".rows_qweight") + ".column_scales", col.astype(np.float32))):
             derived.names.append(n_)
             derived.arrays.append(a)
@@ -195,6 +195,19 @@ def _as_rows(model: onnx.ModelProto, found, kernel: str, derived: Derived) -> No
     keep = [i for i in g.initializer if i.name not in dropped or i.name in used]
     del g.initializer[:]
     g.initializer.extend(keep)
+
+
+def _derive_transposed(stored: np.ndarray, kernel: str, rows: int = 128) -> np.ndarray:
+    """derive_weight of stored.T for stored (N, K): tile by tile, so that each transpose stays
+    in the cache (numpy's whole-array transpose of a 2B decoder's weights took ~8 s, tiles ~2)."""
+    n, k = stored.shape
+    out = np.empty((k, n), np.int8)
+    for i in range(0, n, rows):
+        if kernel == "u8s8":  # derive_weight's u - 128 (bit 7 flipped), in one pass
+            np.bitwise_xor(stored[i:i + rows].T, np.uint8(0x80), out=out.view(np.uint8)[:, i:i + rows])
+        else:
+            out[:, i:i + rows] = derive_weight(np.ascontiguousarray(stored[i:i + rows].T), kernel)
+    return out
 
 
 def _external(name: str, array: np.ndarray) -> "onnx.TensorProto":
