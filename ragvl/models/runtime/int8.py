@@ -199,7 +199,7 @@ def _as_rows(model: onnx.ModelProto, found, kernel: str, derived: Derived) -> No
 
 def _derive_transposed(stored: np.ndarray, kernel: str, rows: int = 128) -> np.ndarray:
     """derive_weight of stored.T for stored (N, K): tile by tile, so that each transpose stays
-    in the cache (numpy's whole-array transpose of a 2B decoder's weights took ~8 s, tiles ~2)."""
+    in the cache (with whole-array transposes, deriving a 2B decoder took 9-12 s; tiled, 4-6)."""
     n, k = stored.shape
     out = np.empty((k, n), np.int8)
     for i in range(0, n, rows):
