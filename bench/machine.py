@@ -227,11 +227,11 @@ def _best(fn, reps: int) -> float:
     return best
 
 
-def _model(nodes, inputs, outputs, inits):
+def _model(nodes, inputs, outputs, inits, opset: int = 21):
     from onnx import helper
 
     g = helper.make_graph(nodes, "floor", inputs, outputs, inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)])
 
 
 @functools.lru_cache(maxsize=8)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 from results import Run  # noqa: E402
 
 NAME = "attention"
-F32, I32, I64 = 1, 6, 7
+F32 = 1  # TensorProto.FLOAT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +54,7 @@ def _c(name, value):
 
 
 def vision_graphs(n: int, heads: int, hd: int):
-    """(name, model) for both vision variants; inputs q, k, v (1, N, heads*hd)."""
+    """(name, model) for each vision variant; inputs q, k, v (1, N, heads*hd)."""
     from onnx import helper
     d = heads * hd
     ins = [_io(x, F32, [1, n, d]) for x in "qkv"]
@@ -79,7 +79,7 @@ def vision_graphs(n: int, heads: int, hd: int):
 
 
 def decoder_graphs(s: int, past: int, nh: int, nkv: int, hd: int):
-    """(name, model) for both decoder variants over `s` new tokens after `past` cached ones;
+    """(name, model) for each decoder variant over `s` new tokens after `past` cached ones;
     inputs q (1, S, nh*hd), k / v (1, S, nkv*hd), past_k / past_v (1, nkv, P, hd)."""
     from onnx import helper
     t = past + s
@@ -118,9 +118,8 @@ def decoder_graphs(s: int, past: int, nh: int, nkv: int, hd: int):
 
 
 def _model(nodes, ins, outs, inits):
-    from onnx import helper
-    g = helper.make_graph(nodes, "attention", ins, outs, inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 24), helper.make_opsetid("com.microsoft", 1)])
+    from machine import _model as model
+    return model(nodes, ins, outs, inits, opset=24)  # ONNX's Attention is opset 23+
 
 
 def main(argv=None) -> int:

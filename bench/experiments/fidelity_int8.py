@@ -129,9 +129,9 @@ def main(argv=None) -> int:
                    help="the CPU kernels a rows-kernel folder is run with, comma-separated (default: every "
                         "kernel exact on this CPU, its own choice first)")
     args = p.parse_args(argv)
-    from ragvl.models.contract import cpu_features, int8_kernel
+    from ragvl.models.contract import INT8_KERNELS, cpu_features, int8_kernel
 
-    exact = [int8_kernel()] + [k for k in ("u8s8", "u8u8", "u8s7") if k != int8_kernel()
+    exact = [int8_kernel()] + [k for k in INT8_KERNELS if k != int8_kernel()
                                and (k != "u8s8" or cpu_features().int8_dot)]
     kernels = args.kernels.split(",") if args.kernels else exact
     run = Run(Path(__file__).name, NAME, argv, threads=args.threads)

@@ -43,11 +43,10 @@ def copies(m: int, nbytes: int) -> int:
     return 1 if m > 1 else max(1, int(-(-COLD_BYTES // nbytes)))
 
 
-def replicate(nodes_inits, r: int):
-    """`r` copies of one (node, initializers) graph piece, each with its own weights and output:
+def replicate(node, init: list, r: int):
+    """`r` copies of one node and its initializers, each with its own weights and output:
     (nodes, initializers, output names); every copy reads the same input."""
     nodes, inits, outs = [], [], []
-    node, init = nodes_inits
     for i in range(r):
         rename = {t.name: f"{t.name}#{i}" for t in init}
         c = type(node)()
@@ -109,7 +108,7 @@ def main(argv=None) -> int:
         for fmt in ("fp32", "int8", "int4"):
             node, inits = _linear_node("A", "Y", k, n, fmt, "W")
             r = copies(m, sum(len(t.raw_data) for t in inits))
-            nodes, inits, outs = replicate((node, inits), r)
+            nodes, inits, outs = replicate(node, inits, r)
             model = _model(nodes, [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
                            [helper.make_tensor_value_info(o, TensorProto.FLOAT, [m, n]) for o in outs], inits)
             name = {"fp32": "fp32 MatMul", "int8": "MatMulNBits int8", "int4": "MatMulNBits int4"}[fmt]
@@ -123,7 +122,7 @@ def main(argv=None) -> int:
             r = copies(m, wk.nbytes)
             if r > 1:
                 g = model.graph
-                nodes, inits, outs = replicate((g.node[0], list(g.initializer)), r)
+                nodes, inits, outs = replicate(g.node[0], list(g.initializer), r)
                 model = _model(nodes, list(g.input), [helper.make_tensor_value_info(o, TensorProto.INT32, [m, n])
                                                       for o in outs], inits)
             variants.append((f"MatMulInteger {kernel}", model, {"A": a}, exact, r))

@@ -121,6 +121,9 @@ def _attention(g: GraphBuilder, src: TensorSource, x: str, i: int, cos: str, sin
         for name in (past_k, past_v):
             g.input(name, FLOAT, ["batch", nkv, "past_seq", hd])
 
+        if fused:
+            cond, seqlens, total = _prefill_condition(g, x, mask)
+
         def step(b: GraphBuilder) -> list[str]:
             kc = b.concat([past_k, k], 2, f"{p}/k_cache")  # (B, nkv, T, hd)
             vc = b.concat([past_v, v], 2, f"{p}/v_cache")
@@ -131,13 +134,12 @@ def _attention(g: GraphBuilder, src: TensorSource, x: str, i: int, cos: str, sin
             # prefill, 2.3x at 2,537, but 3x slower for one token (bench/results/*/attention.md)
             def bsh(t: str, heads: int, c: str) -> str:  # (B, heads, S, hd) -> (B, S, heads*hd)
                 return b.reshape(b.transpose(t, (0, 2, 1, 3), f"{p}/gqa/{c}"), [0, 0, heads * hd], f"{p}/gqa/{c}")
-            _, seqlens, total = _prefill_condition(g, x, mask)
             return b.op("GroupQueryAttention", [bsh(q, nh, "q"), bsh(k, nkv, "k"), bsh(v, nkv, "v"), past_k, past_v,
                                                 seqlens, total], f"{p}/gqa", n_out=3, domain=MS_DOMAIN,
                         num_heads=nh, kv_num_heads=nkv, scale=float(hd ** -0.5))
 
         if fused:
-            o, kc, vc = g.if_else(_prefill_condition(g, x, mask)[0], prefill, step, f"{p}/attention", 3)
+            o, kc, vc = g.if_else(cond, prefill, step, f"{p}/attention", 3)
         else:
             o, kc, vc = step(g)
         g.output(kc, present_k, FLOAT, ["batch", nkv, "total_seq", hd])

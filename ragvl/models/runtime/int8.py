@@ -111,8 +111,8 @@ def rows_weights(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str, str]
 
 
 def column_blocks(model: onnx.ModelProto, folder: Path) -> list[tuple[onnx.NodeProto, np.ndarray, np.ndarray]]:
-    """The 8-bit MatMulNBits nodes of `model` that hold rows-kernel numbers: (node, stored uint8
-    weights as stored, (N, K) = int8 + 128, memory-mapped, column scales (N,)). Checked on
+    """The 8-bit MatMulNBits nodes of `model` that hold rows-kernel numbers: (node, the stored uint8
+    weights (N, K) = int8 + 128, memory-mapped, column scales (N,)). Checked on
     the data: zero points all 128, scales constant along each column."""
     from onnx import helper
 
