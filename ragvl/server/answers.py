@@ -1,16 +1,22 @@
 """The answer queue: one answer generates at a time, the others wait in order and know their place.
 
-`AnswerQueue.stream` is an async generator of (event, data): ("queued", {"position": n}) while
-n answers are ahead, ("started", {}), then the Service's ("token", {"text": ...}), ("sources", hits),
+`AnswerQueue.stream` is an async generator of (event, data): ("queued", {"position": n, "number": j})
+while n answers are ahead, ("started", {"number": j, "turn": t}), then the Service's ("token", {"text": ...}), ("sources", hits),
 ("done", result), or ("error", {"error": message}). The generation runs in its own thread; when
 the consumer goes away (a client disconnects, a tool call is cancelled), the generator's
 `finally` stops it through onnxruntime's RunOptions.terminate, prefill included, and the next
 answer in line starts as soon as that thread has let go of the model.
+
+`number` is the answer's place in the order answers joined the queue (0, 1, ...), `turn` its
+place in the order they started generating: first in, first out means a larger number never
+gets an earlier turn. Both are counted by this server, so a client can check the order without
+comparing clocks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import traceback
 from collections import deque
@@ -22,7 +28,8 @@ from .service import Service
 
 
 class _Ticket:
-    def __init__(self):
+    def __init__(self, number: int):
+        self.number = number  # the order it joined in
         self.changed = asyncio.Event()
 
 
@@ -32,6 +39,8 @@ class AnswerQueue:
     def __init__(self, service: Service):
         self.service = service
         self._line: deque[_Ticket] = deque()
+        self._joined = itertools.count()
+        self._turns = itertools.count()
 
     def waiting(self) -> int:
         """Answers queued or generating now."""
@@ -45,7 +54,7 @@ class AnswerQueue:
 
     async def stream(self, question: str, k: int) -> AsyncIterator[tuple[str, object]]:
         loop = asyncio.get_running_loop()
-        ticket = _Ticket()
+        ticket = _Ticket(next(self._joined))
         self._line.append(ticket)
         out: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
@@ -91,11 +100,11 @@ class AnswerQueue:
                 position = self._line.index(ticket)
                 if position == 0:
                     break
-                yield "queued", {"position": position}
+                yield "queued", {"position": position, "number": ticket.number}
                 await ticket.changed.wait()
             started = True
             threading.Thread(target=work, name="ragvl-answer", daemon=True).start()
-            yield "started", {}
+            yield "started", {"number": ticket.number, "turn": next(self._turns)}
             while (event := await out.get()) is not None:
                 yield event
         finally:  # runs on completion, on error and when the consumer is cancelled: no awaits here
