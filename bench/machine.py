@@ -88,21 +88,23 @@ def prefill_items(spec, seq: int, lm_head: bool = True, many_rows: bool = False)
     MatMul graph computes it (grouped-query: (nkv, rep*S, hd) @ (nkv, hd, S), full S x S before
     masking; a prefill now runs GroupQueryAttention, which bench/experiments/attention.py times
     against it), and lm_head on the last position only (a GEMV: bandwidth-bound, see
-    :func:`stage_floor`). `many_rows`: ColQwen2's encoder (int8 takes the rows kernel). The
-    answerer's decoder takes it too where this CPU's int8 kernel is not u8u8 (its column-scaled
-    MatMulNBits are rewritten at load, runtime/int8.py); on u8u8 it runs MatMulNBits."""
-    from ragvl.models.contract import int8_kernel
+    :func:`stage_floor`). int8 takes the rows kernel in both graphs: `many_rows` is ColQwen2's
+    encoder (stored so); the answerer's decoder has it from its column-scaled MatMulNBits at
+    load (runtime/int8.py), over the stored blocks as the first operand where
+    contract.stored_blocks_first() says so."""
+    from ragvl.models.contract import stored_blocks_first
 
-    many_rows = many_rows or int8_kernel() != "u8u8"
+    first = not many_rows and stored_blocks_first()
+    many_rows = True
     H, inter, L = spec.hidden_size, spec.intermediate_size, spec.num_layers
     kv = spec.num_kv_heads * spec.head_dim
     rep = spec.num_heads // spec.num_kv_heads
     hd = spec.head_dim
     items = [
-        _lin("linear", "q/o", seq, H, H, 2 * L, many_rows=many_rows),
-        _lin("linear", "k/v", seq, H, kv, 2 * L, many_rows=many_rows),
-        _lin("linear", "gate/up", seq, H, inter, 2 * L, many_rows=many_rows),
-        _lin("linear", "down", seq, inter, H, L, many_rows=many_rows),
+        {**_lin("linear", "q/o", seq, H, H, 2 * L, many_rows=many_rows), "weights_first": first},
+        {**_lin("linear", "k/v", seq, H, kv, 2 * L, many_rows=many_rows), "weights_first": first},
+        {**_lin("linear", "gate/up", seq, H, inter, 2 * L, many_rows=many_rows), "weights_first": first},
+        {**_lin("linear", "down", seq, inter, H, L, many_rows=many_rows), "weights_first": first},
         {"group": "attention", "op": "qk", "kind": "bmm", "m": rep * seq, "k": hd, "n": seq,
          "batch": spec.num_kv_heads, "count": L, "quantized": False},
         {"group": "attention", "op": "pv", "kind": "bmm", "m": rep * seq, "k": seq, "n": hd,
@@ -132,7 +134,7 @@ def shape_key(it: dict, dtype: str) -> str:
     base = dtype.split("-")[0]  # "int8-nbits": int8 converted with MatMulNBits in every graph
     fmt = base if (it["quantized"] and base in ("int8", "int4")) else "fp32"
     if fmt == "int8" and it.get("many_rows") and dtype == "int8":
-        fmt = "int8-rows"
+        fmt = "int8-rows-first" if it.get("weights_first") else "int8-rows"
     extra = f"h{it['heads']}" if it["kind"] == "mha" else f"b{it['batch']}"
     return f"{it['kind']}:{fmt}:{it['m']}x{it['k']}x{it['n']}:{extra}"
 
@@ -184,7 +186,7 @@ def quant_format(dtype: str):
     "int8-rows" is int8 as the many-row graphs store it."""
     from ragvl.models.converter.quantize import FORMATS
 
-    if dtype == "int8-rows":
+    if dtype in ("int8-rows", "int8-rows-first"):
         return FORMATS["int8"].for_many_rows()
     return FORMATS[dtype.split("-")[0]]
 
@@ -266,12 +268,14 @@ def _linear_node(x: str, y: str, k: int, n: int, fmt: str, name: str):
     return node, [numpy_helper.from_array(a, nm) for a, nm in zip(arrays, names)]
 
 
-def _rows_linear_model(k: int, n: int):
+def _rows_linear_model(k: int, n: int, weights_first: bool = False):
     """The rows kernel's matmul alone, in the layout this CPU runs it with (runtime/int8.py:
     u8s8, u8s7 or u8u8, as `int8_kernel()` chooses), with the converter's weights
     (quantize_columns) on activations already quantized. The per-row activation quantization
     and the rescaling around it are left out of the limit: the graphs share one quantization
-    between q/k/v and between gate/up, so counting it per Linear overstated it."""
+    between q/k/v and between gate/up, so counting it per Linear overstated it.
+    `weights_first`: the stored (N, K) blocks times the activations transposed, (K, m), as the
+    decoder's prefill runs it on u8u8; its two transposes are left out too."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
@@ -279,9 +283,14 @@ def _rows_linear_model(k: int, n: int):
     from ragvl.models.converter.quantize import quantize_columns
     from ragvl.models.runtime.int8 import derive_weight
 
-    q, _ = quantize_columns(_weights(k, n, "int8-rows")[0])
+    q, _ = quantize_columns(_weights(k, n, "int8-rows")[0])  # (K, N)
     kernel = int8_kernel()
     zp = numpy_helper.from_array(np.array(128, np.uint8), "zp")
+    if weights_first:
+        return _model([helper.make_node("MatMulInteger", ["W", "A", "zp", "zp"], ["Y"])],
+                      [helper.make_tensor_value_info("A", TensorProto.UINT8, [k, "m"])],
+                      [helper.make_tensor_value_info("Y", TensorProto.INT32, [n, "m"])],
+                      [numpy_helper.from_array(np.ascontiguousarray(q.T), "W"), zp])
     w, inputs = (q, ["A", "W", "zp", "zp"]) if kernel == "u8u8" else (derive_weight(q, kernel), ["A", "W", "zp"])
     return _model([helper.make_node("MatMulInteger", inputs, ["Y"])],
                   [helper.make_tensor_value_info("A", TensorProto.UINT8, ["m", k])],
@@ -319,9 +328,10 @@ def measure_gemm(shape: dict, threads: int, reps: int) -> dict:
     m, k, n, b = shape["m"], shape["k"], shape["n"], shape["batch"]
     F = TensorProto.FLOAT
     if shape["kind"] == "linear":
-        if shape["format"] == "int8-rows":
-            model = _rows_linear_model(k, n)
-            feeds = {"A": rng.integers(0, 256, (m, k), dtype=np.uint8)}
+        if shape["format"] in ("int8-rows", "int8-rows-first"):
+            first = shape["format"] == "int8-rows-first"
+            model = _rows_linear_model(k, n, weights_first=first)
+            feeds = {"A": rng.integers(0, 256, (k, m) if first else (m, k), dtype=np.uint8)}
         else:
             node, inits = _linear_node("A", "Y", k, n, shape["format"], "W")
             model = _model([node], [helper.make_tensor_value_info("A", F, [m, k])],
@@ -347,7 +357,7 @@ def measure_gemm(shape: dict, threads: int, reps: int) -> dict:
     sess = _session(model, threads)
     t = _best(_bound_run(sess, feeds), reps)
     out = {**shape, "best_s": round(t, 5), "gflops": round(flops / t / 1e9, 1)}
-    if shape["kind"] == "linear" and shape["format"] == "int8-rows":
+    if shape["kind"] == "linear" and shape["format"] in ("int8-rows", "int8-rows-first"):
         from ragvl.models.contract import int8_kernel
 
         out["kernel"] = int8_kernel()
@@ -444,6 +454,9 @@ def floors_tables(floors: dict) -> str:
         what = f"{names[r['kind']]} {r['op']}"
         if r["kind"] == "linear" and r["format"] == "int8-rows":
             fmt_s = f"int8 rows: MatMulInteger {r.get('kernel', 'u8u8')} (activations already quantized)"
+        elif r["kind"] == "linear" and r["format"] == "int8-rows-first":
+            fmt_s = (f"int8 rows: MatMulInteger {r.get('kernel', 'u8u8')}, stored blocks first (W @ x^T, "
+                     "activations already quantized)")
         elif r["kind"] == "linear" and r["format"] != "fp32":
             f = quant_format(r["format"])
             fmt_s = f"MatMulNBits {f.bits}-bit, block {f.block_size}, accuracy_level {f.accuracy_level}"

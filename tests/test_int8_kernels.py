@@ -133,8 +133,10 @@ def test_u8s8_is_exact_everywhere_where_pairs_cannot_saturate(tmp_path):
 @pytest.mark.parametrize("optimized", [False, True])
 def test_decoder_blocks_become_the_rows_kernel(tmp_path, kernel, optimized):
     """The decoder's column-scaled MatMulNBits (with its bias, which onnxruntime's optimizer folds
-    into the node) runs as stored on u8u8 and as the rows kernel elsewhere, computing exactly the
-    rows kernel's numbers from the same stored weights; K not a whole number of blocks."""
+    into the node) computes exactly the rows kernel's numbers from the same stored weights for
+    many rows on every kernel (u8u8: an If over the stored blocks), and for one row as the rows
+    kernel where the CPU has an integer dot product or MatMulNBits as stored on u8u8; K not a
+    whole number of blocks, hidden states (B, S, K) as in the decoder."""
     from ragvl.models.converter.optimize import save_optimized
 
     rng = np.random.default_rng(11)
@@ -143,10 +145,10 @@ def test_decoder_blocks_become_the_rows_kernel(tmp_path, kernel, optimized):
     w[:, ::2] = np.abs(w[:, ::2])
     bias = rng.standard_normal(n).astype(np.float32)
     g = GraphBuilder("t", tmp_path / "t.onnx")
-    x = g.input("x", FLOAT, ["M", k])
+    x = g.input("x", FLOAT, ["B", "S", k])
     fmt = FORMATS["int8"].for_any_rows()
     assert fmt.describe()["weights"] == "per output column" and fmt.kernel == "nbits"
-    g.output(linear(g, x, "l.weight", w, bias, "/l", fmt), "y", FLOAT, ["M", n])
+    g.output(linear(g, x, "l.weight", w, bias, "/l", fmt), "y", FLOAT, ["B", "S", n])
     g.save()
     path = tmp_path / "t.onnx"
     if optimized:
@@ -155,22 +157,30 @@ def test_decoder_blocks_become_the_rows_kernel(tmp_path, kernel, optimized):
         node = next(nd for nd in onnx.load(str(path), load_external_data=False).graph.node
                     if nd.op_type == "MatMulNBits")
         assert node.input[5] == "l.bias"  # the bias Add folded in: the rewrite must keep it
-    xs = rng.standard_normal((9, k)).astype(np.float32)
-    xs[2] *= 30
+    xs = rng.standard_normal((1, 9, k)).astype(np.float32)
+    xs[0, 2] *= 30
     sess = create_session(path, threads=2, kernel=kernel, optimize=not optimized)
-    y = sess.run(None, {"x": xs})[0]
-    q, scales = quantize_columns(w)
-    if kernel == "u8u8":
-        assert derive(path, kernel) == ("u8u8", None)  # MatMulNBits as stored
-        ref = xs @ ((q.astype(np.float32) - 128) * scales) + bias  # its activations are quantized in blocks
-        assert (np.abs(y - ref).max(axis=1) / np.abs(ref).max(axis=1)).max() < 0.02
-        return
     assert session_kernel(sess) == kernel
-    ops = [nd.op_type for nd in onnx.load_from_string(derive(path, kernel)[1].model).graph.node]
-    assert "MatMulNBits" not in ops and ops.count("MatMulInteger") == 1
+    q, scales = quantize_columns(w)
+    rewritten = onnx.load_from_string(derive(path, kernel)[1].model).graph
+    top = [nd.op_type for nd in rewritten.node]
+    if kernel == "u8u8":  # If(more than one row) {MatMulInteger over the stored blocks} else {MatMulNBits}
+        assert top.count("If") == 1 and "MatMulNBits" not in top and "MatMulInteger" not in top
+        branches = {a.name: [nd.op_type for nd in a.g.node] for a in next(nd for nd in rewritten.node
+                                                                            if nd.op_type == "If").attribute}
+        assert branches["else_branch"] == ["MatMulNBits"] and branches["then_branch"].count("MatMulInteger") == 1
+        assert not [i for i in rewritten.initializer if i.name.endswith(".rows_qweight")]  # nothing copied
+    else:
+        assert "MatMulNBits" not in top and top.count("MatMulInteger") == 1
     if kernel == "u8s7":
         q, scales = (derive_weight(q, kernel).astype(np.int16) + 128).astype(np.uint8), scales * 2
-    np.testing.assert_allclose(y, rows_reference(xs, q, scales) + bias, rtol=1e-6, atol=1e-5)
+    for rows_in in (xs, xs[:, 3:4], np.concatenate([xs[:, 3:4], xs[:, 5:6]])):  # 9 rows, 1 row, a batch of 2 rows
+        y = sess.run(None, {"x": rows_in})[0]
+        ref = rows_reference(rows_in.reshape(-1, k), q, scales).reshape(*rows_in.shape[:2], n) + bias
+        if kernel == "u8u8" and rows_in.size == k:  # MatMulNBits quantizes its activations in blocks
+            assert (np.abs(y - ref).max(axis=-1) / np.abs(ref).max(axis=-1)).max() < 0.02
+        else:
+            np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-5)
 
 
 def test_graphs_without_rows_weights_are_loaded_as_they_are(tmp_path):
@@ -203,9 +213,11 @@ def test_models_list_says_which_kernel_runs_here(make_np_ckpt, tmp_path, monkeyp
                                            "encoder": f"int8 {best} (MatMulInteger)",
                                            "embed": "int8 blocks of 64 (GatherBlockQuantized)"}
     assert rows["emb-fp32"]["kernels"] == {"vision": "fp32 (MatMul)", "encoder": "fp32 (MatMul)", "embed": "fp32 (Gather)"}
-    # the decoder's column-scaled blocks: MatMulNBits as stored on AVX2, the rows kernel elsewhere
+    # the decoder's column-scaled blocks: on AVX2 the rows kernel for a prefill and MatMulNBits as
+    # stored for one row, the rows kernel for both elsewhere
     assert rows["ans-int8"]["kernels"]["decoder"] == (
-        "int8 blocks of 64 (MatMulNBits)" if best == "u8u8" else f"int8 {best} (MatMulInteger)")
+        "int8 u8u8 (MatMulInteger) for many rows, blocks of 64 (MatMulNBits) for one" if best == "u8u8"
+        else f"int8 {best} (MatMulInteger)")
     assert rows["emb-int8"]["cpu"] == cpu_features().kind
     text = CliRunner().invoke(app, ["models", "list"])
     assert f"int8 {best}" in text.stdout

@@ -121,10 +121,19 @@ def int8_kernel() -> str:
     return name
 
 
+def stored_blocks_first(kernel: str | None = None) -> bool:
+    """Whether the decoder's column-scaled MatMulNBits multiply many rows by the rows kernel over
+    the stored blocks, as MatMulInteger's first operand (W @ x^T), and one row as stored: u8u8
+    (runtime/int8.py `_prefill_as_rows`). Elsewhere the rows kernel's weights are derived at
+    load and run every row count."""
+    return (kernel or int8_kernel()) == "u8u8"
+
+
 def graph_kernels(manifest: dict, kernel: str | None = None) -> dict[str, str]:
     """What each graph of a converted folder multiplies with on this machine, e.g.
     {"vision": "int8 u8s7 (MatMulInteger)", "embed": "int8 blocks of 64 (GatherBlockQuantized)"}.
     `kernel`: the rows kernel (default: `int8_kernel()`)."""
+    kernel = kernel or int8_kernel()
     formats = manifest.get("weight_format") or {}
     out = {}
     for graph in manifest.get("graphs", {}):
@@ -132,10 +141,11 @@ def graph_kernels(manifest: dict, kernel: str | None = None) -> dict[str, str]:
         gather = graph == "embed"
         if not f:
             out[graph] = "fp32 (Gather)" if gather else "fp32 (MatMul)"
-        elif f.get("kernel") == "rows" or (f.get("weights") == "per output column" and not gather
-                                           and (kernel or int8_kernel()) != "u8u8"):
-            # column-scaled MatMulNBits becomes the rows kernel where it is not u8u8 (runtime/int8.py)
-            out[graph] = f"int8 {kernel or int8_kernel()} (MatMulInteger)"
+        elif f.get("kernel") == "rows":
+            out[graph] = f"int8 {kernel} (MatMulInteger)"
+        elif f.get("weights") == "per output column" and not gather:  # rewritten at load (runtime/int8.py)
+            out[graph] = (f"int8 {kernel} (MatMulInteger) for many rows, blocks of {f['block_size']} "
+                          "(MatMulNBits) for one" if stored_blocks_first(kernel) else f"int8 {kernel} (MatMulInteger)")
         else:
             out[graph] = (f"int{f['bits']} blocks of {f['block_size']} "
                           f"({'GatherBlockQuantized' if gather else 'MatMulNBits'})")

@@ -117,6 +117,10 @@ class GraphBuilder:
             self.initializers.append(numpy_helper.from_array(arr, name))
         return name
 
+    def const_like(self, value: np.ndarray) -> str:
+        """`const` keeping the array's own dtype (contract.rows' callback)."""
+        return self.const(value, np.asarray(value).dtype)
+
     def op(self, op_type: str, inputs: list[str], path: str, n_out: int = 1, domain: str = "",
            **attrs) -> str | list[str]:
         """Add a node named `{path}/{op_type}`; returns its output name(s)."""

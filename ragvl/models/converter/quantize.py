@@ -9,16 +9,17 @@
   once, as uint8 = int8 + 128 (zero point 128), a layout every CPU multiplies exactly; at load
   the runtime derives the layout this CPU's integer instructions multiply fastest and still
   exactly (runtime/int8.py; contract/cpu.py chooses: int8 weights where the CPU has VNNI, AMX
-  or an ARM dot product, 7-bit weights on AVX2 without one).
+  or an ARM dot product, the stored layout on AVX2 without one). The ops are contract/rows.py's.
   Per-row scales keep one outlier token from coarsening every other row, as a per-tensor scale
   (onnxruntime's quantize_dynamic) would; the price is a larger error than MatMulNBits' blocks
   of 64 (bench/results/int8_fidelity.md).
 * ``nbits`` with column scales (int8, the answerer's decoder): the rows kernel's numbers (int8
   per output column, symmetric) stored in MatMulNBits' layout: every block of a column has the
   column's scale and zero point 128. A graph that decodes one row at a time and prefills many
-  needs both kernels: on AVX2, MatMulNBits is the faster at one row and the only exact choice,
-  and it runs the file as stored; on a CPU with an int8 dot product MatMulInteger is as fast at
-  one row and 4-9x faster at many, and the runtime derives its weights from these exactly
+  needs both kernels: on AVX2, MatMulNBits is the faster at one row, and MatMulInteger (uint8 x
+  uint8, exact there) at many: one row runs the file as stored, a prefill the rows kernel over
+  the same stored bytes; on a CPU with an int8 dot product MatMulInteger is as fast at one row
+  and 4-9x faster at many, and the runtime derives its weights from these exactly
   (runtime/int8.py).
 
 Doing this per tensor while converting keeps peak memory at one tensor, where
@@ -30,9 +31,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-from onnx import TensorProto
 
-from .onnx_builder import FLOAT, MS_DOMAIN, GraphBuilder
+from ..contract import rows
+from .onnx_builder import MS_DOMAIN, GraphBuilder
 
 
 @dataclass(frozen=True)
@@ -167,17 +168,16 @@ def rows_reference(x: np.ndarray, q: np.ndarray, scales: np.ndarray) -> np.ndarr
 
 
 def _quantized_rows(g: GraphBuilder, x: str, path: str) -> tuple[str, str]:
-    """x (..., K) -> (uint8 x/s + 128, s (..., 1)) with s = max|row| / 127; made once per input,
-    so q/k/v or gate/up projections of one hidden state share it."""
+    """contract.quantize_rows of x, made once per input, so q/k/v or gate/up projections of one
+    hidden state share it."""
     key = ("rows", x)
     if key not in g.memo:
-        s = g.div(g.op("Max", [g.op("ReduceMax", [g.op("Abs", [x], path), g.const([-1])], path, keepdims=1),
-                               g.const(np.float32(1e-30), np.float32)], path),
-                  g.const(np.float32(127), np.float32), path + "/scale")  # (..., 1)
-        shifted = g.add(g.div(x, s, path), g.const(np.float32(128), np.float32), path)
-        xq = g.cast(g.op("Round", [shifted], path), TensorProto.UINT8, path)  # in [1, 255]
-        g.memo[key] = (xq, s)
+        g.memo[key] = rows.quantize_rows(_op(g, path), g.const_like, x)
     return g.memo[key]
+
+
+def _op(g: GraphBuilder, path: str) -> rows.Op:
+    return lambda op_type, inputs, **attrs: g.op(op_type, inputs, path, **attrs)
 
 
 def linear(g: GraphBuilder, x: str, name: str, weight: np.ndarray, bias: np.ndarray | None, path: str,
@@ -191,9 +191,8 @@ def linear(g: GraphBuilder, x: str, name: str, weight: np.ndarray, bias: np.ndar
     if fmt.kernel == "rows":
         q, scales = quantize_columns(weight)
         xq, s = _quantized_rows(g, x, path + "/quantize_rows")
-        zp = g.const(np.uint8(128), np.uint8)
-        acc = g.cast(g.op("MatMulInteger", [xq, g.weight(name + ".qweight", q), zp, zp], path), FLOAT, path)
-        y = g.mul(g.mul(acc, s, path + "/row_scale"), g.weight(name + ".scales", scales), path + "/col_scale")
+        y = rows.rows_matmul(_op(g, path), g.const_like, xq, s, g.weight(name + ".qweight", q),
+                             g.weight(name + ".scales", scales), uint8_weight=True)
     elif fmt.quantized:
         packed, scales, zp = (quantize_column_blocks(weight, fmt.block_size) if fmt.scales == "columns"
                               else quantize_blockwise(weight, fmt.bits, fmt.block_size))

@@ -10,11 +10,12 @@ why each is exact where it is chosen):
 * ``u8u8``: the file as it is (nothing derived).
 
 The answerer's decoder stores the same int8 numbers in MatMulNBits' layout, every block of a
-column with the column's scale and zero point 128 (quantize.quantize_column_blocks): AVX2 runs
-that as stored (the faster kernel at one row there). With u8s8 or u8s7 each such MatMulNBits
-becomes the rows kernel, exactly as the converter writes it for the vision tower (quantize.linear:
-activations quantized per row, MatMulInteger, row and column scales), its weights transposed
-from the blocks. Only nodes whose zero points are all 128 and whose scales are constant along
+column with the column's scale and zero point 128 (quantize.quantize_column_blocks). With u8s8
+or u8s7 each such MatMulNBits becomes the rows kernel, with the ops the converter writes for the
+vision tower (contract/rows.py: activations quantized per row, MatMulInteger, row and column
+scales), its weights transposed from the blocks. On u8u8 (AVX2) MatMulNBits stays for one row
+(the faster kernel at one row there) and an If gives many rows the rows kernel over the stored
+blocks themselves (`_prefill_as_rows`). Only nodes whose zero points are all 128 and whose scales are constant along
 each column are rewritten, so the weights are the stored ones bit for bit; older folders'
 asymmetric blocks are loaded as they are.
 
@@ -34,12 +35,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import RagvlError
-from ..contract import external_location
+from ..contract import external_location, rows
 
 if TYPE_CHECKING:  # onnx is imported when a graph is rewritten: `ragvl search` never needs it
     import onnx
 
-ZERO_POINT = 128  # of the stored uint8 weights (quantize.quantize_columns)
+ZERO_POINT = rows.ZERO_POINT  # of the stored uint8 weights (quantize.quantize_columns)
 
 
 @dataclass
@@ -138,63 +139,153 @@ def column_blocks(model: onnx.ModelProto, folder: Path) -> list[tuple[onnx.NodeP
     return out
 
 
+class _Writer:
+    """Nodes for contract.rows' callbacks: each `ops(nodes, path)` appends to its own list (an If
+    branch's or the graph's); constants are added to the graph's initializers once, where every
+    branch reads them."""
+
+    def __init__(self, graph: "onnx.GraphProto"):
+        self.graph = graph
+        self._consts: dict[tuple, str] = {}
+        self._names: set[str] = set()
+
+    def const(self, value) -> str:
+        from onnx import numpy_helper
+
+        arr = np.asarray(value)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self._consts:
+            self._consts[key] = f"/int8/const_{len(self._consts)}"
+            self.graph.initializer.append(numpy_helper.from_array(arr, self._consts[key]))
+        return self._consts[key]
+
+    def ops(self, nodes: list, path: str) -> rows.Op:
+        from onnx import helper
+
+        def op(op_type: str, inputs: list[str], **attrs) -> str:
+            name, i = f"{path}/{op_type}", 1
+            while name in self._names:
+                name, i = f"{path}/{op_type}_{i}", i + 1
+            self._names.add(name)
+            nodes.append(helper.make_node(op_type, inputs, [name + "/output_0"], name=name, **attrs))
+            return name + "/output_0"
+        return op
+
+
+def _bias(node: "onnx.NodeProto") -> str | None:
+    """onnxruntime's optimizer folds a following bias Add into MatMulNBits (input 5)."""
+    return node.input[5] if len(node.input) > 5 and node.input[5] else None
+
+
 def _as_rows(model: onnx.ModelProto, found, kernel: str, derived: Derived) -> None:
     """Replace each MatMulNBits of `found` by the rows kernel in `kernel`'s layout (same output
     name): x -> per-row uint8 + scale -> MatMulInteger -> float * row scale * column scale."""
-    from onnx import TensorProto, helper, numpy_helper
-
     g = model.graph
-    consts: dict[str, np.ndarray] = {"/int8/axis_last": np.array([-1], np.int64),
-                                     "/int8/tiny": np.float32(1e-30), "/int8/q_max": np.float32(127),
-                                     "/int8/offset": np.float32(ZERO_POINT), "/int8/zero_point": np.uint8(ZERO_POINT)}
-    g.initializer.extend(numpy_helper.from_array(np.asarray(v), name) for name, v in consts.items())
+    w = _Writer(g)
     quantized: dict[str, tuple[str, str]] = {}  # input -> (uint8 rows, row scales): q/k/v share one
-    nodes = list(g.node)
+    nodes, out = list(g.node), []
     del g.node[:]
     dropped = set()
-    replace_by = {id(node): (w, s) for node, w, s in found}
+    replace_by = {id(node): (stored, scales) for node, stored, scales in found}
     for node in nodes:
         if id(node) not in replace_by:
-            g.node.append(node)
+            out.append(node)
             continue
-        w, scales = replace_by.pop(id(node))
-        x, y, p = node.input[0], node.output[0], node.name or node.output[0]
-        # onnxruntime's optimizer folds a following bias Add into MatMulNBits (input 5)
-        bias = node.input[5] if len(node.input) > 5 and node.input[5] else None
+        stored, scales = replace_by.pop(id(node))
+        x, p = node.input[0], node.name or node.output[0]
         dropped.update(node.input[1:4])
         if x not in quantized:
-            q = f"{p}/quantize_rows"
-            g.node.extend([
-                helper.make_node("Abs", [x], [q + "/abs"], name=q + "/Abs"),
-                helper.make_node("ReduceMax", [q + "/abs", "/int8/axis_last"], [q + "/max"], name=q + "/ReduceMax",
-                                 keepdims=1),
-                helper.make_node("Max", [q + "/max", "/int8/tiny"], [q + "/max_"], name=q + "/Max"),
-                helper.make_node("Div", [q + "/max_", "/int8/q_max"], [q + "/scale"], name=q + "/scale"),
-                helper.make_node("Div", [x, q + "/scale"], [q + "/div"], name=q + "/Div"),
-                helper.make_node("Add", [q + "/div", "/int8/offset"], [q + "/add"], name=q + "/Add"),
-                helper.make_node("Round", [q + "/add"], [q + "/round"], name=q + "/Round"),
-                helper.make_node("Cast", [q + "/round"], [q + "/uint8"], name=q + "/Cast", to=TensorProto.UINT8)])
-            quantized[x] = (q + "/uint8", q + "/scale")
+            quantized[x] = rows.quantize_rows(w.ops(out, f"{p}/quantize_rows"), w.const, x)
         xq, s = quantized[x]
         name = node.input[1].removesuffix(".qweight") + ".rows_qweight"  # the stored blocks' own name is dropped
         # one weight at a time in memory besides the derived ones (the file stays memory-mapped)
-        weight, col = _derive_transposed(w, kernel), scales * (np.float32(2) if kernel == "u8s7" else np.float32(1))
-        for n_, a in ((name, weight), (name.removesuffix(".rows_qweight") + ".column_scales", col.astype(np.float32))):
+        weight, col = _derive_transposed(stored, kernel), scales * (np.float32(2) if kernel == "u8s7" else np.float32(1))
+        col_name = name.removesuffix(".rows_qweight") + ".column_scales"
+        for n_, a in ((name, weight), (col_name, col.astype(np.float32))):
             derived.names.append(n_)
             derived.arrays.append(a)
             g.initializer.append(_external(n_, a))
-        g.node.extend([
-            helper.make_node("MatMulInteger", [xq, name, "/int8/zero_point"], [p + "/acc"], name=p + "/MatMulInteger"),
-            helper.make_node("Cast", [p + "/acc"], [p + "/acc_f"], name=p + "/Cast", to=TensorProto.FLOAT),
-            helper.make_node("Mul", [p + "/acc_f", s], [p + "/row_scaled"], name=p + "/row_scale"),
-            helper.make_node("Mul", [p + "/row_scaled", name.removesuffix(".rows_qweight") + ".column_scales"],
-                             [p + "/scaled" if bias else y], name=p + "/col_scale")])
-        if bias:
-            g.node.append(helper.make_node("Add", [p + "/scaled", bias], [y], name=p + "/bias"))
+        op = w.ops(out, p)
+        y = rows.rows_matmul(op, w.const, xq, s, name, col_name, uint8_weight=False)
+        if (bias := _bias(node)) is not None:
+            y = op("Add", [y, bias])
+        out[-1].output[0] = node.output[0]  # the last op writes the replaced node's output
+    g.node.extend(out)
     used = {i for n_ in g.node for i in n_.input}
     keep = [i for i in g.initializer if i.name not in dropped or i.name in used]
     del g.initializer[:]
     g.initializer.extend(keep)
+
+
+def _prefill_as_rows(model: onnx.ModelProto, found) -> None:
+    """u8u8: each group of `found`'s MatMulNBits that share an input becomes If(more than one
+    row) {the rows kernel over the same stored bytes} else {the nodes as they are}.
+
+    On AVX2 MatMulNBits is the faster kernel at one row and MatMulInteger (uint8 x uint8, exact
+    there) at many (bench/results/avx2/int8_kernels.md). The prefill multiplies the stored blocks
+    (N, K) as MatMulInteger's *first* operand, W @ x^T, so the weights are not copied into a
+    transposed layout: (M, K) -> transposed (K, M) -> (N, M) -> transposed (M, N). onnxruntime
+    keeps the stored bytes for this besides MatMulNBits' packed copy, so the weights are in
+    memory twice, as the derived layouts of the other kernels are."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = model.graph
+    w = _Writer(g)
+    inits = {i.name: i for i in g.initializer}
+    groups: dict[str, list] = {}
+    for item in found:
+        groups.setdefault(item[0].input[0], []).append(item)
+    first = {id(items[0][0]): x for x, items in groups.items()}
+    members = {id(node) for node, _, _ in found}
+    nodes, out = list(g.node), []
+    del g.node[:]
+    for node in nodes:
+        if id(node) not in members:
+            out.append(node)
+        elif id(node) in first:  # the group's If, where its first node was (all read the same input)
+            x = first[id(node)]
+            items = groups[x]
+            p = (node.name or node.output[0]) + "/rows"
+            k = int(next(a.i for a in node.attribute if a.name == "K"))
+            op = w.ops(out, p)
+            many = op("Greater", [op("Size", [x]), w.const(np.int64(k))])  # more than one row of K
+            then_nodes: list = []
+            op = w.ops(then_nodes, p + "/many")
+            xq, s = rows.quantize_rows(op, w.const, x)  # (..., K)
+            x2 = op("Reshape", [xq, w.const(np.array([-1, k], np.int64))])  # (M, K)
+            stored_k = int(np.prod(inits[node.input[1]].dims[1:]))  # K padded to whole blocks
+            if stored_k > k:  # the padding columns meet activations of zero (zero point 128)
+                x2 = op("Pad", [x2, w.const(np.array([0, 0, 0, stored_k - k], np.int64)), w.const(np.uint8(rows.ZERO_POINT))])
+            xt = op("Transpose", [x2], perm=[1, 0])  # (K', M)
+            # K' read at run time: a constant shape would let onnxruntime fold the Reshape of the
+            # stored blocks into a third copy of the weights; read this way it is a view
+            k_dim = op("Slice", [op("Shape", [xt]), w.const(np.array([0], np.int64)), w.const(np.array([1], np.int64))])
+            lead = op("Shape", [x], end=-1)  # (...)
+            zp = w.const(np.uint8(rows.ZERO_POINT))
+            outs = []
+            for mm, _, scales in items:
+                n = int(next(a.i for a in mm.attribute if a.name == "N"))
+                col = mm.input[1].removesuffix(".qweight") + ".column_scales"
+                g.initializer.append(numpy_helper.from_array(scales.astype(np.float32), col))
+                blocks = op("Reshape", [mm.input[1], op("Concat", [w.const(np.array([n], np.int64)), k_dim], axis=0)])
+                acc = op("Transpose", [op("MatMulInteger", [blocks, xt, zp, zp])], perm=[1, 0])  # (N, M) -> (M, N)
+                acc = op("Reshape", [acc, op("Concat", [lead, w.const(np.array([n], np.int64))], axis=0)])  # (..., N)
+                y = rows.rescale(op, acc, s, col)
+                if (bias := _bias(mm)) is not None:
+                    y = op("Add", [y, bias])
+                outs.append(y)
+            else_nodes = []
+            for mm, _, _ in items:
+                one = type(mm)()
+                one.CopyFrom(mm)
+                one.output[0] = mm.output[0] + "/one_row"
+                else_nodes.append(one)
+            branch = lambda nodes_, values, label: helper.make_graph(  # noqa: E731
+                nodes_, f"{p}/{label}", [], [helper.make_tensor_value_info(v, TensorProto.FLOAT, None) for v in values])
+            out.append(helper.make_node("If", [many], [mm.output[0] for mm, _, _ in items], name=p + "/If",
+                                        then_branch=branch(then_nodes, outs, "many"),
+                                        else_branch=branch(else_nodes, [n_.output[0] for n_ in else_nodes], "one")))
+    g.node.extend(out)
 
 
 def _derive_transposed(stored: np.ndarray, kernel: str, rows: int = 128) -> np.ndarray:
@@ -221,12 +312,15 @@ def _external(name: str, array: np.ndarray) -> "onnx.TensorProto":
     return t
 
 
-def derive(path: Path, kernel: str) -> tuple[str | None, Derived | None]:
-    """The kernel `path`'s graph runs with and, unless that is the stored layout (u8u8), the
-    graph rewritten for it: (None, None) for a graph without rows-kernel weights. u8u8 reads
-    nothing (the file is loaded as it is, without importing onnx: `ragvl search` starts faster)."""
-    if kernel == "u8u8":
-        return kernel, None
+def derive(path: Path, kernel: str, *, many_runs: bool = True) -> tuple[str | None, Derived | None]:
+    """The kernel `path`'s graph runs with and, unless it runs as stored, the graph rewritten for
+    it: (None, None) for a graph without rows-kernel weights or column-scaled blocks.
+    `many_runs=False` (a session opened without prepacking, for one short query) keeps the
+    stored layout and reads nothing (the file is loaded as it is, without importing onnx:
+    `ragvl search` starts faster); so does u8u8 for the rows kernel's own weights. u8u8 rewrites
+    only the column-scaled blocks, for a prefill (`_prefill_as_rows`)."""
+    if not many_runs:
+        return "u8u8", None
     import onnx
     from onnx import TensorProto
 
@@ -235,8 +329,14 @@ def derive(path: Path, kernel: str) -> tuple[str | None, Derived | None]:
     found, blocks = rows_weights(model), column_blocks(model, folder)
     if not found and not blocks:
         return None, None
-    inits = {i.name: i for i in model.graph.initializer}
     derived = Derived(b"")
+    if kernel == "u8u8":
+        if not blocks:
+            return kernel, None
+        _prefill_as_rows(model, blocks)
+        derived.model = model.SerializeToString()
+        return kernel, derived
+    inits = {i.name: i for i in model.graph.initializer}
     done_scales: set[str] = set()
     for node, w, scales in found:
         del node.input[3]  # the int8 weights' zero point is 0, MatMulInteger's default

@@ -76,7 +76,8 @@ def create_session(path: str | Path, device: str = "cpu", threads: int | None = 
 
 def session_kernel(sess: ort.InferenceSession) -> str | None:
     """The int8 kernel `sess` runs its rows-kernel matmuls with: u8u8 for a graph loaded as
-    stored (whether or not it has any), None for a graph that was inspected and has none."""
+    stored without prepacking (whether or not it has any), None for a graph that was inspected
+    and has none."""
     return _KERNELS.get(sess, (None, None))[0]
 
 
@@ -93,7 +94,7 @@ def _open(path: Path, device: str, threads: int | None, optimize: bool, prepack:
     if not prepack:
         so.add_session_config_entry("session.disable_prepacking", "1")
     try:
-        used, derived = derive(path, kernel)
+        used, derived = derive(path, kernel, many_runs=prepack)
         if derived is None:
             sess = ort.InferenceSession(str(path), so, providers=providers)
         else:  # the rewritten graph as bytes; its other weights still come from the folder
