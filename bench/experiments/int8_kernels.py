@@ -7,7 +7,9 @@ times, in one onnxruntime session each, warm, best of `--reps`:
 
 * fp32 MatMul; MatMulNBits int8 (blocks of 64, accuracy level 4) and int4 (blocks of 128);
 * MatMulInteger in each rows-kernel layout (ragvl/models/runtime/int8.py): u8u8 (as stored),
-  u8s7 (7-bit weights), u8s8 (int8 weights), on activations already quantized,
+  u8s7 (7-bit weights), u8s8 (int8 weights), on activations already quantized, and u8u8 with
+  the decoder's stored (N, K) blocks as the first operand, W @ x^T (how an AVX2 CPU prefills
+  with them: no transposed copy; the two transposes around it are timed too),
 
 and checks each MatMulInteger against numpy's exact product on full-range weights, 8 rows (exact
 or not on this CPU: u8s8 is exact only with an integer dot product). A one-row product reads
@@ -45,8 +47,14 @@ def copies(m: int, nbytes: int) -> int:
 
 def replicate(node, init: list, r: int):
     """`r` copies of one node and its initializers, each with its own weights and output:
-    (nodes, initializers, output names); every copy reads the same input."""
+    (nodes, initializers, output names); every copy reads the same input. Each copy's arrays
+    are the first one's rolled by i elements: onnxruntime shares identical constant weights
+    (30 equal copies of a uint8 weight ran a one-row MatMulInteger at 64 GB/s on a 2-core EPYC,
+    30 distinct ones at 25 GB/s), so equal copies would be timed from the cache."""
+    from onnx import numpy_helper
+
     nodes, inits, outs = [], [], []
+    arrays = {t.name: numpy_helper.to_array(t) for t in init}
     for i in range(r):
         rename = {t.name: f"{t.name}#{i}" for t in init}
         c = type(node)()
@@ -56,10 +64,9 @@ def replicate(node, init: list, r: int):
         nodes.append(c)
         outs += list(c.output)
         for t in init:
-            ct = type(t)()
-            ct.CopyFrom(t)
-            ct.name = rename[t.name]
-            inits.append(ct)
+            a = arrays[t.name]
+            inits.append(numpy_helper.from_array(np.roll(a.reshape(-1), i).reshape(a.shape) if a.size > 1 else a,
+                                                 rename[t.name]))
     return nodes, inits, outs
 
 
@@ -68,6 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--reps", type=int, default=5, help="timed runs of each kernel (the best is kept)")
     return p
+
+
+def blocks_first_model(q: np.ndarray):
+    """u8u8 with the stored blocks first, as runtime/int8.py `_prefill_as_rows` runs it:
+    x (M, K) -> x^T -> W (N, K) @ x^T -> (N, M) -> transposed back (M, N)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = q.shape
+    inits = [numpy_helper.from_array(np.ascontiguousarray(q.T), "W"), numpy_helper.from_array(np.uint8(128), "zp")]
+    nodes = [helper.make_node("Transpose", ["A"], ["At"], perm=[1, 0]),
+             helper.make_node("MatMulInteger", ["W", "At", "zp", "zp"], ["Yt"]),
+             helper.make_node("Transpose", ["Yt"], ["Y"], perm=[1, 0])]
+    g = helper.make_graph(nodes, "k", [helper.make_tensor_value_info("A", TensorProto.UINT8, ["m", k])],
+                          [helper.make_tensor_value_info("Y", TensorProto.INT32, ["m", n])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)]), q
 
 
 def integer_model(q: np.ndarray, kernel: str):
@@ -113,11 +135,13 @@ def main(argv=None) -> int:
                            [helper.make_tensor_value_info(o, TensorProto.FLOAT, [m, n]) for o in outs], inits)
             name = {"fp32": "fp32 MatMul", "int8": "MatMulNBits int8", "int4": "MatMulNBits int4"}[fmt]
             variants.append((name, model, {"A": x}, None, r))
-        for kernel in ("u8u8", "u8s7", "u8s8"):
-            model, wk = integer_model(q, kernel)
+        for kernel in ("u8u8", "u8u8 stored blocks first", "u8s7", "u8s8"):
+            if kernel.endswith("first") and m == 1:  # one row runs MatMulNBits there
+                continue
+            model, wk = blocks_first_model(q) if kernel.endswith("first") else integer_model(q, kernel)
             # exactness on 8 rows (numpy's int64 matmul has no BLAS: the whole product takes minutes);
             # float64 holds these sums (< 2^53) exactly and is fast
-            ref = (a[:8].astype(np.float64) - 128) @ (wk.astype(np.float64) - (128 if kernel == "u8u8" else 0))
+            ref = (a[:8].astype(np.float64) - 128) @ (wk.astype(np.float64) - (128 if kernel.startswith("u8u8") else 0))
             exact = bool(np.array_equal(_session(model, args.threads).run(None, {"A": a[:8]})[0].astype(np.float64), ref))
             r = copies(m, wk.nbytes)
             if r > 1:

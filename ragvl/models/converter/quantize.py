@@ -15,12 +15,12 @@
   of 64 (bench/results/int8_fidelity.md).
 * ``nbits`` with column scales (int8, the answerer's decoder): the rows kernel's numbers (int8
   per output column, symmetric) stored in MatMulNBits' layout: every block of a column has the
-  column's scale and zero point 128. A graph that decodes one row at a time and prefills many
-  needs both kernels: on AVX2, MatMulNBits is the faster at one row, and MatMulInteger (uint8 x
-  uint8, exact there) at many: one row runs the file as stored, a prefill the rows kernel over
-  the same stored bytes; on a CPU with an int8 dot product MatMulInteger is as fast at one row
-  and 4-9x faster at many, and the runtime derives its weights from these exactly
-  (runtime/int8.py).
+  column's scale and zero point 128. The graph decodes one row at a time and prefills many, and
+  the runtime gives each its kernel from these same bytes (runtime/int8.py): on AVX2 one row
+  runs them as stored in MatMulNBits (as fast there as MatMulInteger at one row, with no copy
+  of the weights) and a prefill the rows kernel over them (MatMulInteger, uint8 x uint8, exact
+  there, 1.8x MatMulNBits at many rows); on a CPU with an int8 dot product the rows kernel runs
+  both, with int8 weights derived exactly (as fast as MatMulNBits at one row, 4-9x at many).
 
 Doing this per tensor while converting keeps peak memory at one tensor, where
 `onnxruntime.quantization.quantize_dynamic` over a finished 2B graph peaks near 20 GB.
