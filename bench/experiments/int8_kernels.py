@@ -47,10 +47,10 @@ def copies(m: int, nbytes: int) -> int:
 
 def replicate(node, init: list, r: int):
     """`r` copies of one node and its initializers, each with its own weights and output:
-    (nodes, initializers, output names); every copy reads the same input. Each copy's arrays
-    are the first one's rolled by i elements: onnxruntime shares identical constant weights
-    (30 equal copies of a uint8 weight ran a one-row MatMulInteger at 64 GB/s on a 2-core EPYC,
-    30 distinct ones at 25 GB/s), so equal copies would be timed from the cache."""
+    (nodes, initializers, output names); every copy reads the same input, and its weights hold
+    the same values at other places (machine.distinct: equal copies would be timed from the
+    cache)."""
+    from machine import distinct
     from onnx import numpy_helper
 
     nodes, inits, outs = [], [], []
@@ -63,10 +63,7 @@ def replicate(node, init: list, r: int):
         c.output[:] = [f"{o}#{i}" for o in node.output]
         nodes.append(c)
         outs += list(c.output)
-        for t in init:
-            a = arrays[t.name]
-            inits.append(numpy_helper.from_array(np.roll(a.reshape(-1), i).reshape(a.shape) if a.size > 1 else a,
-                                                 rename[t.name]))
+        inits += [numpy_helper.from_array(distinct(arrays[t.name], i), rename[t.name]) for t in init]
     return nodes, inits, outs
 
 
