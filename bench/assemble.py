@@ -102,7 +102,8 @@ def bench_readme(template: str, tables: dict[str, list[tuple[str | None, str]]])
             script = {"qwen2vl": "bench_qwen2vl.py", "colqwen2": "bench_colqwen2.py", "ask": "bench_ask.py",
                       "search": "bench_search.py", "attention": "experiments/attention.py",
                       "int8_kernels": "experiments/int8_kernels.py", "int8_fidelity": "experiments/fidelity_int8.py",
-                      "profile_embed": "experiments/profile_embed.py", "ray": "bench_ray.py",
+                      "profile_embed": "experiments/profile_embed.py",
+                      "profile_decode": "experiments/profile_decode.py", "ray": "bench_ray.py",
                       "startup": "bench_vision_cache.py", "vision_cache": "bench_vision_cache.py",
                       "weights": "bench_vision_cache.py --weights"}.get(name.split(".")[0], "the bench script")
             out.append(f"*Not measured yet: run `python bench/{script}` (table `{name}`).*\n")
