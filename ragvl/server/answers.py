@@ -1,11 +1,12 @@
 """The answer queue: one answer generates at a time, the others wait in order and know their place.
 
-`AnswerQueue.stream` is an async generator of (event, data): ("queued", {"position": n, "number": j})
-while n answers are ahead, ("started", {"number": j, "turn": t}), then the Service's ("token", {"text": ...}), ("sources", hits),
-("done", result), or ("error", {"error": message}). The generation runs in its own thread; when
-the consumer goes away (a client disconnects, a tool call is cancelled), the generator's
-`finally` stops it through onnxruntime's RunOptions.terminate, prefill included, and the next
-answer in line starts as soon as that thread has let go of the model.
+`AnswerQueue.stream` is an async generator of (event, data): ("queued", {"position": n,
+"number": j}) while n answers are ahead, ("started", {"number": j, "turn": t}), then the
+Service's ("token", {"text": ...}), ("sources", hits), ("done", result), or ("error", {"error":
+message}). The generation runs in its own thread; when the consumer goes away (a client
+disconnects, a tool call is cancelled), the generator's `finally` stops it through onnxruntime's
+RunOptions.terminate, prefill included, and the next answer in line starts as soon as that
+thread has let go of the model.
 
 `number` is the answer's place in the order answers joined the queue (0, 1, ...), `turn` its
 place in the order they started generating: first in, first out means a larger number never

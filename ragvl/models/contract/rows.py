@@ -19,7 +19,7 @@ import numpy as np
 
 ZERO_POINT = 128  # of the stored uint8 weights and of the quantized activations
 # onnx's TensorProto data types (not imported: `ragvl search` never loads onnx)
-FLOAT, INT64, UINT8 = 1, 7, 2
+FLOAT, UINT8 = 1, 2
 
 Op = Callable[..., str]
 Const = Callable[[np.ndarray], str]

@@ -12,7 +12,7 @@
   or an ARM dot product, the stored layout on AVX2 without one). The ops are contract/rows.py's.
   Per-row scales keep one outlier token from coarsening every other row, as a per-tensor scale
   (onnxruntime's quantize_dynamic) would; the price is a larger error than MatMulNBits' blocks
-  of 64 (bench/results/int8_fidelity.md).
+  of 64 (bench/results/<cpu kind>/int8_fidelity.md).
 * ``nbits`` with column scales (int8, the answerer's decoder): the rows kernel's numbers (int8
   per output column, symmetric) stored in MatMulNBits' layout: every block of a column has the
   column's scale and zero point 128. The graph decodes one row at a time and prefills many, and

@@ -14,8 +14,9 @@ column with the column's scale and zero point 128 (quantize.quantize_column_bloc
 or u8s7 each such MatMulNBits becomes the rows kernel, with the ops the converter writes for the
 vision tower (contract/rows.py: activations quantized per row, MatMulInteger, row and column
 scales), its weights transposed from the blocks. On u8u8 (AVX2) MatMulNBits stays for one row
-and an If gives many rows the rows kernel over the stored blocks themselves (`_prefill_as_rows`). Only nodes whose zero points are all 128 and whose scales are constant along
-each column are rewritten, so the weights are the stored ones bit for bit; older folders'
+and an If gives many rows the rows kernel over the stored blocks themselves (`_prefill_as_rows`).
+Only nodes whose zero points are all 128 and whose scales are constant along each column are
+rewritten, so the weights are the stored ones bit for bit; older folders'
 asymmetric blocks are loaded as they are.
 
 The graph file is never written: the rewritten graph (structure only, a few MB) is handed to
@@ -198,7 +199,8 @@ def _as_rows(model: onnx.ModelProto, found, kernel: str, derived: Derived) -> No
         xq, s = quantized[x]
         name = node.input[1].removesuffix(".qweight") + ".rows_qweight"  # the stored blocks' own name is dropped
         # one weight at a time in memory besides the derived ones (the file stays memory-mapped)
-        weight, col = _derive_transposed(stored, kernel), scales * (np.float32(2) if kernel == "u8s7" else np.float32(1))
+        weight = _derive_transposed(stored, kernel)
+        col = scales * (np.float32(2) if kernel == "u8s7" else np.float32(1))
         col_name = name.removesuffix(".rows_qweight") + ".column_scales"
         for n_, a in ((name, weight), (col_name, col.astype(np.float32))):
             derived.names.append(n_)
@@ -221,19 +223,17 @@ def _prefill_as_rows(model: onnx.ModelProto, found) -> None:
     row) {the rows kernel over the same stored bytes} else {the nodes as they are}.
 
     On AVX2 MatMulInteger (uint8 x uint8, exact there) is 1.8x MatMulNBits at many rows, and the
-    two are about as fast at one row (bench/results/avx2/int8_kernels.md). The prefill multiplies the stored blocks
-    (N, K) as MatMulInteger's *first* operand, W @ x^T, so the weights are not copied into a
-    transposed layout: (M, K) -> transposed (K, M) -> (N, M) -> transposed (M, N). onnxruntime
-    keeps the stored bytes for this besides MatMulNBits' packed copy, so the weights are in
-    memory twice, as the derived layouts of the other kernels are.
+    two are about as fast at one row (bench/results/avx2/int8_kernels.md). The prefill
+    multiplies the stored blocks (N, K) as MatMulInteger's *first* operand, W @ x^T, so the
+    weights are not copied into a transposed layout: (M, K) -> transposed (K, M) -> (N, M) ->
+    transposed (M, N). onnxruntime keeps the stored bytes for this besides MatMulNBits' packed
+    copy, so the weights are in memory twice, as the derived layouts of the other kernels are.
 
     Measured against the other way, a transposed uint8 copy derived at load for the rows kernel
     at every row count (as u8s8 does), in the 2B int8 decoder on a 2-core AVX2 EPYC: prefill of
     934 tokens 15.9 s warm here against 14.0 s, a decode step 111 against 114 ms, resident after
     load 4.0 against 3.9 GB, and opening the model 7.7 s against 16.6 s (the derivation). Every
     `ragvl ask` pays the opening, so this way is the default."""
-    from onnx import TensorProto, helper, numpy_helper
-
     g = model.graph
     w = _Writer(g)
     inits = {i.name: i for i in g.initializer}
@@ -249,60 +249,71 @@ def _prefill_as_rows(model: onnx.ModelProto, found) -> None:
             out.append(node)
         elif id(node) in first:  # the group's If, where its first node was (all read the same input)
             x = first[id(node)]
-            items = groups[x]
-            p = (node.name or node.output[0]) + "/rows"
-            k = int(next(a.i for a in node.attribute if a.name == "K"))
-            op = w.ops(out, p)
-            many = op("Greater", [op("Size", [x]), w.const(np.int64(k))])  # more than one row of K
-            then_nodes: list = []
-            op = w.ops(then_nodes, p + "/many")
-            xq, s = rows.quantize_rows(op, w.const, x)  # (..., K)
-            x2 = op("Reshape", [xq, w.const(np.array([-1, k], np.int64))])  # (M, K)
-            stored_k = int(np.prod(inits[node.input[1]].dims[1:]))  # K padded to whole blocks
-            if stored_k > k:  # the padding columns meet activations of zero (zero point 128)
-                x2 = op("Pad", [x2, w.const(np.array([0, 0, 0, stored_k - k], np.int64)), w.const(np.uint8(rows.ZERO_POINT))])
-            xt = op("Transpose", [x2], perm=[1, 0])  # (K', M)
-            # K' read at run time: a constant shape would let onnxruntime fold the Reshape of the
-            # stored blocks into a third copy of the weights; read this way it is a view
-            k_dim = op("Slice", [op("Shape", [xt]), w.const(np.array([0], np.int64)), w.const(np.array([1], np.int64))])
-            lead = op("Shape", [x], end=-1)  # (...)
-            zp = w.const(np.uint8(rows.ZERO_POINT))
-            outs = []
-            for mm, _, scales in items:
-                n = int(next(a.i for a in mm.attribute if a.name == "N"))
-                col = mm.input[1].removesuffix(".qweight") + ".column_scales"
-                g.initializer.append(numpy_helper.from_array(scales.astype(np.float32), col))
-                blocks = op("Reshape", [mm.input[1], op("Concat", [w.const(np.array([n], np.int64)), k_dim], axis=0)])
-                acc = op("Transpose", [op("MatMulInteger", [blocks, xt, zp, zp])], perm=[1, 0])  # (N, M) -> (M, N)
-                acc = op("Reshape", [acc, op("Concat", [lead, w.const(np.array([n], np.int64))], axis=0)])  # (..., N)
-                y = rows.rescale(op, acc, s, col)
-                if (bias := _bias(mm)) is not None:
-                    y = op("Add", [y, bias])
-                outs.append(y)
-            else_nodes = []
-            for mm, _, _ in items:
-                one = type(mm)()
-                one.CopyFrom(mm)
-                one.output[0] = mm.output[0] + "/one_row"
-                else_nodes.append(one)
-            branch = lambda nodes_, values, label: helper.make_graph(  # noqa: E731
-                nodes_, f"{p}/{label}", [], [helper.make_tensor_value_info(v, TensorProto.FLOAT, None) for v in values])
-            out.append(helper.make_node("If", [many], [mm.output[0] for mm, _, _ in items], name=p + "/If",
-                                        then_branch=branch(then_nodes, outs, "many"),
-                                        else_branch=branch(else_nodes, [n_.output[0] for n_ in else_nodes], "one")))
+            _rows_if(w, out, x, groups[x], inits)
     g.node.extend(out)
 
 
-def _derive_transposed(stored: np.ndarray, kernel: str, rows: int = 128) -> np.ndarray:
+def _rows_if(w: _Writer, out: list, x: str, items: list, inits: dict) -> None:
+    """Append to `out` the If of one group of MatMulNBits reading `x` (`_prefill_as_rows`)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    head = items[0][0]
+    p = (head.name or head.output[0]) + "/rows"
+    k = int(next(a.i for a in head.attribute if a.name == "K"))
+    op = w.ops(out, p)
+    many = op("Greater", [op("Size", [x]), w.const(np.int64(k))])  # more than one row of K
+    then_nodes: list = []
+    op = w.ops(then_nodes, p + "/many")
+    xq, s = rows.quantize_rows(op, w.const, x)  # (..., K)
+    x2 = op("Reshape", [xq, w.const(np.array([-1, k], np.int64))])  # (M, K)
+    stored_k = int(np.prod(inits[head.input[1]].dims[1:]))  # K padded to whole blocks
+    if stored_k > k:  # the padding columns meet activations of zero (zero point 128)
+        x2 = op("Pad", [x2, w.const(np.array([0, 0, 0, stored_k - k], np.int64)),
+                        w.const(np.uint8(rows.ZERO_POINT))])
+    xt = op("Transpose", [x2], perm=[1, 0])  # (K', M)
+    # K' read at run time: a constant shape would let onnxruntime fold the Reshape of the stored
+    # blocks into a third copy of the weights; read this way it is a view
+    k_dim = op("Slice", [op("Shape", [xt]), w.const(np.array([0], np.int64)), w.const(np.array([1], np.int64))])
+    lead = op("Shape", [x], end=-1)  # (...)
+    zp = w.const(np.uint8(rows.ZERO_POINT))
+    values = []
+    for mm, _, scales in items:
+        n = int(next(a.i for a in mm.attribute if a.name == "N"))
+        col = mm.input[1].removesuffix(".qweight") + ".column_scales"
+        w.graph.initializer.append(numpy_helper.from_array(scales.astype(np.float32), col))
+        blocks = op("Reshape", [mm.input[1], op("Concat", [w.const(np.array([n], np.int64)), k_dim], axis=0)])
+        acc = op("Transpose", [op("MatMulInteger", [blocks, xt, zp, zp])], perm=[1, 0])  # (N, M) -> (M, N)
+        acc = op("Reshape", [acc, op("Concat", [lead, w.const(np.array([n], np.int64))], axis=0)])  # (..., N)
+        y = rows.rescale(op, acc, s, col)
+        if (bias := _bias(mm)) is not None:
+            y = op("Add", [y, bias])
+        values.append(y)
+    else_nodes = []
+    for mm, _, _ in items:
+        one = type(mm)()
+        one.CopyFrom(mm)
+        one.output[0] = mm.output[0] + "/one_row"
+        else_nodes.append(one)
+
+    def branch(nodes: list, outputs: list[str], label: str):
+        return helper.make_graph(nodes, f"{p}/{label}", [],
+                                 [helper.make_tensor_value_info(v, TensorProto.FLOAT, None) for v in outputs])
+
+    out.append(helper.make_node("If", [many], [mm.output[0] for mm, _, _ in items], name=p + "/If",
+                                then_branch=branch(then_nodes, values, "many"),
+                                else_branch=branch(else_nodes, [n_.output[0] for n_ in else_nodes], "one")))
+
+
+def _derive_transposed(stored: np.ndarray, kernel: str, tile: int = 128) -> np.ndarray:
     """derive_weight of stored.T for stored (N, K): tile by tile, so that each transpose stays
     in the cache (with whole-array transposes, deriving a 2B decoder took 9-12 s; tiled, 4-6)."""
     n, k = stored.shape
     out = np.empty((k, n), np.int8)
-    for i in range(0, n, rows):
+    for i in range(0, n, tile):
         if kernel == "u8s8":  # derive_weight's u - 128 (bit 7 flipped), in one pass
-            np.bitwise_xor(stored[i:i + rows].T, np.uint8(0x80), out=out.view(np.uint8)[:, i:i + rows])
+            np.bitwise_xor(stored[i:i + tile].T, np.uint8(0x80), out=out.view(np.uint8)[:, i:i + tile])
         else:
-            out[:, i:i + rows] = derive_weight(np.ascontiguousarray(stored[i:i + rows].T), kernel)
+            out[:, i:i + tile] = derive_weight(np.ascontiguousarray(stored[i:i + tile].T), kernel)
     return out
 
 
@@ -320,12 +331,12 @@ def _external(name: str, array: np.ndarray) -> "onnx.TensorProto":
 def derive(path: Path, kernel: str, *, many_runs: bool = True) -> tuple[str | None, Derived | None]:
     """The kernel `path`'s graph runs with and, unless it runs as stored, the graph rewritten for
     it: (None, None) for a graph without rows-kernel weights or column-scaled blocks.
-    `many_runs=False` (a session opened without prepacking, for one short query) keeps the
-    stored layout and reads nothing (the file is loaded as it is, without importing onnx:
-    `ragvl search` starts faster); so does u8u8 for the rows kernel's own weights. u8u8 rewrites
-    only the column-scaled blocks, for a prefill (`_prefill_as_rows`)."""
-    if not many_runs:
-        return "u8u8", None
+    u8u8 keeps the rows kernel's own weights as stored and rewrites only the column-scaled
+    blocks, for a prefill (`_prefill_as_rows`); with `many_runs=False` (a session opened without
+    prepacking, for one short query) it reads nothing at all (the file is loaded as it is,
+    without importing onnx: `ragvl search` starts faster)."""
+    if kernel == "u8u8" and not many_runs:
+        return kernel, None
     import onnx
     from onnx import TensorProto
 
