@@ -94,17 +94,20 @@ def prefill_items(spec, seq: int, lm_head: bool = True, many_rows: bool = False)
     contract.stored_blocks_first() says so."""
     from ragvl.models.contract import stored_blocks_first
 
-    first = not many_rows and stored_blocks_first()
-    many_rows = True
+    first = not many_rows and stored_blocks_first()  # the encoder stores the rows kernel's own layout
     H, inter, L = spec.hidden_size, spec.intermediate_size, spec.num_layers
     kv = spec.num_kv_heads * spec.head_dim
     rep = spec.num_heads // spec.num_kv_heads
     hd = spec.head_dim
+
+    def linear(op: str, k: int, n: int, count: int) -> dict:
+        return {**_lin("linear", op, seq, k, n, count, many_rows=True), "weights_first": first}
+
     items = [
-        {**_lin("linear", "q/o", seq, H, H, 2 * L, many_rows=many_rows), "weights_first": first},
-        {**_lin("linear", "k/v", seq, H, kv, 2 * L, many_rows=many_rows), "weights_first": first},
-        {**_lin("linear", "gate/up", seq, H, inter, 2 * L, many_rows=many_rows), "weights_first": first},
-        {**_lin("linear", "down", seq, inter, H, L, many_rows=many_rows), "weights_first": first},
+        linear("q/o", H, H, 2 * L),
+        linear("k/v", H, kv, 2 * L),
+        linear("gate/up", H, inter, 2 * L),
+        linear("down", inter, H, L),
         {"group": "attention", "op": "qk", "kind": "bmm", "m": rep * seq, "k": hd, "n": seq,
          "batch": spec.num_kv_heads, "count": L, "quantized": False},
         {"group": "attention", "op": "pv", "kind": "bmm", "m": rep * seq, "k": seq, "n": hd,

@@ -17,7 +17,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ragvl.errors import RagvlError
-from ragvl.models.contract import CpuFeatures, best_int8_kernel, cpu_features, int8_kernel
+from ragvl.models.contract import (CpuFeatures, best_int8_kernel, column_scaled_blocks, cpu_features, int8_kernel,
+                                   read_manifest)
 from ragvl.models.converter.onnx_builder import FLOAT, GraphBuilder
 from ragvl.models.converter.quantize import FORMATS, linear, quantize_columns, rows_reference
 from ragvl.models.runtime.int8 import derive, derive_weight
@@ -219,5 +220,15 @@ def test_models_list_says_which_kernel_runs_here(make_np_ckpt, tmp_path, monkeyp
         "int8 u8u8 (MatMulInteger) for many rows, blocks of 64 (MatMulNBits) for one" if best == "u8u8"
         else f"int8 {best} (MatMulInteger)")
     assert rows["emb-int8"]["cpu"] == cpu_features().kind
+    # which graphs hold column-scaled blocks, from the manifest: only those are read before
+    # they load on u8u8 (runtime/int8.py); the others load as stored, unread
+    manifests = {name: read_manifest(models / name) for name in ("emb-int8", "emb-fp32", "ans-int8")}
+    assert {(name, g) for name, m in manifests.items() for g in m["graphs"] if column_scaled_blocks(m, g)} == {
+        ("ans-int8", "decoder")}
+    not_a_graph = tmp_path / "not-a-graph.onnx"
+    not_a_graph.write_bytes(b"\x00 not protobuf")
+    assert derive(not_a_graph, "u8u8", has_blocks=False) == ("u8u8", None)
+    with pytest.raises(Exception):  # told it may have blocks, u8u8 reads the file
+        derive(not_a_graph, "u8u8")
     text = CliRunner().invoke(app, ["models", "list"])
     assert f"int8 {best}" in text.stdout

@@ -3,8 +3,8 @@ rotary helpers, the manifest a converted folder carries, the model registry, whe
 tensors keep their bytes (external data), and what this CPU can multiply in integers (which int8
 kernel runs here). It imports neither side."""
 
-from .cpu import (INT8_KERNELS, CpuFeatures, best_int8_kernel, cpu_features, graph_kernels, int8_kernel,
-                  stored_blocks_first)
+from .cpu import (INT8_KERNELS, CpuFeatures, best_int8_kernel, column_scaled_blocks, cpu_features, graph_kernels,
+                  int8_kernel, stored_blocks_first)
 from .external import external_location
 from .config import COLQWEN2_ARCHITECTURES, TextConfig, VisionConfig, read_config
 from .manifest import KIND_ANSWERER, KIND_EMBEDDER, MANIFEST, model_config, read_manifest, write_manifest
@@ -19,5 +19,5 @@ __all__ = ["COLQWEN2_ARCHITECTURES", "TextConfig", "VisionConfig", "read_config"
            "optimized_record", "optimized_status", "same_optimizer",
            "optimized_key", "DEFAULT_DTYPE", "KNOWN_MODELS", "KnownModel", "default_model", "installed_models",
            "models_dir", "resolve_model", "set_default", "mrope_inv_freq", "mrope_positions",
-           "INT8_KERNELS", "CpuFeatures", "best_int8_kernel", "cpu_features", "graph_kernels", "int8_kernel", "stored_blocks_first",
+           "INT8_KERNELS", "CpuFeatures", "best_int8_kernel", "cpu_features", "graph_kernels", "int8_kernel", "stored_blocks_first", "column_scaled_blocks",
            "external_location"]

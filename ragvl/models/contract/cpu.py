@@ -129,6 +129,14 @@ def stored_blocks_first(kernel: str | None = None) -> bool:
     return (kernel or int8_kernel()) == "u8u8"
 
 
+def column_scaled_blocks(manifest: dict, graph: str) -> bool:
+    """Whether `graph` stores the rows kernel's numbers in MatMulNBits' blocks (the int8
+    answerer's decoder, quantize.quantize_column_blocks): the graphs runtime/int8.py rewrites
+    for this CPU even on u8u8."""
+    f = (manifest.get("weight_format") or {}).get(graph) or {}
+    return f.get("kernel") == "nbits" and f.get("weights") == "per output column" and graph != "embed"
+
+
 def graph_kernels(manifest: dict, kernel: str | None = None) -> dict[str, str]:
     """What each graph of a converted folder multiplies with on this machine, e.g.
     {"vision": "int8 u8s7 (MatMulInteger)", "embed": "int8 blocks of 64 (GatherBlockQuantized)"}.
@@ -143,7 +151,7 @@ def graph_kernels(manifest: dict, kernel: str | None = None) -> dict[str, str]:
             out[graph] = "fp32 (Gather)" if gather else "fp32 (MatMul)"
         elif f.get("kernel") == "rows":
             out[graph] = f"int8 {kernel} (MatMulInteger)"
-        elif f.get("weights") == "per output column" and not gather:  # rewritten at load (runtime/int8.py)
+        elif column_scaled_blocks(manifest, graph):  # rewritten at load (runtime/int8.py)
             out[graph] = (f"int8 {kernel} (MatMulInteger) for many rows, blocks of {f['block_size']} "
                           "(MatMulNBits) for one" if stored_blocks_first(kernel) else f"int8 {kernel} (MatMulInteger)")
         else:

@@ -328,23 +328,23 @@ def _external(name: str, array: np.ndarray) -> "onnx.TensorProto":
     return t
 
 
-def derive(path: Path, kernel: str, *, many_runs: bool = True) -> tuple[str | None, Derived | None]:
+def derive(path: Path, kernel: str, *, many_runs: bool = True, has_blocks: bool = True
+           ) -> tuple[str | None, Derived | None]:
     """The kernel `path`'s graph runs with and, unless it runs as stored, the graph rewritten for
     it: (None, None) for a graph without rows-kernel weights or column-scaled blocks.
     u8u8 keeps the rows kernel's own weights as stored and rewrites only the column-scaled
-    blocks, for a prefill (`_prefill_as_rows`); with `many_runs=False` (a session opened without
-    prepacking, for one short query) it reads nothing at all (the file is loaded as it is,
-    without importing onnx: `ragvl search` starts faster)."""
-    if kernel == "u8u8" and not many_runs:
+    blocks, for a prefill (`_prefill_as_rows`). It reads nothing at all (the file is loaded as
+    it is, without importing onnx: `ragvl search` and `ragvl index` start faster) for a session
+    opened without prepacking (`many_runs=False`, one short query) or a graph whose manifest
+    says it has no such blocks (`has_blocks=False`)."""
+    if kernel == "u8u8" and not (many_runs and has_blocks):
         return kernel, None
     import onnx
     from onnx import TensorProto
 
     model = onnx.load(str(path), load_external_data=False)  # the structure: a few MB at 2B
     folder = path.parent
-    found, blocks = rows_weights(model), column_blocks(model, folder)
-    if not found and not blocks:
-        return None, None
+    blocks = column_blocks(model, folder)
     derived = Derived(b"")
     if kernel == "u8u8":
         if not blocks:
@@ -352,6 +352,9 @@ def derive(path: Path, kernel: str, *, many_runs: bool = True) -> tuple[str | No
         _prefill_as_rows(model, blocks)
         derived.model = model.SerializeToString()
         return kernel, derived
+    found = rows_weights(model)
+    if not found and not blocks:
+        return None, None
     inits = {i.name: i for i in model.graph.initializer}
     done_scales: set[str] = set()
     for node, w, scales in found:

@@ -46,7 +46,7 @@ _KERNELS: "weakref.WeakKeyDictionary[ort.InferenceSession, tuple[str | None, Der
 
 def create_session(path: str | Path, device: str = "cpu", threads: int | None = None,
                    optimize: bool = True, prepack: bool = True, kernel: str | None = None,
-                   profile: str | None = None) -> ort.InferenceSession:
+                   profile: str | None = None, column_blocks: bool = True) -> ort.InferenceSession:
     """Open one ONNX graph on `device`, failing loudly if the provider did not take it.
 
     `optimize=False` for a graph onnxruntime already optimized and saved (at conversion): its
@@ -60,6 +60,9 @@ def create_session(path: str | Path, device: str = "cpu", threads: int | None = 
     (`contract.int8_kernel()`).
     `profile`: a file prefix; onnxruntime's profiler records every run (bench/experiments), in
     a session of its own.
+    `column_blocks=False`: the graph has no column-scaled MatMulNBits (its manifest says so:
+    contract.column_scaled_blocks), so on u8u8, which keeps everything else as stored, the file
+    is loaded without reading its structure first (and without importing onnx).
     """
     path = Path(path)
     try:
@@ -67,22 +70,23 @@ def create_session(path: str | Path, device: str = "cpu", threads: int | None = 
     except OSError as e:
         raise RagvlError(f"{path}: cannot open the graph ({e.strerror})") from None
     kernel = kernel or (int8_kernel() if prepack else "u8u8")
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, device, threads, optimize, prepack, kernel, profile)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, device, threads, optimize, prepack, kernel, profile,
+           column_blocks)
     sess = _OPEN.get(key)
     if sess is None:
-        sess = _OPEN[key] = _open(path, device, threads, optimize, prepack, kernel, profile)
+        sess = _OPEN[key] = _open(path, device, threads, optimize, prepack, kernel, profile, column_blocks)
     return sess
 
 
 def session_kernel(sess: ort.InferenceSession) -> str | None:
     """The int8 kernel `sess` runs its rows-kernel matmuls with: u8u8 for a graph loaded as
-    stored without prepacking (whether or not it has any), None for a graph that was inspected
+    stored without being read (whether or not it has any), None for a graph that was inspected
     and has none."""
     return _KERNELS.get(sess, (None, None))[0]
 
 
 def _open(path: Path, device: str, threads: int | None, optimize: bool, prepack: bool,
-          kernel: str, profile: str | None) -> ort.InferenceSession:
+          kernel: str, profile: str | None, column_blocks: bool) -> ort.InferenceSession:
     providers = providers_for(device)
     so = ort.SessionOptions()
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
@@ -94,7 +98,7 @@ def _open(path: Path, device: str, threads: int | None, optimize: bool, prepack:
     if not prepack:
         so.add_session_config_entry("session.disable_prepacking", "1")
     try:
-        used, derived = derive(path, kernel, many_runs=prepack)
+        used, derived = derive(path, kernel, many_runs=prepack, has_blocks=column_blocks)
         if derived is None:
             sess = ort.InferenceSession(str(path), so, providers=providers)
         else:  # the rewritten graph as bytes; its other weights still come from the folder

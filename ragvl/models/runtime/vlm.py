@@ -18,7 +18,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from ...errors import RagvlError
-from ..contract import model_config, optimized_status, read_manifest
+from ..contract import column_scaled_blocks, model_config, optimized_status, read_manifest
 from .preprocess import ImageConfig, ImageInput, num_image_tokens, preprocess
 from .session import create_session, default_device, providers_for
 from .tokenizer import Tokenizer
@@ -90,7 +90,8 @@ class VisionLanguageModel:
                     choice = self.graph_choice(graph)
                     sess = self._sessions[graph] = create_session(self.folder / choice["file"], self.device,
                                                                   self.threads, optimize=not choice["optimized"],
-                                                                  prepack=self.prepack)
+                                                                  prepack=self.prepack,
+                                                                  column_blocks=column_scaled_blocks(self.manifest, graph))
                     self.loaded[graph] = choice
         return sess
 
